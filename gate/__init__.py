@@ -1,0 +1,1 @@
+"""irisgate gate: accuracy gate and progressive canary analysis (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""irisgate predictor: a custom KServe model server for verified scikit-learn artifacts."""

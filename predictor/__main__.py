@@ -1,0 +1,92 @@
+"""``python -m predictor``: serve one verified artifact with kserve.ModelServer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from predictor.artifact import ArtifactError
+from predictor.settings import PredictorSettings
+
+EXIT_BAD_ARTIFACT = 3
+EXIT_BAD_SETTINGS = 2
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if text.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m predictor",
+        description="Serve a verified scikit-learn artifact over KServe v1 REST, "
+        "Open Inference Protocol v2 REST and gRPC. Every flag can also be set as "
+        "PREDICTOR_<FLAG> in the environment; flags win.",
+    )
+    fields = PredictorSettings.model_fields
+
+    def add(flag: str, **kwargs: Any) -> None:
+        field = fields.get(flag.lstrip("-"))
+        if field is not None:
+            kwargs["help"] = f"{field.description} (default: {field.default})"
+        parser.add_argument(flag, **kwargs)
+
+    # KServe's own flag names are kept so KServe users' manifests keep working.
+    add("--model_name")
+    add("--model_dir")
+    add("--http_port", type=int)
+    add("--grpc_port", type=int)
+    add("--enable_grpc", type=_bool)
+    add("--workers", type=int)
+    add("--max_threads", type=int)
+    add("--host")
+    add("--role", choices=["stable", "canary"])
+    add("--max_rows", type=int)
+    add("--max_message_mb", type=int)
+    add("--fault_error_rate", type=float)
+    add("--fault_latency_ms", type=float)
+    add("--fault_seed", type=int)
+    add("--access_log", type=_bool)
+    add("--grace_period", type=int)
+    add("--log_level")
+    return parser
+
+
+def load_settings(argv: Sequence[str]) -> PredictorSettings:
+    args = build_parser().parse_args(argv)
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    return PredictorSettings(**given)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = load_settings(argv)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        print(f"predictor: invalid setting {error['loc'][0]}: {error['msg']}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    # kserve parses sys.argv when imported; hide our flags from it so it sees only defaults.
+    sys.argv = sys.argv[:1]
+    from predictor.app import serve  # imported late: kserve takes ~1.5 s to import
+
+    try:
+        serve(settings)
+    except ArtifactError as exc:
+        logging.getLogger("predictor").error("refusing to start: %s", exc)
+        print(f"predictor: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARTIFACT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Assembles the predictor from settings: model, metrics, faults, server."""
+
+from __future__ import annotations
+
+import logging
+
+from kserve import logging as kserve_logging
+
+from predictor.faults import FaultInjector
+from predictor.model import IrisModel
+from predictor.server import IrisModelServer
+from predictor.settings import PredictorSettings
+
+logger = logging.getLogger("predictor")
+
+
+def configure_logging(level: str) -> None:
+    kserve_logging.configure_logging()
+    logging.getLogger().setLevel(level.upper())
+    for name in ("kserve", "predictor", "uvicorn"):
+        logging.getLogger(name).setLevel(level.upper())
+    # KServe's per-request latency line: a formatted log record on every call.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    if not logging.getLogger("predictor").handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("predictor").addHandler(handler)
+        logging.getLogger("predictor").propagate = False
+
+
+def build_model(settings: PredictorSettings) -> IrisModel:
+    """Load and verify the artifact; raises ArtifactError before anything listens."""
+    faults = FaultInjector(
+        settings.fault_error_rate, settings.fault_latency_ms, settings.fault_seed
+    )
+    model = IrisModel(
+        settings.model_name,
+        settings.model_dir,
+        max_rows=settings.max_rows,
+        metrics_role=settings.role,
+        faults=faults,
+    )
+    model.load()
+    faults.announce()
+    return model
+
+
+def serve(settings: PredictorSettings) -> None:
+    configure_logging(settings.log_level)
+    model = build_model(settings)
+    assert model.metrics is not None
+    server = IrisModelServer(
+        host=settings.host,
+        metrics=model.metrics,
+        access_log=settings.access_log,
+        max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        http_port=settings.http_port,
+        grpc_port=settings.grpc_port,
+        workers=settings.workers,
+        max_threads=settings.max_threads,
+        enable_grpc=settings.enable_grpc,
+        enable_latency_logging=False,
+        grace_period=settings.grace_period,
+    )
+    logger.info(
+        "serving %s on http://%s:%d (REST) and %s:%d (gRPC)",
+        settings.model_name,
+        settings.host,
+        settings.http_port,
+        settings.host,
+        settings.grpc_port,
+    )
+    server.start([model])

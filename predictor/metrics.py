@@ -1,0 +1,112 @@
+"""Prometheus metrics the gate reads. Names are part of the public contract (README).
+
+Every series carries ``model``, ``version`` and ``role`` (stable|canary) so the gate can
+compare the two predictors in the same window even when both are scraped by one
+Prometheus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+REQUESTS = "irisgate_predictor_requests_total"
+LATENCY = "irisgate_predictor_request_duration_seconds"
+ERRORS = "irisgate_predictor_errors_total"
+PREDICTIONS = "irisgate_predictor_predictions_total"
+INFO = "irisgate_predictor_model_info"
+
+# Buckets sized for a model that answers in about a millisecond: the gate's p99 checks
+# need resolution between 1 ms and 1 s.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+class PredictorMetrics:
+    """The predictor's own series, registered on an injected registry.
+
+    Picklable: KServe's ``--workers N`` pickles the model into each worker process, and
+    collectors hold locks, so a worker re-creates them on the default registry.
+    """
+
+    def __init__(
+        self, model: str, version: str, role: str, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.model, self.version, self.role = model, version, role
+        self._registry = registry if registry is not None else REGISTRY
+        base = ("model", "version", "role")
+        self.requests = Counter(
+            REQUESTS,
+            "Inference requests by protocol, status code and outcome.",
+            [*base, "protocol", "code", "outcome"],
+            registry=self._registry,
+        )
+        self.latency = Histogram(
+            LATENCY,
+            "Inference request latency in seconds, as the server saw it.",
+            [*base, "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=self._registry,
+        )
+        self.errors = Counter(
+            ERRORS,
+            "Failed inference requests by protocol and reason.",
+            [*base, "protocol", "reason"],
+            registry=self._registry,
+        )
+        self.predictions = Counter(
+            PREDICTIONS,
+            "Predicted rows by class (for drift checks).",
+            [*base, "class_name"],
+            registry=self._registry,
+        )
+        self.info = Gauge(
+            INFO,
+            "Always 1; labels describe the served artifact.",
+            [*base, "sha256"],
+            registry=self._registry,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PredictorMetrics, (self.model, self.version, self.role))
+
+    def _labels(self) -> dict[str, str]:
+        return {"model": self.model, "version": self.version, "role": self.role}
+
+    def set_info(self, sha256: str) -> None:
+        self.info.labels(**self._labels(), sha256=sha256).set(1)
+
+    def observe_request(self, protocol: str, code: str, outcome: str, seconds: float) -> None:
+        labels = self._labels()
+        self.requests.labels(**labels, protocol=protocol, code=code, outcome=outcome).inc()
+        self.latency.labels(**labels, protocol=protocol).observe(seconds)
+
+    def count_error(self, protocol: str, reason: str) -> None:
+        self.errors.labels(**self._labels(), protocol=protocol, reason=reason).inc()
+
+    def count_predictions(self, class_names: Iterable[str], counts: Iterable[int]) -> None:
+        labels = self._labels()
+        for name, count in zip(class_names, counts, strict=True):
+            if count:
+                self.predictions.labels(**labels, class_name=name).inc(int(count))

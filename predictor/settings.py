@@ -1,0 +1,52 @@
+"""Predictor settings: KServe's flag names, plus ours, each also settable as PREDICTOR_<NAME>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PredictorSettings(BaseSettings):
+    """Built once in ``main()``; nothing reads the environment on the request path."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PREDICTOR_", extra="forbid", use_attribute_docstrings=True
+    )
+
+    model_name: str = "iris"
+    """Name in the URL paths (``/v1/models/<name>:predict``) and in metric labels."""
+    model_dir: Path = Path("/mnt/models")
+    """Artifact directory (``model.joblib`` + ``model.json``); KServe mounts storageUri here."""
+    host: str = "127.0.0.1"
+    """Address REST and gRPC bind to. Loopback by default; containers pass 0.0.0.0."""
+    http_port: int = Field(8080, ge=0, le=65535)
+    """REST port (KServe v1 and Open Inference Protocol v2)."""
+    grpc_port: int = Field(8081, ge=0, le=65535)
+    """gRPC port (Open Inference Protocol v2)."""
+    enable_grpc: bool = True
+    """Serve gRPC. Knative allows one port per container, so a REST-only deployment turns it off."""
+    workers: int = Field(1, ge=1, le=64)
+    """REST worker processes (KServe's --workers). gRPC stays in the parent process."""
+    max_threads: int = Field(4, ge=1)
+    """gRPC thread pool size (KServe's --max_threads)."""
+    role: Literal["stable", "canary"] = "stable"
+    """Label on every metric, so the gate can compare stable with canary."""
+    max_rows: int = Field(1024, ge=1)
+    """Most rows one request may carry; more is a 400 / INVALID_ARGUMENT."""
+    max_message_mb: int = Field(16, ge=1)
+    """Largest gRPC message accepted or sent, in MiB."""
+    fault_error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of requests failed on purpose (500 / UNAVAILABLE). For rollback rehearsals."""
+    fault_latency_ms: float = Field(0.0, ge=0.0)
+    """Latency added to every request on purpose, in ms. For rollback rehearsals."""
+    fault_seed: int | None = None
+    """Seed for the fault injector, for repeatable rehearsals."""
+    access_log: bool = False
+    """One log line per request. Off by default: it costs about a quarter of the throughput."""
+    grace_period: int = Field(30, ge=0)
+    """Seconds in-flight requests get to finish after SIGTERM."""
+    log_level: str = "INFO"
+    """Python log level for the predictor, KServe and uvicorn loggers."""

@@ -1,0 +1,166 @@
+"""Shared test helpers: tiny models trained in place, and real processes on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from predictor.artifact import fingerprint_dataset, write_artifact
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
+
+
+def train_iris() -> tuple[Pipeline, np.ndarray, np.ndarray]:
+    features, labels = load_iris(return_X_y=True)
+    model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))]).fit(
+        features, labels
+    )
+    return model, features, labels
+
+
+def make_artifact(out_dir: Path, version: str = "1", name: str = "iris") -> Path:
+    model, features, labels = train_iris()
+    write_artifact(
+        model,
+        out_dir,
+        name=name,
+        version=version,
+        feature_names=IRIS_FEATURES,
+        class_names=IRIS_CLASSES,
+        training_data_fingerprint=fingerprint_dataset(features, labels),
+        metrics={"accuracy": float(model.score(features, labels))},
+    )
+    return out_dir
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            output = log.read_text() if log and log.exists() else ""
+            raise RuntimeError(f"{what}: process exited with {process.returncode}\n{output}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    output = log.read_text()[-4000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what}: not ready after {timeout} s\n{output}")
+
+
+class RunningProcess:
+    """A child process with its log file; always stopped by the context manager."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def start_process(
+    args: Sequence[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+) -> RunningProcess:
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    handle.close()
+    return RunningProcess(process, log)
+
+
+class Predictor(RunningProcess):
+    def __init__(self, running: RunningProcess, http_port: int, grpc_port: int) -> None:
+        super().__init__(running.process, running.log)
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
+
+
+@contextlib.contextmanager
+def run_predictor(
+    model_dir: Path, log_dir: Path, *extra: str, name: str = "iris", timeout: float = 60.0
+) -> Iterator[Predictor]:
+    http_port, grpc_port = free_port(), free_port()
+    running = start_process(
+        [
+            "-m",
+            "predictor",
+            "--model_name",
+            name,
+            "--model_dir",
+            str(model_dir),
+            "--http_port",
+            str(http_port),
+            "--grpc_port",
+            str(grpc_port),
+            *extra,
+        ],
+        log_dir / f"predictor-{http_port}.log",
+    )
+    predictor = Predictor(running, http_port, grpc_port)
+    try:
+        wait_until(
+            lambda: httpx.get(f"{predictor.url}/v2/health/ready", timeout=1).status_code == 200,
+            timeout,
+            "predictor",
+            running.process,
+            running.log,
+        )
+        wait_for_grpc(predictor.grpc_target, timeout)
+        yield predictor
+    finally:
+        predictor.stop()
+
+
+def wait_for_grpc(target: str, timeout: float = 30.0) -> None:
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
