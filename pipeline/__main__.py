@@ -1,0 +1,214 @@
+"""``python -m pipeline run|compile``: run the KFP pipeline locally, or compile it for a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_DEPLOYED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+WEAK_LABEL_NOISE = 0.8
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline locally (KFP SubprocessRunner)")
+    run.add_argument(
+        "--registry",
+        required=True,
+        type=Path,
+        help="model registry folder; deployed models land in REGISTRY/<model-name>/<version>/",
+    )
+    run.add_argument("--model-name", default="iris", help="model name (default: iris)")
+    run.add_argument(
+        "--threshold",
+        type=float,
+        default=0.9,
+        help="minimum held-out accuracy to deploy (default: 0.9)",
+    )
+    run.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="CSV with sepal_length,sepal_width,petal_length,petal_width,species "
+        "(default: the Iris data shipped with scikit-learn)",
+    )
+    run.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.3,
+        help="held-out share for evaluation and the gate's replay (default: 0.3)",
+    )
+    run.add_argument("--seed", type=int, default=7, help="split and training seed (default: 7)")
+    run.add_argument(
+        "--classifier",
+        choices=["logreg", "forest"],
+        default="logreg",
+        help="logistic regression or random forest (default: logreg)",
+    )
+    run.add_argument("--c", type=float, default=1.0, help="logreg inverse regularisation")
+    run.add_argument("--max-iter", type=int, default=500, help="logreg iterations")
+    run.add_argument("--n-estimators", type=int, default=100, help="forest trees")
+    run.add_argument("--max-depth", type=int, default=0, help="forest depth (0: unlimited)")
+    run.add_argument(
+        "--label-noise",
+        type=float,
+        default=None,
+        help="fraction of training labels replaced at random (default: 0)",
+    )
+    run.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="fraction of the training split kept (default: 1)",
+    )
+    run.add_argument(
+        "--weak",
+        action="store_true",
+        help=f"train an honestly weak model (label noise {WEAK_LABEL_NOISE}) to "
+        "exercise the reject branch",
+    )
+    run.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="keep KFP's task logs here (default: a temporary file)",
+    )
+    run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    compile_ = commands.add_parser("compile", help="compile to KFP IR YAML for a cluster")
+    compile_.add_argument(
+        "--output",
+        type=Path,
+        default=Path("iris_pipeline.yaml"),
+        help="where to write the YAML (default: iris_pipeline.yaml)",
+    )
+    compile_.add_argument(
+        "--image",
+        default=None,
+        help="base image for every step (default: the project's pipeline image)",
+    )
+    return parser
+
+
+def _arguments(args: argparse.Namespace) -> dict[str, Any]:
+    noise = (
+        args.label_noise
+        if args.label_noise is not None
+        else (WEAK_LABEL_NOISE if args.weak else 0.0)
+    )
+    return {
+        "registry": str(args.registry.resolve()),
+        "model_name": args.model_name,
+        "threshold": args.threshold,
+        "data_csv": str(args.data.resolve()) if args.data else "",
+        "test_fraction": args.test_fraction,
+        "seed": args.seed,
+        "classifier": args.classifier,
+        "c": args.c,
+        "max_iter": args.max_iter,
+        "n_estimators": args.n_estimators,
+        "max_depth": args.max_depth,
+        "label_noise": noise,
+        "train_fraction": args.train_fraction,
+    }
+
+
+def _check_inputs(arguments: dict[str, Any]) -> str:
+    """Fail in a second, before KFP starts, on what the steps would reject anyway."""
+    from pipeline.steps import DataError, Degradation, TrainParams, load_dataset
+
+    try:
+        Degradation(arguments["label_noise"], arguments["train_fraction"])
+        TrainParams(classifier=arguments["classifier"])
+        if not 0.0 < arguments["test_fraction"] < 1.0:
+            raise ValueError("--test-fraction must be within (0, 1)")
+        if not 0.0 <= arguments["threshold"] <= 1.0:
+            raise ValueError("--threshold must be within [0, 1]")
+        if arguments["data_csv"]:
+            load_dataset(arguments["data_csv"])
+    except (DataError, ValueError) as exc:
+        return str(exc)
+    return ""
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from pipeline.local_run import new_log_path, run_locally
+
+    console = Console(stderr=True)
+    arguments = _arguments(args)
+    problem = _check_inputs(arguments)
+    if problem:
+        console.print(f"[red]error:[/] {problem}")
+        return EXIT_USAGE
+    console.print(f"[bold]irisgate pipeline[/] (KFP local runner) -> registry {args.registry}")
+    result = run_locally(arguments, new_log_path(args.log_dir), console)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "outcome": result.outcome,
+                    "seconds": round(result.seconds, 1),
+                    "error": result.error,
+                    **result.record,
+                }
+            )
+        )
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_row(
+        "outcome",
+        {
+            "deployed": "[green]deployed[/]",
+            "rejected": "[yellow]rejected by the accuracy condition[/]",
+        }.get(result.outcome, "[red]failed[/]"),
+    )
+    if result.record:
+        table.add_row("accuracy", f"{result.record.get('accuracy', float('nan')):.4f}")
+        table.add_row("threshold", f"{args.threshold:.4f}")
+        table.add_row("branch", "deploy" if result.outcome == "deployed" else "reject")
+    if result.outcome == "deployed":
+        table.add_row("model", f"{result.record['name']} version {result.record['version']}")
+        table.add_row("artifact", result.record["path"])
+    elif result.outcome == "rejected":
+        table.add_row("reason", result.record["reason"])
+        table.add_row("record", result.record["path"])
+    else:
+        table.add_row("error", result.error)
+    table.add_row("took", f"{result.seconds:.1f} s")
+    table.add_row("task logs", str(result.log_path))
+    console.print(table)
+    return {"deployed": EXIT_DEPLOYED, "rejected": EXIT_REJECTED}.get(result.outcome, EXIT_FAILED)
+
+
+def command_compile(args: argparse.Namespace) -> int:
+    from kfp import compiler
+
+    from pipeline.components import ComponentImages
+    from pipeline.definition import build_pipeline
+
+    images = ComponentImages(default=args.image) if args.image else ComponentImages()
+    compiler.Compiler().compile(build_pipeline(images), str(args.output))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return command_run(args)
+    return command_compile(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
