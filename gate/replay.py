@@ -1,0 +1,113 @@
+"""The accuracy gate: offline metrics plus a live replay of held-out data.
+
+The replay sends the labelled held-out split through the candidate's real endpoint and
+scores the answers. It catches what offline numbers cannot: a pickle that loads but
+predicts differently, a preprocessing step lost between training and serving, a
+predictor wired to the wrong artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from gate.spec import AnalysisSpec
+
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+LABEL = "species"
+BATCH_ROWS = 64
+
+
+class ReplayError(Exception):
+    """The replay could not be run or answered wrongly; the candidate never gets traffic."""
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    accuracy: float
+    rows: int
+    correct: int
+
+
+def judge_accuracy(spec: AnalysisSpec, offline: float, live: float) -> tuple[bool, str]:
+    """Both figures must reach the threshold and agree within the tolerance."""
+    threshold, tolerance = spec.accuracy_threshold, spec.accuracy_tolerance
+    if offline < threshold:
+        return False, f"offline accuracy {offline:.4f} is below the threshold {threshold:.4f}"
+    if live < threshold:
+        return False, f"live replay accuracy {live:.4f} is below the threshold {threshold:.4f}"
+    gap = abs(offline - live)
+    if gap > tolerance + 1e-9:  # 1.0 - 0.95 is 0.05000000000000004 in floating point
+        return False, (
+            f"live replay accuracy {live:.4f} differs from offline {offline:.4f} by "
+            f"{gap:.4f} (> {tolerance:.4f}): training/serving skew"
+        )
+    return True, (
+        f"accuracy gate passed: offline {offline:.4f}, live replay {live:.4f} "
+        f"(threshold {threshold:.4f}, tolerance {tolerance:.4f})"
+    )
+
+
+def read_holdout(text: str) -> tuple[list[list[float]], list[int]]:
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise ReplayError("held-out set is empty")
+    missing = [c for c in [*FEATURES, LABEL] if c not in rows[0]]
+    if missing:
+        raise ReplayError(f"held-out set lacks columns {missing}")
+    try:
+        features = [[float(r[c]) for c in FEATURES] for r in rows]
+        labels = [int(float(r[LABEL])) for r in rows]
+    except ValueError as exc:
+        raise ReplayError(f"held-out set has a bad value: {exc}") from exc
+    return features, labels
+
+
+async def load_holdout(location: str, client: httpx.AsyncClient) -> str:
+    """A local path, or an http(s) URL."""
+    if location.startswith(("http://", "https://")):
+        try:
+            response = await client.get(location)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ReplayError(f"cannot fetch held-out set {location}: {exc!r}") from exc
+        return response.text
+    path = Path(location)
+    if not path.is_file():
+        raise ReplayError(f"held-out set {location} not found")
+    return path.read_text()
+
+
+async def replay(client: httpx.AsyncClient, base_url: str, model: str, text: str) -> ReplayResult:
+    """Score the candidate on the held-out rows over Open Inference Protocol v2 REST."""
+    features, labels = read_holdout(text)
+    predicted: list[int] = []
+    for start in range(0, len(features), BATCH_ROWS):
+        batch = features[start : start + BATCH_ROWS]
+        body = {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "datatype": "FP64",
+                    "shape": [len(batch), 4],
+                    "data": [v for row in batch for v in row],
+                }
+            ],
+            "outputs": [{"name": "predict"}],
+        }
+        try:
+            response = await client.post(f"{base_url}/v2/models/{model}/infer", json=body)
+        except httpx.HTTPError as exc:
+            raise ReplayError(f"candidate unreachable at {base_url}: {exc!r}") from exc
+        if response.status_code != 200:
+            raise ReplayError(f"candidate answered {response.status_code}: {response.text[:200]}")
+        outputs = {o["name"]: o for o in response.json().get("outputs", [])}
+        if "predict" not in outputs or len(outputs["predict"]["data"]) != len(batch):
+            raise ReplayError("candidate answer lacks a 'predict' output for every row")
+        predicted.extend(int(v) for v in outputs["predict"]["data"])
+    correct = sum(int(p == y) for p, y in zip(predicted, labels, strict=True))
+    return ReplayResult(correct / len(labels), len(labels), correct)

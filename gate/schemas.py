@@ -1,0 +1,82 @@
+"""API schemas, named by role (FastAPI convention): what clients send and get back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gate.decide import RolloutState
+from gate.spec import AnalysisOverrides, AnalysisSpec, Candidate
+from gate.store import Decision
+
+
+class RolloutCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    candidate: Candidate
+    analysis: AnalysisOverrides | None = None
+
+
+class RolloutPublic(BaseModel):
+    id: str
+    model: str
+    phase: str
+    paused: bool
+    candidate: Candidate
+    stable_version: str | None
+    canary_weight: int
+    step_index: int
+    steps: list[int]
+    failures: int
+    inconclusive: int
+    errors: int
+    message: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, state: RolloutState) -> RolloutPublic:
+        return cls(
+            id=state.id,
+            model=state.model,
+            phase=state.phase.value,
+            paused=state.paused,
+            candidate=state.candidate,
+            stable_version=state.stable_version,
+            canary_weight=state.canary_weight,
+            step_index=state.step_index,
+            steps=state.spec.steps,
+            failures=state.failures,
+            inconclusive=state.inconclusive,
+            errors=state.errors,
+            message=state.message,
+            created_at=state.created_at,
+            updated_at=state.updated_at,
+        )
+
+
+class DecisionPublic(BaseModel):
+    at: datetime
+    phase: str
+    step_index: int
+    canary_weight: int
+    action: str
+    outcome: str | None
+    reason: str
+    evidence: dict[str, Any]
+
+    @classmethod
+    def of(cls, decision: Decision) -> DecisionPublic:
+        return cls.model_validate(decision.model_dump(exclude={"seq", "rollout_id"}))
+
+
+class RolloutDetail(RolloutPublic):
+    analysis: AnalysisSpec
+    decisions: list[DecisionPublic]
+
+
+class ErrorPublic(BaseModel):
+    detail: str

@@ -1,0 +1,72 @@
+"""Gate settings: ``GATE_<NAME>`` environment variables, plus an optional analysis YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gate.spec import AnalysisSpec
+
+
+class GateSettings(BaseSettings):
+    """Built in ``main()`` or the app factory; never at import time."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATE_", extra="forbid", use_attribute_docstrings=True
+    )
+
+    host: str = "127.0.0.1"
+    """Address the API binds to; containers pass 0.0.0.0."""
+    port: int = Field(8090, ge=0, le=65535)
+    """API port."""
+    api_token: SecretStr = Field(min_length=16)
+    """Bearer token for mutating endpoints (create, pause, resume, promote, abort)."""
+    db_path: Path = Path(".irisgate/gate.db")
+    """SQLite file holding rollouts, decisions and the webhook outbox."""
+    tick_interval_s: float = Field(2.0, gt=0)
+    """How often every active rollout is reconsidered."""
+    traffic_backend: str = "local"
+    """local (predictor processes + gate.router) or kserve (InferenceService canary)."""
+    metrics_provider: str = "scrape"
+    """scrape (predictors' /metrics) or prometheus (PromQL)."""
+    prometheus_url: str = ""
+    """Prometheus base URL for the prometheus provider."""
+    prometheus_queries: dict[str, str] = Field(default_factory=dict)
+    """PromQL overrides by name (requests, server_errors, p99, classes), JSON."""
+    analysis_file: Path | None = None
+    """YAML file with AnalysisSpec defaults (steps, intervals, thresholds, limits)."""
+    webhook_urls: list[str] = Field(default_factory=list)
+    """Slack-compatible webhook URLs, JSON list."""
+    webhook_interval_s: float = Field(1.0, gt=0)
+    """How often the webhook outbox is drained."""
+    webhook_max_passes: int = Field(5, ge=1)
+    """Delivery passes (each with 3 quick retries) before an event is given up."""
+    model_name: str = "iris"
+    """Model whose stable the gate brings up at start (local backend)."""
+    stable_model_dir: Path | None = None
+    """Local backend: artifact directory of the initial stable, if none is recorded yet."""
+    router_url: str = "http://127.0.0.1:8000"
+    """Local backend: the router's HTTP base URL (admin API under /router/)."""
+    run_dir: Path = Path(".irisgate/predictors")
+    """Local backend: where predictor logs go."""
+    canary_args: str = ""
+    """Local backend: extra predictor flags for every candidate, e.g. fault injection."""
+    kserve_namespace: str = "default"
+    """KServe backend: namespace of the InferenceServices."""
+    kserve_services: dict[str, list[str]] = Field(default_factory=dict)
+    """KServe backend: InferenceService names per model, JSON, e.g.
+    {"iris": ["iris-rest", "iris-grpc"]} (serverless allows one protocol per service)."""
+    kserve_api_url: str = ""
+    """KServe backend: Kubernetes API URL; empty means in-cluster or kubeconfig."""
+
+    def analysis_defaults(self) -> AnalysisSpec:
+        if self.analysis_file is None:
+            return AnalysisSpec()
+        document: Any = yaml.safe_load(self.analysis_file.read_text()) or {}
+        if not isinstance(document, dict):
+            raise ValueError(f"{self.analysis_file}: expected a mapping of analysis settings")
+        return AnalysisSpec.model_validate(document)

@@ -1,0 +1,298 @@
+"""SQLite persistence: rollout state, the decision history, the webhook outbox, stables.
+
+Every state change is written in one transaction together with the decision that caused
+it and the events it announces, so a crash leaves either all of them or none.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from gate.decide import RolloutState
+from gate.spec import TERMINAL
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_rollout_per_model
+    ON rollouts(model) WHERE active = 1;
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id TEXT NOT NULL REFERENCES rollouts(id),
+    at TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    step_index INTEGER NOT NULL,
+    canary_weight INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    outcome TEXT,
+    reason TEXT NOT NULL,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_rollout ON decisions(rollout_id, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    delivered_at TEXT,
+    gave_up_at TEXT,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS stables (
+    model TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    artifact_uri TEXT NOT NULL,
+    endpoint TEXT,
+    updated_at TEXT NOT NULL
+);
+"""
+
+
+class ActiveRolloutExists(Exception):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model} already has an active rollout")
+        self.model = model
+
+
+class Decision(BaseModel):
+    seq: int
+    rollout_id: str
+    at: datetime
+    phase: str
+    step_index: int
+    canary_weight: int
+    action: str
+    outcome: str | None
+    reason: str
+    evidence: dict[str, Any]
+
+
+class Stable(BaseModel):
+    model: str
+    version: str
+    artifact_uri: str
+    endpoint: dict[str, Any] | None = None  # backend-specific: where it serves (local: pid, ports)
+
+
+class OutboxEvent(BaseModel):
+    seq: int
+    rollout_id: str
+    event: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class SQLiteStore:
+    """One connection, serialised by a lock: the gate's write rate is a few per second."""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- rollouts -------------------------------------------------------------------------
+    def create(
+        self,
+        state: RolloutState,
+        decision: dict[str, Any] | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO rollouts (id, model, phase, active, state, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        state.id,
+                        state.model,
+                        state.phase.value,
+                        int(not state.terminal),
+                        state.model_dump_json(),
+                        state.created_at.isoformat(),
+                        state.updated_at.isoformat(),
+                    ),
+                )
+                self._record(db, state, decision, event)
+        except sqlite3.IntegrityError as exc:
+            raise ActiveRolloutExists(state.model) from exc
+
+    def save(
+        self,
+        state: RolloutState,
+        decision: dict[str, Any] | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """State, its decision record and its webhook event: all or nothing."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE rollouts SET phase = ?, active = ?, state = ?, updated_at = ? WHERE id = ?",
+                (
+                    state.phase.value,
+                    int(state.phase not in TERMINAL),
+                    state.model_dump_json(),
+                    state.updated_at.isoformat(),
+                    state.id,
+                ),
+            )
+            self._record(db, state, decision, event)
+
+    def _record(
+        self,
+        db: sqlite3.Connection,
+        state: RolloutState,
+        decision: dict[str, Any] | None,
+        event: tuple[str, dict[str, Any]] | None,
+    ) -> None:
+        if decision is not None:
+            db.execute(
+                "INSERT INTO decisions (rollout_id, at, phase, step_index, canary_weight, "
+                "action, outcome, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    state.id,
+                    _now(),
+                    state.phase.value,
+                    state.step_index,
+                    state.canary_weight,
+                    decision["action"],
+                    decision.get("outcome"),
+                    decision.get("reason", ""),
+                    json.dumps(decision.get("evidence", {})),
+                ),
+            )
+        if event is not None:
+            db.execute(
+                "INSERT INTO outbox (rollout_id, event, payload, created_at) VALUES (?, ?, ?, ?)",
+                (state.id, event[0], json.dumps(event[1]), _now()),
+            )
+
+    def get(self, rollout_id: str) -> RolloutState | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state FROM rollouts WHERE id = ?", (rollout_id,)
+            ).fetchone()
+        return RolloutState.model_validate_json(row["state"]) if row else None
+
+    def rollouts(self, active_only: bool = False) -> list[RolloutState]:
+        query = "SELECT state FROM rollouts"
+        if active_only:
+            query += " WHERE active = 1"
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created_at").fetchall()
+        return [RolloutState.model_validate_json(r["state"]) for r in rows]
+
+    def decisions(self, rollout_id: str) -> list[Decision]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM decisions WHERE rollout_id = ? ORDER BY seq", (rollout_id,)
+            ).fetchall()
+        return [
+            Decision.model_validate({**dict(r), "evidence": json.loads(r["evidence"])})
+            for r in rows
+        ]
+
+    # --- stables ---------------------------------------------------------------------------
+    def stable(self, model: str) -> Stable | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT model, version, artifact_uri, endpoint FROM stables WHERE model = ?",
+                (model,),
+            ).fetchone()
+        if row is None:
+            return None
+        endpoint = json.loads(row["endpoint"]) if row["endpoint"] else None
+        return Stable.model_validate({**dict(row), "endpoint": endpoint})
+
+    def set_stable(self, stable: Stable) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO stables (model, version, artifact_uri, endpoint, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+                "version = excluded.version, artifact_uri = excluded.artifact_uri, "
+                "endpoint = excluded.endpoint, updated_at = excluded.updated_at",
+                (
+                    stable.model,
+                    stable.version,
+                    stable.artifact_uri,
+                    json.dumps(stable.endpoint) if stable.endpoint is not None else None,
+                    _now(),
+                ),
+            )
+
+    # --- webhook outbox --------------------------------------------------------------------
+    def pending_events(self, limit: int = 50) -> list[OutboxEvent]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, rollout_id, event, payload, attempts FROM outbox "
+                "WHERE delivered_at IS NULL AND gave_up_at IS NULL ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            OutboxEvent.model_validate({**dict(r), "payload": json.loads(r["payload"])})
+            for r in rows
+        ]
+
+    def mark_event(self, seq: int, delivered: bool, error: str = "", give_up: bool = False) -> None:
+        with self._transaction() as db:
+            if delivered:
+                db.execute(
+                    "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1 WHERE seq = ?",
+                    (_now(), seq),
+                )
+            else:
+                db.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
+                    "gave_up_at = ? WHERE seq = ?",
+                    (error[:500], _now() if give_up else None, seq),
+                )
+
+    def event_counts(self) -> dict[str, int]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT SUM(delivered_at IS NOT NULL) AS delivered, SUM(gave_up_at IS NOT NULL)"
+                " AS gave_up, SUM(delivered_at IS NULL AND gave_up_at IS NULL) AS pending "
+                "FROM outbox"
+            ).fetchone()
+        return {k: int(row[k] or 0) for k in ("delivered", "gave_up", "pending")}

@@ -1,0 +1,150 @@
+"""Small fakes for the gate's seams: a traffic backend, a metrics provider, a clock, and a
+candidate that answers the replay over httpx's MockTransport."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gate.analysis import RoleWindow, WindowMeasurement
+from gate.decide import RolloutState
+from gate.metrics import MetricsProvider, MetricsUnavailable, Targets
+from gate.traffic import TrafficBackend, TrafficError
+
+HOLDOUT = [
+    ([5.1, 3.5, 1.4, 0.2], 0),
+    ([4.9, 3.0, 1.4, 0.2], 0),
+    ([7.0, 3.2, 4.7, 1.4], 1),
+    ([6.4, 3.2, 4.5, 1.5], 1),
+    ([6.3, 3.3, 6.0, 2.5], 2),
+    ([5.8, 2.7, 5.1, 1.9], 2),
+]
+
+
+def write_holdout(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["sepal_length,sepal_width,petal_length,petal_width,species"]
+    lines += [",".join(str(v) for v in row) + f",{label}" for row, label in HOLDOUT]
+    (directory / "holdout.csv").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def candidate_transport(wrong: bool = False) -> httpx.MockTransport:
+    """A candidate predictor: right answers, or always class 0 (training/serving skew)."""
+    truth = {tuple(row): label for row, label in HOLDOUT}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        tensor = json.loads(request.content)["inputs"][0]
+        data = tensor["data"]
+        rows = [tuple(data[i : i + 4]) for i in range(0, len(data), 4)]
+        labels = [0 if wrong else truth[row] for row in rows]
+        return httpx.Response(
+            200,
+            json={
+                "outputs": [
+                    {"name": "predict", "datatype": "INT64", "shape": [len(rows)], "data": labels}
+                ]
+            },
+        )
+
+    return httpx.MockTransport(handle)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class FakeBackend(TrafficBackend):
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.weight = 0
+        self.weights_set: list[int] = []
+        self.started = 0
+        self.promoted = 0
+        self.rolled_back = 0
+        self.unreachable = False
+
+    def _check(self) -> None:
+        if self.unreachable:
+            raise TrafficError("router unreachable (fake)")
+
+    async def ensure_stable(self, model: str) -> None:
+        self._check()
+
+    async def start_candidate(self, state: RolloutState) -> dict[str, Any]:
+        self._check()
+        self.started += 1
+        return {"canary": {"http": "http://candidate"}}
+
+    def candidate_url(self, state: RolloutState) -> str:
+        return "http://candidate"
+
+    async def get_weight(self, state: RolloutState) -> int:
+        self._check()
+        return self.weight
+
+    async def set_weight(self, state: RolloutState, weight: int) -> None:
+        self._check()
+        self.weight = weight
+        self.weights_set.append(weight)
+
+    async def promote(self, state: RolloutState) -> None:
+        self._check()
+        self.promoted += 1
+        self.weight = 0
+
+    async def rollback(self, state: RolloutState) -> None:
+        self._check()
+        self.rolled_back += 1
+        self.weight = 0
+
+    def metrics_targets(self, state: RolloutState) -> Targets:
+        return Targets(
+            model=state.model, stable_version="1", canary_version=state.candidate.version
+        )
+
+
+def healthy(requests: float = 100, errors: float = 0, p99_ms: float = 5) -> WindowMeasurement:
+    classes = {"setosa": requests / 3, "versicolor": requests / 3, "virginica": requests / 3}
+    role = RoleWindow(
+        requests=requests, server_errors=errors, p99_s=p99_ms / 1000, class_counts=classes
+    )
+    stable = RoleWindow(requests=100, p99_s=0.005, class_counts=classes)
+    return WindowMeasurement(stable=stable, canary=role, window_s=30)
+
+
+class FakeProvider(MetricsProvider):
+    """Answers measurements from a script; ``None`` in the script means unreachable."""
+
+    name = "fake"
+
+    def __init__(self, script: list[WindowMeasurement | None] | None = None) -> None:
+        self.script = list(script or [])
+        self.default: WindowMeasurement | None = healthy()
+        self.snapshots = 0
+        self.measured = 0
+
+    async def snapshot(self, targets: Targets) -> dict[str, Any]:
+        self.snapshots += 1
+        return {"snapshot": self.snapshots}
+
+    async def measure(
+        self, targets: Targets, baseline: dict[str, Any] | None, window_s: float
+    ) -> WindowMeasurement:
+        self.measured += 1
+        result = self.script.pop(0) if self.script else self.default
+        if result is None:
+            raise MetricsUnavailable("prometheus down (fake)")
+        return result

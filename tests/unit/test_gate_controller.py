@@ -1,0 +1,214 @@
+"""The controller tick by tick, with fakes at every seam; restarts over the same store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gate.controller import RolloutController
+from gate.spec import AnalysisOverrides, AnalysisSpec, Candidate, Phase
+from gate.store import SQLiteStore
+from tests.gate_fakes import (
+    FakeBackend,
+    FakeClock,
+    FakeProvider,
+    candidate_transport,
+    healthy,
+    write_holdout,
+)
+
+SPEC = AnalysisSpec(
+    steps=[10, 50, 100],
+    step_interval_s=30,
+    min_requests=10,
+    failure_limit=2,
+    inconclusive_limit=3,
+    error_limit=2,
+)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, wrong_candidate: bool = False) -> None:
+        self.tmp_path = tmp_path
+        self.store = SQLiteStore(tmp_path / "gate.db")
+        self.backend = FakeBackend()
+        self.provider = FakeProvider()
+        self.clock = FakeClock()
+        self.wrong = wrong_candidate
+        self.controller = self.new_controller()
+        self.artifact = write_holdout(tmp_path / "registry" / "iris" / "2")
+
+    def new_controller(self) -> RolloutController:
+        """A fresh controller over the same store: what a restarted gate is."""
+        http = httpx.AsyncClient(transport=candidate_transport(self.wrong))
+        return RolloutController(
+            self.store, self.backend, self.provider, SPEC, clock=self.clock, http=http
+        )
+
+    def create(self, accuracy: float = 0.95) -> str:
+        candidate = Candidate(
+            version="2", artifact_uri=str(self.artifact), offline_metrics={"accuracy": accuracy}
+        )
+        return self.controller.create("iris", candidate).id
+
+    def tick(self, rollout_id: str, advance: float = 0) -> Phase:
+        self.clock.advance(advance)
+        return asyncio.run(self.controller.tick(rollout_id)).phase
+
+    def actions(self, rollout_id: str) -> list[tuple[str, str | None, int]]:
+        return [(d.action, d.outcome, d.canary_weight) for d in self.store.decisions(rollout_id)]
+
+
+def test_healthy_canary_walks_every_step_then_promotes(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    assert h.tick(rollout) is Phase.PROGRESSING  # accuracy gate passed, first step applied
+    assert h.backend.weight == 10
+    assert h.tick(rollout, advance=10) is Phase.PROGRESSING  # window still open
+    assert h.provider.measured == 0
+    h.tick(rollout, advance=21)
+    assert h.backend.weight == 50
+    h.tick(rollout, advance=31)
+    assert h.backend.weight == 100
+    assert h.tick(rollout, advance=31) is Phase.SUCCEEDED
+    assert h.backend.promoted == 1
+    assert h.actions(rollout) == [
+        ("create", None, 0),
+        ("step", "pass", 10),
+        ("step", "pass", 50),
+        ("step", "pass", 100),
+        ("promote", "pass", 100),
+        ("promoted", None, 0),
+    ]
+    assert h.backend.weights_set == [10, 50, 100]
+    events = [e.event for e in h.store.pending_events()]
+    assert events == ["start", "step", "step", "step", "promotion"]
+
+
+def test_skewed_candidate_fails_the_accuracy_gate_and_never_gets_traffic(tmp_path: Path) -> None:
+    h = Harness(tmp_path, wrong_candidate=True)
+    rollout = h.create()
+    assert h.tick(rollout) is Phase.FAILED
+    state = h.controller.get(rollout)
+    assert "live replay accuracy 0.3333 is below the threshold" in state.message
+    assert h.backend.weights_set == [] and h.backend.rolled_back == 1
+    evidence = h.store.decisions(rollout)[-1].evidence
+    assert evidence["live_accuracy"] == pytest.approx(1 / 3)
+    assert evidence["replayed_rows"] == 6
+
+
+def test_weak_offline_accuracy_fails_the_gate(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create(accuracy=0.7)
+    assert h.tick(rollout) is Phase.FAILED
+    assert "offline accuracy 0.7000 is below" in h.controller.get(rollout).message
+
+
+def test_failures_reach_the_limit_and_roll_back(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.tick(rollout)
+    h.provider.script = [healthy(errors=20), healthy(errors=20)]
+    assert h.tick(rollout, advance=31) is Phase.PROGRESSING  # first failure: retry the step
+    assert h.backend.weight == 10
+    assert h.tick(rollout, advance=31) is Phase.ROLLED_BACK
+    assert h.backend.rolled_back == 1 and h.backend.weight == 0
+    assert [a for a, _, _ in h.actions(rollout)][-3:] == ["retry-step", "rollback", "rolled-back"]
+    decision = h.store.decisions(rollout)[-2]
+    assert decision.outcome == "fail" and "failure limit reached (2/2)" in decision.reason
+    assert decision.evidence["measurement"]["canary"]["server_errors"] == 20
+    assert decision.evidence["judged"]["canary_weight"] == 10
+
+
+def test_no_data_extends_then_rolls_back_never_passes(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.tick(rollout)
+    h.provider.default = healthy(requests=3)
+    for _ in range(2):
+        assert h.tick(rollout, advance=31) is Phase.PROGRESSING
+    assert h.backend.weight == 10  # never moved on without evidence
+    assert h.tick(rollout, advance=31) is Phase.ROLLED_BACK
+    assert [o for _, o, _ in h.actions(rollout)].count("inconclusive") == 3
+
+
+def test_metrics_backend_down_has_its_own_limit(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.tick(rollout)
+    h.provider.script = [None, None]
+    assert h.tick(rollout, advance=31) is Phase.PROGRESSING
+    assert h.tick(rollout, advance=11) is Phase.ROLLED_BACK
+    assert "metrics error limit reached (2/2)" in h.controller.get(rollout).message
+
+
+def test_restart_resumes_without_repeating_or_skipping(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.tick(rollout)
+    h.tick(rollout, advance=31)  # now at 50 %
+    h.controller = h.new_controller()  # the gate restarted
+    assert h.tick(rollout) is Phase.PROGRESSING
+    assert h.backend.weights_set == [10, 50]  # nothing re-applied, nothing judged
+    h.tick(rollout, advance=31)
+    h.tick(rollout, advance=31)
+    assert h.tick(rollout) is Phase.SUCCEEDED
+    steps = [w for a, _, w in h.actions(rollout) if a == "step"]
+    assert steps == [10, 50, 100]
+
+
+def test_crash_between_persist_and_apply_is_reconciled(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.tick(rollout)
+    h.tick(rollout, advance=31)  # persisted and applied 50 %
+    h.backend.weight = 10  # as if the gate died before the router heard about 50 %
+    h.controller = h.new_controller()
+    measured = h.provider.measured
+    h.tick(rollout, advance=31)
+    assert h.backend.weight == 50
+    assert h.provider.measured == measured  # a window with the wrong weight is not judged
+    last = h.store.decisions(rollout)[-1]
+    assert (last.action, last.evidence) == (
+        "reconcile",
+        {"actual_weight": 10, "desired_weight": 50},
+    )
+
+
+def test_infrastructure_errors_during_validation_are_retried(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.backend.unreachable = True
+    assert h.tick(rollout) is Phase.VALIDATING
+    h.backend.unreachable = False
+    assert h.tick(rollout) is Phase.PROGRESSING
+
+
+def test_manual_commands(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.tick(rollout)
+    asyncio.run(h.controller.command(rollout, "pause"))
+    measured = h.provider.measured
+    h.tick(rollout, advance=100)
+    assert h.provider.measured == measured  # paused: nothing judged
+    asyncio.run(h.controller.command(rollout, "resume"))
+    state = asyncio.run(h.controller.command(rollout, "promote"))
+    assert state.phase is Phase.SUCCEEDED and h.backend.promoted == 1
+
+    second = h.create()
+    h.tick(second)
+    assert asyncio.run(h.controller.command(second, "abort")).phase is Phase.ABORTED
+    assert h.backend.weight == 0
+
+
+def test_overrides_apply_per_rollout(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    candidate = Candidate(
+        version="2", artifact_uri=str(h.artifact), offline_metrics={"accuracy": 0.95}
+    )
+    state = h.controller.create("iris", candidate, AnalysisOverrides(steps=[50, 100]))
+    assert state.spec.steps == [50, 100] and state.spec.min_requests == SPEC.min_requests

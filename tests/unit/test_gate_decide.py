@@ -1,0 +1,185 @@
+"""The rollout state machine, table-driven: steps, limits, promotion, commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gate.analysis import RoleWindow, Verdict, WindowMeasurement
+from gate.decide import (
+    CommandError,
+    RolloutState,
+    after_analysis,
+    begin_canary,
+    command,
+    fail_validation,
+    finish,
+)
+from gate.spec import AnalysisSpec, Candidate, Outcome, Phase
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC = AnalysisSpec(
+    steps=[10, 50, 100],
+    step_interval_s=30,
+    failure_limit=2,
+    inconclusive_limit=3,
+    error_limit=2,
+    min_requests=10,
+)
+
+
+def state(**changes: object) -> RolloutState:
+    base = RolloutState(
+        id="r1",
+        model="iris",
+        spec=SPEC,
+        created_at=NOW,
+        updated_at=NOW,
+        candidate=Candidate(version="2", artifact_uri="/m/2", offline_metrics={"accuracy": 0.95}),
+    )
+    return base.model_copy(update=changes)
+
+
+def verdict(outcome: Outcome, stable_requests: float = 100) -> Verdict:
+    measured = WindowMeasurement(
+        stable=RoleWindow(requests=stable_requests), canary=RoleWindow(requests=50), window_s=30
+    )
+    return Verdict(outcome=outcome, reason=outcome.value, measurement=measured)
+
+
+def progressing(step: int = 0, **changes: object) -> RolloutState:
+    return state(
+        phase=Phase.PROGRESSING, step_index=step, canary_weight=SPEC.steps[step], **changes
+    ).start_window(NOW)
+
+
+def test_accuracy_gate_pass_starts_first_step_and_fail_ends_without_traffic() -> None:
+    started = begin_canary(state(), NOW, "ok")
+    assert (started.state.phase, started.state.canary_weight, started.action) == (
+        Phase.PROGRESSING,
+        10,
+        "step",
+    )
+    assert started.state.step_deadline == NOW + timedelta(seconds=30)
+    failed = fail_validation(state(), NOW, "too weak")
+    assert (failed.state.phase, failed.state.canary_weight, failed.event) == (
+        Phase.FAILED,
+        0,
+        "failure",
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "outcome", "phase", "step", "weight", "action"),
+    [
+        (progressing(0), Outcome.PASS, Phase.PROGRESSING, 1, 50, "step"),
+        (progressing(2), Outcome.PASS, Phase.PROMOTING, 2, 100, "promote"),
+        (progressing(1), Outcome.FAIL, Phase.PROGRESSING, 1, 50, "retry-step"),
+        (progressing(1, failures=1), Outcome.FAIL, Phase.ROLLING_BACK, 1, 0, "rollback"),
+        (progressing(1), Outcome.INCONCLUSIVE, Phase.PROGRESSING, 1, 50, "extend-step"),
+        (
+            progressing(1, inconclusive=2),
+            Outcome.INCONCLUSIVE,
+            Phase.ROLLING_BACK,
+            1,
+            0,
+            "rollback",
+        ),
+        (progressing(1), Outcome.ERROR, Phase.PROGRESSING, 1, 50, "retry-analysis"),
+        (progressing(1, errors=1), Outcome.ERROR, Phase.ROLLING_BACK, 1, 0, "rollback"),
+    ],
+)
+def test_after_analysis(
+    before: RolloutState, outcome: Outcome, phase: Phase, step: int, weight: int, action: str
+) -> None:
+    later = NOW + timedelta(seconds=31)
+    transition = after_analysis(before, verdict(outcome), later)
+    assert transition.state.phase is phase
+    assert (transition.state.step_index, transition.state.canary_weight) == (step, weight)
+    assert transition.action == action
+
+
+def test_extension_keeps_the_window_and_counts() -> None:
+    before = progressing(1)
+    later = NOW + timedelta(seconds=31)
+    extended = after_analysis(before, verdict(Outcome.INCONCLUSIVE), later).state
+    assert extended.window_start == before.window_start  # the data so far still counts
+    assert extended.step_deadline == later + timedelta(seconds=30)
+    assert extended.inconclusive == 1
+    passed = after_analysis(extended, verdict(Outcome.PASS), later).state
+    assert passed.inconclusive == 0 and passed.window_start == later
+
+
+def test_failed_window_restarts_and_failures_accumulate_across_steps() -> None:
+    later = NOW + timedelta(seconds=31)
+    failed_once = after_analysis(progressing(0), verdict(Outcome.FAIL), later).state
+    assert failed_once.window_start == later and failed_once.failures == 1
+    moved = after_analysis(failed_once, verdict(Outcome.PASS), later).state
+    assert moved.failures == 1 and moved.step_index == 1
+    rolled = after_analysis(moved, verdict(Outcome.FAIL), later)
+    assert rolled.action == "rollback" and "failure limit reached (2/2)" in rolled.state.message
+
+
+def test_errors_are_consecutive_only() -> None:
+    later = NOW + timedelta(seconds=31)
+    once = after_analysis(progressing(0), verdict(Outcome.ERROR), later).state
+    assert once.errors == 1
+    assert after_analysis(once, verdict(Outcome.INCONCLUSIVE), later).state.errors == 0
+
+
+def test_stable_reference_kept_only_with_enough_stable_traffic() -> None:
+    later = NOW + timedelta(seconds=31)
+    busy = after_analysis(progressing(0), verdict(Outcome.PASS, 100), later).state
+    assert busy.stable_reference is not None and busy.stable_reference.requests == 100
+    idle = after_analysis(busy, verdict(Outcome.PASS, 0), later).state
+    assert idle.stable_reference == busy.stable_reference
+
+
+@pytest.mark.parametrize(
+    ("phase", "final", "action", "event"),
+    [
+        (Phase.PROMOTING, Phase.SUCCEEDED, "promoted", "promotion"),
+        (Phase.ROLLING_BACK, Phase.ROLLED_BACK, "rolled-back", "rollback"),
+    ],
+)
+def test_finish(phase: Phase, final: Phase, action: str, event: str) -> None:
+    transition = finish(state(phase=phase, canary_weight=50), NOW)
+    assert (transition.state.phase, transition.action, transition.event) == (final, action, event)
+    assert transition.state.canary_weight == 0
+
+
+def test_commands() -> None:
+    paused = command(progressing(1), "pause", NOW).state
+    assert paused.paused
+    with pytest.raises(CommandError, match="already paused"):
+        command(paused, "pause", NOW)
+    later = NOW + timedelta(seconds=99)
+    resumed = command(paused, "resume", later).state
+    assert not resumed.paused and resumed.window_start == later
+    with pytest.raises(CommandError, match="not paused"):
+        command(resumed, "resume", NOW)
+    promoted = command(progressing(0), "promote", NOW).state
+    assert promoted.phase is Phase.PROMOTING
+    with pytest.raises(CommandError, match="only a progressing canary"):
+        command(state(), "promote", NOW)
+    aborted = command(progressing(1), "abort", NOW).state
+    assert (aborted.phase, aborted.aborted, aborted.canary_weight) == (Phase.ROLLING_BACK, True, 0)
+    assert finish(aborted, NOW).state.phase is Phase.ABORTED
+    with pytest.raises(CommandError, match="succeeded"):
+        command(state(phase=Phase.SUCCEEDED), "abort", NOW)
+    with pytest.raises(CommandError, match="unknown command"):
+        command(progressing(0), "explode", NOW)
+
+
+def test_spec_validation_and_overrides() -> None:
+    from gate.spec import AnalysisOverrides
+
+    with pytest.raises(ValueError, match="steps must increase"):
+        AnalysisSpec(steps=[50, 10])
+    with pytest.raises(ValueError):
+        AnalysisSpec(steps=[0, 150])
+    spec = AnalysisOverrides(step_weight=20, max_weight=60).apply(SPEC)
+    assert spec.steps == [20, 40, 60] and spec.failure_limit == SPEC.failure_limit
+    with pytest.raises(ValueError, match="not both"):
+        AnalysisOverrides(steps=[10], step_weight=10)
