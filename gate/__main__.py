@@ -35,7 +35,7 @@ def main() -> int:
         app,
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_config=None,  # keep the logging set up above
         access_log=False,
         timeout_graceful_shutdown=10,
     )

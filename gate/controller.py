@@ -191,7 +191,10 @@ class RolloutController:
             await self._remove_candidate(transition.state)
             return
         evidence.update(
-            live_accuracy=result.accuracy, replayed_rows=result.rows, correct=result.correct
+            live_accuracy=result.accuracy,
+            replayed_rows=result.rows,
+            correct=result.correct,
+            replay_retried_requests=result.retried_requests,
         )
         passed, reason = judge_accuracy(state.spec, offline, result.accuracy)
         if not passed:

@@ -12,8 +12,10 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from gate.spec import AnalysisSpec
 
@@ -31,6 +33,7 @@ class ReplayResult:
     accuracy: float
     rows: int
     correct: int
+    retried_requests: int = 0
 
 
 def judge_accuracy(spec: AnalysisSpec, offline: float, live: float) -> tuple[bool, str]:
@@ -82,10 +85,32 @@ async def load_holdout(location: str, client: httpx.AsyncClient) -> str:
     return path.read_text()
 
 
-async def replay(client: httpx.AsyncClient, base_url: str, model: str, text: str) -> ReplayResult:
-    """Score the candidate on the held-out rows over Open Inference Protocol v2 REST."""
+class _ServerError(Exception):
+    pass
+
+
+async def _infer(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> httpx.Response:
+    try:
+        response = await client.post(url, json=body)
+    except httpx.HTTPError as exc:
+        raise ReplayError(f"candidate unreachable at {url}: {exc!r}") from exc
+    if response.status_code >= 500:
+        raise _ServerError(f"{response.status_code}: {response.text[:200]}")
+    return response
+
+
+async def replay(
+    client: httpx.AsyncClient, base_url: str, model: str, text: str, attempts: int = 5
+) -> ReplayResult:
+    """Score the candidate on the held-out rows over Open Inference Protocol v2 REST.
+
+    A server error is retried: availability is the canary analysis' business, with live
+    traffic and its own limits; the replay judges accuracy. Retries are counted.
+    """
     features, labels = read_holdout(text)
     predicted: list[int] = []
+    retried = 0
+    url = f"{base_url}/v2/models/{model}/infer"
     for start in range(0, len(features), BATCH_ROWS):
         batch = features[start : start + BATCH_ROWS]
         body = {
@@ -100,9 +125,18 @@ async def replay(client: httpx.AsyncClient, base_url: str, model: str, text: str
             "outputs": [{"name": "predict"}],
         }
         try:
-            response = await client.post(f"{base_url}/v2/models/{model}/infer", json=body)
-        except httpx.HTTPError as exc:
-            raise ReplayError(f"candidate unreachable at {base_url}: {exc!r}") from exc
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(attempts),
+                wait=wait_fixed(0.05),
+                retry=retry_if_exception_type(_ServerError),
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        retried += 1
+                    response = await _infer(client, url, body)
+        except _ServerError as exc:
+            raise ReplayError(f"candidate answered {exc} ({attempts} attempts)") from exc
         if response.status_code != 200:
             raise ReplayError(f"candidate answered {response.status_code}: {response.text[:200]}")
         outputs = {o["name"]: o for o in response.json().get("outputs", [])}
@@ -110,4 +144,4 @@ async def replay(client: httpx.AsyncClient, base_url: str, model: str, text: str
             raise ReplayError("candidate answer lacks a 'predict' output for every row")
         predicted.extend(int(v) for v in outputs["predict"]["data"])
     correct = sum(int(p == y) for p, y in zip(predicted, labels, strict=True))
-    return ReplayResult(correct / len(labels), len(labels), correct)
+    return ReplayResult(correct / len(labels), len(labels), correct, retried)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         "exercise the reject branch",
     )
     run.add_argument(
+        "--gate-url",
+        default="",
+        help="hand a deployed candidate to this gate (POST /v1/rollouts); the token comes "
+        "from GATE_API_TOKEN",
+    )
+    run.add_argument(
         "--log-dir",
         type=Path,
         default=None,
@@ -122,6 +129,7 @@ def _arguments(args: argparse.Namespace) -> dict[str, Any]:
         "max_depth": args.max_depth,
         "label_noise": noise,
         "train_fraction": args.train_fraction,
+        "gate_url": args.gate_url,
     }
 
 
@@ -136,6 +144,8 @@ def _check_inputs(arguments: dict[str, Any]) -> str:
             raise ValueError("--test-fraction must be within (0, 1)")
         if not 0.0 <= arguments["threshold"] <= 1.0:
             raise ValueError("--threshold must be within [0, 1]")
+        if arguments["gate_url"] and not os.environ.get("GATE_API_TOKEN"):
+            raise ValueError("--gate-url needs the gate's token in GATE_API_TOKEN")
         if arguments["data_csv"]:
             load_dataset(arguments["data_csv"])
     except (DataError, ValueError) as exc:
@@ -180,6 +190,12 @@ def command_run(args: argparse.Namespace) -> int:
     if result.outcome == "deployed":
         table.add_row("model", f"{result.record['name']} version {result.record['version']}")
         table.add_row("artifact", result.record["path"])
+        if "rollout_id" in result.record:
+            table.add_row(
+                "rollout",
+                f"{result.record['rollout_id']} at "
+                f"{result.record['gate_url']}/v1/rollouts/{result.record['rollout_id']}",
+            )
     elif result.outcome == "rejected":
         table.add_row("reason", result.record["reason"])
         table.add_row("record", result.record["path"])

@@ -27,7 +27,7 @@ STEP_REQUIREMENTS: dict[str, list[str]] = {
     "preprocess": ["pandas>=2.1", "scikit-learn==1.9.1"],
     "train": ["pandas>=2.1", "scikit-learn==1.9.1", "joblib>=1.3", "pydantic>=2.7"],
     "evaluate": ["pandas>=2.1", "scikit-learn==1.9.1", "joblib>=1.3", "pydantic>=2.7"],
-    "deploy": ["pandas>=2.1", "scikit-learn==1.9.1", "pydantic>=2.7"],
+    "deploy": ["pandas>=2.1", "scikit-learn==1.9.1", "pydantic>=2.7", "httpx>=0.27"],
     "reject": ["pydantic>=2.7"],
 }
 
@@ -107,14 +107,24 @@ def deploy(
     test_data: Input[Dataset],
     metrics: Input[Metrics],
     registry: str,
+    gate_url: str,
 ) -> str:
-    """Register the artifact and its held-out split under a new version."""
+    """Register the artifact and its held-out split under a new version; with a gate URL,
+    hand the candidate to the gate (token from the GATE_API_TOKEN environment variable,
+    a Kubernetes secret on a cluster, never a pipeline parameter)."""
     import json
+    import os
 
-    from pipeline.steps import register_model
+    from pipeline.steps import hand_to_gate, register_model
 
     logged = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float))}
-    return json.dumps(register_model(model.path, test_data.path, registry, logged))
+    record = register_model(model.path, test_data.path, registry, logged)
+    if gate_url:
+        record["rollout_id"] = hand_to_gate(
+            gate_url, os.environ.get("GATE_API_TOKEN", ""), record, logged
+        )
+        record["gate_url"] = gate_url
+    return json.dumps(record)
 
 
 def reject(

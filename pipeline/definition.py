@@ -32,6 +32,7 @@ def build_pipeline(images: ComponentImages | None = None, local: bool = False) -
         max_depth: int = 0,
         label_noise: float = 0.0,
         train_fraction: float = 1.0,
+        gate_url: str = "",
     ) -> str:
         prep = steps.preprocess(
             data_csv=data_csv,
@@ -60,6 +61,7 @@ def build_pipeline(images: ComponentImages | None = None, local: bool = False) -
                 test_data=prep.outputs["test_data"],
                 metrics=score.outputs["metrics"],
                 registry=registry,
+                gate_url=gate_url,
             )
             ship.set_display_name("deploy")
         with dsl.Else(name="below-threshold"):

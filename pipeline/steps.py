@@ -263,6 +263,46 @@ def register_model(
     }
 
 
+class HandoffError(RuntimeError):
+    """The gate did not accept the candidate; the version stays registered, unserved."""
+
+
+def hand_to_gate(
+    gate_url: str,
+    token: str,
+    record: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    timeout_s: float = 30.0,
+) -> str:
+    """``POST /v1/rollouts``: the gate takes the candidate from here. Returns its id."""
+    import httpx
+
+    body = {
+        "model": record["name"],
+        "candidate": {
+            "version": record["version"],
+            "artifact_uri": record["path"],
+            "offline_metrics": dict(metrics),
+            "holdout_uri": record["holdout"],
+        },
+    }
+    try:
+        response = httpx.post(
+            f"{gate_url.rstrip('/')}/v1/rollouts",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout_s,
+        )
+    except httpx.HTTPError as exc:
+        raise HandoffError(f"gate unreachable at {gate_url}: {exc!r}") from exc
+    if response.status_code != 201:
+        raise HandoffError(
+            f"gate refused the candidate ({response.status_code}): {response.text[:300]}"
+        )
+    rollout_id: str = response.json()["id"]
+    return rollout_id
+
+
 def record_rejection(
     registry: str | Path, model_name: str, accuracy: float, threshold: float, fingerprint: str
 ) -> dict[str, Any]:

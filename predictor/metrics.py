@@ -43,6 +43,24 @@ LATENCY_BUCKETS = (
 )
 
 
+_REST_CODES = (
+    ("200", "success"),
+    ("400", "client_error"),
+    ("404", "client_error"),
+    ("500", "server_error"),
+    ("503", "server_error"),
+)
+_GRPC_CODES = (
+    ("OK", "success"),
+    ("INVALID_ARGUMENT", "client_error"),
+    ("NOT_FOUND", "client_error"),
+    ("UNAVAILABLE", "server_error"),
+    ("INTERNAL", "server_error"),
+)
+INITIAL_CODES = {"rest-v1": _REST_CODES, "rest-v2": _REST_CODES, "grpc": _GRPC_CODES}
+INITIAL_REASONS = ("injected_fault", "internal")
+
+
 class PredictorMetrics:
     """The predictor's own series, registered on an injected registry.
 
@@ -96,6 +114,22 @@ class PredictorMetrics:
 
     def set_info(self, sha256: str) -> None:
         self.info.labels(**self._labels(), sha256=sha256).set(1)
+
+    def initialize(self, class_names: Iterable[str]) -> None:
+        """Create the usual series at zero before the first request.
+
+        Prometheus' ``increase()`` cannot see the first jump of a series born inside its
+        range, so a canary's first errors would go uncounted; zeroed series avoid that.
+        """
+        labels = self._labels()
+        for protocol, outcomes in INITIAL_CODES.items():
+            self.latency.labels(**labels, protocol=protocol)
+            for code, outcome in outcomes:
+                self.requests.labels(**labels, protocol=protocol, code=code, outcome=outcome)
+            for reason in INITIAL_REASONS:
+                self.errors.labels(**labels, protocol=protocol, reason=reason)
+        for name in class_names:
+            self.predictions.labels(**labels, class_name=name)
 
     def observe_request(self, protocol: str, code: str, outcome: str, seconds: float) -> None:
         labels = self._labels()

@@ -69,6 +69,7 @@ class IrisModel(Model):  # type: ignore[misc]
         if self.metrics is None:
             self.metrics = PredictorMetrics(self.name, metadata.version, self.role)
         self.metrics.set_info(metadata.sha256)
+        self.metrics.initialize(metadata.class_names)
         logger.info(
             "loaded %s version %s (sha256 %s..., scikit-learn %s) as %s",
             metadata.name,

@@ -101,9 +101,18 @@ def start_process(
     log: Path,
     env: dict[str, str] | None = None,
 ) -> RunningProcess:
+    """``python <args>`` with this interpreter."""
+    return start_command([sys.executable, *args], log, env)
+
+
+def start_command(
+    command: Sequence[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+) -> RunningProcess:
     handle = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, *args],
+        list(command),
         stdout=handle,
         stderr=subprocess.STDOUT,
         cwd=REPO_ROOT,

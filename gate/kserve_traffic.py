@@ -1,0 +1,245 @@
+"""The ``kserve`` traffic backend: KServe's own canary mechanism, driven with the
+Kubernetes client.
+
+In serverless (Knative) mode a predictor declares one container port, so REST and gRPC
+are two InferenceServices of the same image and model; the gate drives all services of a
+model in lock-step. A rollout:
+
+- start: each service's predictor container gets the candidate's ``STORAGE_URI`` and
+  ``canaryTrafficPercent: 0``; KServe creates a new revision that receives no traffic yet.
+  With ``serving.kserve.io/enable-tag-routing: "true"`` the new revision is reachable by
+  its ``latest`` tag URL, which the accuracy gate's replay uses.
+- steps: ``canaryTrafficPercent`` on every service.
+- promote: the field is removed (the latest revision takes all traffic).
+- rollback: ``canaryTrafficPercent: 0`` (all traffic back to the previous revision).
+- the actual split is read back from ``status.components.predictor.traffic``.
+
+Not yet run against a live cluster; tested against a stand-in API server that validates
+every patch with KServe's InferenceService schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from gate.decide import RolloutState
+from gate.metrics import Targets
+from gate.store import SQLiteStore, Stable
+from gate.traffic import TrafficBackend, TrafficError
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+VERSION_ANNOTATION = "irisgate.io/model-version"
+STORAGE_ENV = "STORAGE_URI"
+
+
+class KServeTrafficBackend(TrafficBackend):
+    name = "kserve"
+
+    def __init__(
+        self,
+        api: Any,
+        namespace: str,
+        services: dict[str, list[str]],
+        store: SQLiteStore,
+        ready_timeout_s: float = 600.0,
+    ) -> None:
+        self.api = api  # kubernetes.client.CustomObjectsApi
+        self.namespace = namespace
+        self.services = services
+        self.store = store
+        self.ready_timeout_s = ready_timeout_s
+
+    @classmethod
+    def from_settings(cls, settings: Any, store: SQLiteStore) -> KServeTrafficBackend:
+        from kubernetes import client, config
+
+        if not settings.kserve_services:
+            raise ValueError(
+                "the kserve backend needs GATE_KSERVE_SERVICES, e.g. "
+                '{"iris": ["iris-rest", "iris-grpc"]}'
+            )
+        if settings.kserve_api_url:
+            configuration = client.Configuration(host=settings.kserve_api_url)
+            api_client = client.ApiClient(configuration)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        return cls(
+            client.CustomObjectsApi(api_client),
+            settings.kserve_namespace,
+            settings.kserve_services,
+            store,
+        )
+
+    # --- Kubernetes calls (sync client, run in a thread) -----------------------------------
+    def _names(self, model: str) -> list[str]:
+        names = self.services.get(model)
+        if not names:
+            raise TrafficError(f"no InferenceService configured for model {model}")
+        return names
+
+    async def _get(self, name: str) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found: dict[str, Any] = await asyncio.to_thread(
+                self.api.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            raise TrafficError(
+                f"cannot read InferenceService {self.namespace}/{name}: {exc.status} {exc.reason}"
+            ) from exc
+        return found
+
+    async def _patch(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            patched: dict[str, Any] = await asyncio.to_thread(
+                self.api.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                name,
+                patch,
+            )
+        except ApiException as exc:
+            raise TrafficError(
+                f"patch of InferenceService {self.namespace}/{name} refused: "
+                f"{exc.status} {exc.body}"
+            ) from exc
+        return patched
+
+    async def _patch_all(self, model: str, patch: dict[str, Any]) -> None:
+        for name in self._names(model):
+            await self._patch(name, patch)
+
+    # --- interface ---------------------------------------------------------------------------
+    async def ensure_stable(self, model: str) -> None:
+        for name in self._names(model):
+            service = await self._get(name)
+            if self.store.stable(model) is None:
+                version = (service["metadata"].get("annotations") or {}).get(VERSION_ANNOTATION)
+                if version:
+                    self.store.set_stable(
+                        Stable(
+                            model=model, version=version, artifact_uri=_storage_uri(service) or ""
+                        )
+                    )
+
+    async def start_candidate(self, state: RolloutState) -> dict[str, Any]:
+        urls: dict[str, str] = {}
+        for name in self._names(state.model):
+            service = await self._get(name)
+            if _storage_uri(service) != state.candidate.artifact_uri:
+                await self._patch(name, _candidate_patch(service, state))
+            urls[name] = await self._wait_for_latest(name)
+        return {"latest_urls": urls}
+
+    async def _wait_for_latest(self, name: str) -> str:
+        """The tag URL of the newest revision, once KServe reports it ready."""
+        deadline = asyncio.get_running_loop().time() + self.ready_timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            predictor = _predictor_status(await self._get(name))
+            latest = predictor.get("latestCreatedRevision")
+            if latest and latest == predictor.get("latestReadyRevision"):
+                for entry in predictor.get("traffic") or []:
+                    if entry.get("tag") == "latest" and entry.get("url"):
+                        return str(entry["url"])
+            await asyncio.sleep(2.0)
+        raise TrafficError(
+            f"InferenceService {name}: the candidate revision is not ready "
+            f"with a 'latest' tag URL after {self.ready_timeout_s} s (is tag "
+            "routing enabled?)"
+        )
+
+    def candidate_url(self, state: RolloutState) -> str:
+        urls: dict[str, str] = state.backend_state.get("latest_urls", {})
+        for name in self._names(state.model):  # the first service is the REST one
+            if name in urls:
+                return urls[name]
+        raise TrafficError("candidate URL unknown")
+
+    async def get_weight(self, state: RolloutState) -> int:
+        weights = set()
+        for name in self._names(state.model):
+            weights.add(_latest_percent(_predictor_status(await self._get(name))))
+        if len(weights) != 1:
+            return -1  # services disagree: the controller converges them
+        return weights.pop()
+
+    async def set_weight(self, state: RolloutState, weight: int) -> None:
+        await self._patch_all(
+            state.model, {"spec": {"predictor": {"canaryTrafficPercent": weight}}}
+        )
+
+    async def promote(self, state: RolloutState) -> None:
+        await self._patch_all(
+            state.model,
+            {
+                "metadata": {"annotations": {VERSION_ANNOTATION: state.candidate.version}},
+                "spec": {"predictor": {"canaryTrafficPercent": None}},
+            },
+        )
+        self.store.set_stable(
+            Stable(
+                model=state.model,
+                version=state.candidate.version,
+                artifact_uri=state.candidate.artifact_uri,
+            )
+        )
+
+    async def rollback(self, state: RolloutState) -> None:
+        await self._patch_all(state.model, {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
+
+    def metrics_targets(self, state: RolloutState) -> Targets:
+        stable = self.store.stable(state.model)
+        return Targets(
+            model=state.model,
+            stable_version=stable.version if stable else "",
+            canary_version=state.candidate.version,
+        )
+
+
+def _container(service: dict[str, Any]) -> dict[str, Any]:
+    containers = service.get("spec", {}).get("predictor", {}).get("containers") or []
+    if not containers:
+        raise TrafficError(
+            f"InferenceService {service['metadata']['name']} has no predictor "
+            "container (irisgate runs as a custom container)"
+        )
+    first: dict[str, Any] = containers[0]
+    return first
+
+
+def _storage_uri(service: dict[str, Any]) -> str | None:
+    for variable in _container(service).get("env") or []:
+        if variable.get("name") == STORAGE_ENV:
+            return str(variable.get("value"))
+    return None
+
+
+def _candidate_patch(service: dict[str, Any], state: RolloutState) -> dict[str, Any]:
+    """Merge patch: containers is a list, so it is sent whole with the env changed."""
+    containers = copy.deepcopy(service["spec"]["predictor"]["containers"])
+    env = [v for v in containers[0].get("env") or [] if v.get("name") != STORAGE_ENV]
+    containers[0]["env"] = [*env, {"name": STORAGE_ENV, "value": state.candidate.artifact_uri}]
+    return {"spec": {"predictor": {"canaryTrafficPercent": 0, "containers": containers}}}
+
+
+def _predictor_status(service: dict[str, Any]) -> dict[str, Any]:
+    status: dict[str, Any] = (
+        (service.get("status") or {}).get("components", {}).get("predictor", {})
+    )
+    return status
+
+
+def _latest_percent(predictor: dict[str, Any]) -> int:
+    traffic = predictor.get("traffic") or []
+    return sum(int(t.get("percent") or 0) for t in traffic if t.get("latestRevision"))

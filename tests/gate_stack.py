@@ -1,0 +1,286 @@
+"""A real local stack for gate tests: registry, router, gate, live traffic, webhook sink."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+
+from pipeline.steps import (
+    TrainParams,
+    evaluate_model,
+    load_dataset,
+    register_model,
+    split_dataset,
+    train_model,
+)
+from tests.helpers import RunningProcess, free_port, start_process, wait_until
+
+TOKEN = "integration-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def build_registry(root: Path, classifiers: tuple[str, ...] = ("logreg", "logreg")) -> Path:
+    """Versions 1..N of iris in a registry, each with its held-out split, in-process."""
+    registry = root / "registry"
+    train, test = split_dataset(load_dataset(None), 0.3, 7)
+    train.to_csv(root / "train.csv", index=False)
+    test.to_csv(root / "test.csv", index=False)
+    for index, classifier in enumerate(classifiers):
+        model_dir = root / f"model-{index}"
+        train_model(
+            root / "train.csv",
+            model_dir,
+            "iris",
+            TrainParams(classifier=classifier, c=1.0 + index, n_estimators=20),
+        )
+        evaluation = evaluate_model(model_dir, root / "test.csv")
+        register_model(model_dir, root / "test.csv", registry, evaluation.flat_metrics())
+    return registry
+
+
+def offline_accuracy(version_dir: Path) -> float:
+    return float(json.loads((version_dir / "model.json").read_text())["metrics"]["accuracy"])
+
+
+def kill_processes_mentioning(text: str) -> None:
+    """Predictors started by a gate live in their own sessions; find them by command line."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+class WebhookSink:
+    """Collects webhook POSTs, like a Slack incoming webhook would."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["content-length"])
+                sink.received.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+class Traffic:
+    """REST v1 and gRPC requests through the router, until stopped."""
+
+    def __init__(self, http_url: str, grpc_target: str, rate_per_s: float = 120) -> None:
+        self.http_url = http_url
+        self.grpc_target = grpc_target
+        self.pause_s = 1.0 / rate_per_s
+        self.stop_event = threading.Event()
+        self.sent = {"rest": 0, "grpc": 0}
+        self.threads = [
+            threading.Thread(target=self._rest, daemon=True),
+            threading.Thread(target=self._grpc, daemon=True),
+        ]
+
+    def _rows(self, rng: np.random.Generator) -> list[list[float]]:
+        low, high = [4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5]
+        return [[round(float(v), 2) for v in rng.uniform(low, high)]]
+
+    def _rest(self) -> None:
+        rng = np.random.default_rng(1)
+        with httpx.Client(timeout=10) as client:
+            while not self.stop_event.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post(
+                        f"{self.http_url}/v1/models/iris:predict",
+                        json={"instances": self._rows(rng)},
+                    )
+                    self.sent["rest"] += 1
+                time.sleep(self.pause_s)
+
+    def _grpc(self) -> None:
+        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+        from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+        rng = np.random.default_rng(2)
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            while not self.stop_event.is_set():
+                tensor = pb.ModelInferRequest.InferInputTensor(
+                    name="input-0",
+                    datatype="FP32",
+                    shape=[1, 4],
+                    contents=pb.InferTensorContents(fp32_contents=self._rows(rng)[0]),
+                )
+                with contextlib.suppress(grpc.RpcError):
+                    stub.ModelInfer(
+                        pb.ModelInferRequest(model_name="iris", inputs=[tensor]), timeout=10
+                    )
+                    self.sent["grpc"] += 1
+                time.sleep(self.pause_s)
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(15)
+
+
+class LocalStack:
+    def __init__(
+        self,
+        root: Path,
+        registry: Path,
+        canary_args: str = "",
+        webhook_urls: list[str] | None = None,
+        analysis: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = root
+        self.registry = registry
+        self.router_http, self.router_grpc = free_port(), free_port()
+        self.gate_port = free_port()
+        self.router_url = f"http://127.0.0.1:{self.router_http}"
+        self.gate_url = f"http://127.0.0.1:{self.gate_port}"
+        self.env = {
+            "GATE_API_TOKEN": TOKEN,
+            "GATE_PORT": str(self.gate_port),
+            "GATE_DB_PATH": str(root / "gate.db"),
+            "GATE_ROUTER_URL": self.router_url,
+            "GATE_RUN_DIR": str(root / "predictors"),
+            "GATE_STABLE_MODEL_DIR": str(registry / "iris" / "1"),
+            "GATE_TICK_INTERVAL_S": "0.5",
+            "GATE_WEBHOOK_INTERVAL_S": "0.5",
+            "GATE_CANARY_ARGS": canary_args,
+            "GATE_WEBHOOK_URLS": json.dumps(webhook_urls or []),
+        }
+        if analysis:
+            (root / "analysis.yaml").write_text(json.dumps(analysis))  # JSON is YAML
+            self.env["GATE_ANALYSIS_FILE"] = str(root / "analysis.yaml")
+        self.router: RunningProcess | None = None
+        self.gate: RunningProcess | None = None
+        self._gate_starts = 0
+
+    def start_router(self) -> None:
+        self.router = start_process(
+            [
+                "-m",
+                "gate.router",
+                "--http-port",
+                str(self.router_http),
+                "--grpc-port",
+                str(self.router_grpc),
+            ],
+            self.root / "router.log",
+        )
+        wait_until(
+            lambda: httpx.get(f"{self.router_url}/router/healthz").status_code == 200,
+            30,
+            "router",
+            self.router.process,
+            self.router.log,
+        )
+
+    def start_gate(self) -> None:
+        self._gate_starts += 1
+        self.gate = start_process(
+            ["-m", "gate"], self.root / f"gate-{self._gate_starts}.log", env=self.env
+        )
+        wait_until(
+            lambda: httpx.get(f"{self.gate_url}/readyz").status_code == 200,
+            90,
+            "gate",
+            self.gate.process,
+            self.gate.log,
+        )
+
+    def create(self, version: str, **analysis: Any) -> str:
+        version_dir = self.registry / "iris" / version
+        response = httpx.post(
+            f"{self.gate_url}/v1/rollouts",
+            headers=AUTH,
+            json={
+                "model": "iris",
+                "candidate": {
+                    "version": version,
+                    "artifact_uri": str(version_dir),
+                    "offline_metrics": {"accuracy": offline_accuracy(version_dir)},
+                },
+                "analysis": analysis,
+            },
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        rollout_id: str = response.json()["id"]
+        return rollout_id
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        detail: dict[str, Any] = httpx.get(
+            f"{self.gate_url}/v1/rollouts/{rollout_id}", timeout=10
+        ).json()
+        return detail
+
+    def wait_phase(self, rollout_id: str, phases: set[str], timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        detail: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                detail = self.rollout(rollout_id)
+                if detail["phase"] in phases:
+                    return detail
+            time.sleep(0.3)
+        log = self.gate.output()[-3000:] if self.gate else ""
+        raise TimeoutError(f"rollout {rollout_id} not in {phases}: {detail}\n{log}")
+
+    def routes(self) -> dict[str, Any]:
+        routes: dict[str, Any] = httpx.get(f"{self.router_url}/router/routes").json()
+        return routes
+
+    def traffic(self) -> Traffic:
+        return Traffic(self.router_url, f"127.0.0.1:{self.router_grpc}")
+
+    def stop(self) -> None:
+        for process in (self.gate, self.router):
+            if process is not None:
+                process.stop()
+        kill_processes_mentioning(str(self.registry))
+
+
+@contextlib.contextmanager
+def local_stack(root: Path, **kwargs: Any) -> Iterator[LocalStack]:
+    registry = build_registry(root)
+    stack = LocalStack(root, registry, **kwargs)
+    try:
+        stack.start_router()
+        stack.start_gate()
+        yield stack
+    finally:
+        stack.stop()
