@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN_DIR ?= .irisgate
+RUN_DIR ?= .irisgate/demo
+SCENARIO ?= good
 
-.PHONY: venv lint typecheck test unit integration demo clean
+.PHONY: venv lint typecheck test unit integration demo up oip-stubs clean
 
 venv: $(STAMP)
 
@@ -32,7 +33,15 @@ test: lint typecheck
 	$(BIN)/pytest
 
 demo: venv
-	$(BIN)/python -m demo --run-dir $(RUN_DIR)
+	$(BIN)/python -m demo --scenario $(SCENARIO) --run-dir $(RUN_DIR)
+
+up: venv
+	$(BIN)/python -m demo --up --run-dir .irisgate/up
+
+# The load tests' gRPC stubs (committed; regenerate after editing the .proto).
+oip-stubs: venv
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. \
+		load_tests/oip/grpc_predict_v2.proto
 
 clean:
-	rm -rf $(VENV) $(RUN_DIR)
+	rm -rf $(VENV) .irisgate

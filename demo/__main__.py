@@ -1,45 +1,114 @@
-"""``python -m demo``: train with the pipeline, then serve the deployed model locally.
+"""``python -m demo``: the whole story on one machine, no cluster, no Docker.
 
-This is the first half of the local story (pipeline -> verified artifact -> predictor);
-the gate and the canary join it as they land.
+pipeline (v1 passes the accuracy condition, becomes stable) -> router + gate (which
+starts the stable predictor) -> locust sends live REST and gRPC traffic through the
+router -> pipeline again for a candidate v2, handed to the gate -> accuracy gate ->
+canary steps -> promoted or rolled back -> report (terminal, report.json, report.html).
+
+``--up`` instead keeps a stack serving until Ctrl-C, for your own clients.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from predictor.artifact import registry_versions
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from demo.report import build_report, print_summary, write_html
+from demo.stack import Ports, Stack, StackError
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    # candidate pipeline flags, canary predictor flags, the outcome the story should reach
+    "good": {"candidate": ["--c", "5"], "canary_args": "", "expect": "promoted"},
+    "weak": {"candidate": ["--weak"], "canary_args": "", "expect": "rejected"},
+    "faulty": {
+        "candidate": ["--c", "5"],
+        "canary_args": "--fault_error_rate 0.2",
+        "expect": "rolled_back",
+    },
+    "slow": {
+        "candidate": ["--c", "5"],
+        "canary_args": "--fault_latency_ms 400",
+        "expect": "rolled_back",
+    },
+}
+TERMINAL = {"succeeded", "rolled_back", "failed", "aborted"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="good",
+        help="good: promoted; weak: rejected by the pipeline; faulty: canary "
+        "with injected errors, rolled back; slow: injected latency, rolled back",
+    )
+    parser.add_argument(
+        "--up",
+        action="store_true",
+        help="train if needed, start predictor, router and gate, serve until Ctrl-C",
+    )
     parser.add_argument(
         "--run-dir",
         type=Path,
-        default=Path(".irisgate"),
-        help="registry and logs live here (default: .irisgate)",
+        default=Path(".irisgate/demo"),
+        help="registry, logs and reports (default: .irisgate/demo)",
     )
-    parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--grpc-port", type=int, default=8081)
+    parser.add_argument("--router-http-port", type=int, default=8000)
+    parser.add_argument("--router-grpc-port", type=int, default=8001)
+    parser.add_argument("--gate-port", type=int, default=8090)
+    parser.add_argument("--steps", default="10,25,50,100", help="canary steps in percent")
     parser.add_argument(
-        "--serve-seconds",
+        "--step-interval",
         type=float,
-        default=0,
-        help="stop after this long (default: serve until Ctrl-C)",
+        default=8.0,
+        help="seconds each step collects metrics (default 8)",
     )
-    args = parser.parse_args(argv)
-    registry = args.run_dir / "registry"
-    logs = args.run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    parser.add_argument(
+        "--min-requests", type=int, default=30, help="canary requests a step needs (default 30)"
+    )
+    parser.add_argument("--users", type=int, default=4, help="locust users (REST and gRPC)")
+    parser.add_argument(
+        "--rps-per-user", type=float, default=15.0, help="requests per second per user (default 15)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="give up on the rollout after this many seconds",
+    )
+    return parser
 
-    print("== 1/2 pipeline: preprocess -> train -> evaluate -> If(accuracy >= 0.9) -> deploy")
-    code = subprocess.call(
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_pipeline(
+    registry: Path,
+    logs: Path,
+    extra: list[str],
+    env: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """The pipeline as its own process; its progress goes to this terminal (stderr)."""
+    completed = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -49,55 +118,152 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(registry),
             "--log-dir",
             str(logs),
-        ]
+            "--json",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
     )
-    if code != 0:
-        print(f"pipeline did not deploy a model (exit {code}); logs in {logs}")
-        return code
-    version = registry_versions(registry, "iris")[-1]
-    model_dir = registry / "iris" / version
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    return completed.returncode, json.loads(lines[-1]) if lines else {}
 
-    print(f"== 2/2 serving iris version {version} from {model_dir}")
-    log_path = logs / "predictor.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "predictor",
-                "--model_name",
-                "iris",
-                "--model_dir",
-                str(model_dir),
-                "--http_port",
-                str(args.http_port),
-                "--grpc_port",
-                str(args.grpc_port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{args.http_port}"
-    print(f"REST  {url}   gRPC 127.0.0.1:{args.grpc_port}   log {log_path}")
-    print(
-        f"try:  curl -s -H 'Content-Type: application/json' {url}/v1/models/iris:predict "
-        "-d '{\"instances\": [[5.1, 3.5, 1.4, 0.2]]}'"
+
+def latest_version(registry: Path) -> Path | None:
+    root = registry / "iris"
+    versions = sorted((p for p in root.glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+    return versions[-1] if versions else None
+
+
+def watch(stack: Stack, rollout_id: str, timeout: float, console: Console) -> dict[str, Any]:
+    """A progress bar of the canary weight, the phase and the last decision."""
+    columns = (
+        TextColumn("[bold]{task.fields[phase]:<12}"),
+        BarColumn(),
+        TextColumn("canary {task.completed:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
     )
-    print("Ctrl-C stops the predictor.")
-    deadline = time.monotonic() + args.serve_seconds if args.serve_seconds else None
+    deadline = time.monotonic() + timeout
+    detail: dict[str, Any] = {}
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("", total=100, phase="validating")
+        while time.monotonic() < deadline:
+            detail = stack.rollout(rollout_id)
+            progress.update(
+                bar,
+                completed=detail["canary_weight"],
+                phase=detail["phase"],
+                description=detail["message"][:70],
+            )
+            if detail["phase"] in TERMINAL:
+                return detail
+            time.sleep(0.5)
+    raise StackError(f"rollout {rollout_id} did not finish within {timeout:.0f} s")
+
+
+def story(args: argparse.Namespace, stack: Stack, console: Console) -> int:
+    scenario = SCENARIOS[args.scenario]
+    registry, logs = args.run_dir / "registry", stack.logs
+    console.rule(f"[bold]irisgate demo: scenario {args.scenario}")
+    console.print("[bold]1/4[/] pipeline: model v1 -> accuracy condition -> registry")
+    code, stable_run = run_pipeline(registry, logs, [])
+    if code != 0:
+        raise StackError(f"the first pipeline run did not deploy (exit {code})")
+    analysis = {
+        "steps": [int(s) for s in args.steps.split(",")],
+        "step_interval_s": args.step_interval,
+        "min_requests": args.min_requests,
+    }
+    console.print(
+        "[bold]2/4[/] starting router, gate (it starts the stable predictor) and live traffic"
+    )
+    stack.start_router()
+    stack.start_gate(Path(stable_run["path"]), analysis, scenario["canary_args"])
+    stack.start_load(args.users, args.rps_per_user)
+    console.print(f"      REST {stack.router_url}  gRPC {stack.router_grpc}  gate {stack.gate_url}")
+    console.print("[bold]3/4[/] pipeline: candidate v2, handed to the gate")
+    code, candidate_run = run_pipeline(
+        registry,
+        logs,
+        [*scenario["candidate"], "--gate-url", stack.gate_url],
+        {"GATE_API_TOKEN": stack.token},
+    )
+    detail = None
+    if code == 0:
+        console.print("[bold]4/4[/] accuracy gate and canary analysis")
+        detail = watch(stack, candidate_run["rollout_id"], args.timeout, console)
+    elif code != 3:
+        raise StackError(f"the candidate pipeline run failed (exit {code})")
+    routes = stack.routes()
+    stack.stop_load()
+    report = build_report(
+        args.scenario,
+        {"stable": stable_run, "candidate": candidate_run},
+        detail,
+        routes,
+        args.run_dir / "load_stats.csv",
+    )
+    (args.run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_html(report, args.run_dir / "report.html")
+    print_summary(report, console)
+    console.print(
+        f"reports: {args.run_dir / 'report.json'}, {args.run_dir / 'report.html'}; logs: {logs}"
+    )
+    return 0 if report["outcome"] == scenario["expect"] else 1
+
+
+def serve_until_interrupted(args: argparse.Namespace, stack: Stack, console: Console) -> int:
+    registry = args.run_dir / "registry"
+    stable = latest_version(registry)
+    if stable is None:
+        code, run = run_pipeline(registry, stack.logs, [])
+        if code != 0:
+            raise StackError(f"the pipeline did not deploy a model (exit {code})")
+        stable = Path(run["path"])
+    analysis = {
+        "steps": [int(s) for s in args.steps.split(",")],
+        "step_interval_s": args.step_interval,
+        "min_requests": args.min_requests,
+    }
+    stack.start_router()
+    stack.start_gate(stable, analysis)
+    console.print(
+        f"[bold green]serving iris version {stable.name}[/]\n"
+        f"  REST  {stack.router_url}  (v1 /v1/models/iris:predict, v2 "
+        f"/v2/models/iris/infer)\n  gRPC  {stack.router_grpc}\n"
+        f"  gate  {stack.gate_url}  (export GATE_API_TOKEN={stack.token})\n"
+        f"  new candidate: GATE_API_TOKEN={stack.token} python -m pipeline run "
+        f"--registry {registry} --gate-url {stack.gate_url}\n"
+        f"  logs  {stack.logs}\nCtrl-C stops everything."
+    )
+    while True:
+        time.sleep(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if not args.up and args.run_dir.exists():
+        shutil.rmtree(args.run_dir)  # a story starts from an empty registry
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    # explicit: a process started in the background by a shell inherits SIGINT ignored
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    ports = Ports(args.router_http_port, args.router_grpc_port, args.gate_port)
+    stack = Stack(args.run_dir.resolve(), ports)
     try:
-        while server.poll() is None and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.2)
+        with stack:
+            if args.up:
+                return serve_until_interrupted(args, stack, console)
+            return story(args, stack, console)
     except KeyboardInterrupt:
-        pass
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(30)
-    if server.returncode not in (0, -signal.SIGTERM):
-        print(f"predictor exited with {server.returncode}; see {log_path}")
+        console.print(f"[yellow]interrupted; every process stopped. Logs: {stack.logs}[/]")
+        return 130
+    except StackError as exc:
+        console.print(f"[red]demo failed: {exc}[/]\nevery process stopped. Logs: {stack.logs}")
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,202 @@
+"""The local stack's processes, supervised with mirakuru: router, gate, load generator.
+
+mirakuru starts each process in its own process group, waits until it answers, and on
+stop signals the group and then every process that inherited its marker environment
+variable, which includes the predictors the gate starts in sessions of their own. So
+Ctrl-C or a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+from mirakuru import HTTPExecutor, SimpleExecutor
+from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackError(RuntimeError):
+    """A process did not come up; the message says which and where its log is."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    router_http: int = 8000
+    router_grpc: int = 8001
+    gate: int = 8090
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    ports: Ports
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    executors: list[tuple[str, SimpleExecutor, IO[bytes]]] = field(default_factory=list)
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.router_http}"
+
+    @property
+    def router_grpc(self) -> str:
+        return f"127.0.0.1:{self.ports.router_grpc}"
+
+    @property
+    def gate_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gate}"
+
+    def _start(
+        self, name: str, executor_class: type[SimpleExecutor], command: list[str], **kwargs: Any
+    ) -> SimpleExecutor:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("ab")
+        executor = executor_class(command, cwd=str(REPO_ROOT), stdout=log, stderr=log, **kwargs)
+        self.executors.append((name, executor, log))
+        try:
+            executor.start()
+        except (TimeoutExpired, ProcessExitedWithError) as exc:
+            raise StackError(
+                f"{name} did not start ({exc.__class__.__name__}); "
+                f"see {self.logs / (name + '.log')}"
+            ) from exc
+        return executor
+
+    def start_router(self) -> None:
+        self._start(
+            "router",
+            HTTPExecutor,
+            [
+                sys.executable,
+                "-m",
+                "gate.router",
+                "--http-port",
+                str(self.ports.router_http),
+                "--grpc-port",
+                str(self.ports.router_grpc),
+            ],
+            url=f"{self.router_url}/router/healthz",
+            method="GET",
+            timeout=60,
+        )
+
+    def start_gate(self, stable_dir: Path, analysis: dict[str, Any], canary_args: str = "") -> None:
+        analysis_file = self.run_dir / "analysis.yaml"
+        analysis_file.write_text(json.dumps(analysis, indent=2) + "\n")  # JSON is YAML
+        env = {
+            "GATE_API_TOKEN": self.token,
+            "GATE_PORT": str(self.ports.gate),
+            "GATE_DB_PATH": str(self.run_dir / "gate.db"),
+            "GATE_ROUTER_URL": self.router_url,
+            "GATE_RUN_DIR": str(self.logs),
+            "GATE_STABLE_MODEL_DIR": str(stable_dir),
+            "GATE_ANALYSIS_FILE": str(analysis_file),
+            "GATE_TICK_INTERVAL_S": "1",
+            "GATE_CANARY_ARGS": canary_args,
+        }
+        self._start(
+            "gate",
+            HTTPExecutor,
+            [sys.executable, "-m", "gate"],
+            url=f"{self.gate_url}/readyz",
+            method="GET",
+            timeout=120,
+            envvars=env,
+        )
+
+    def start_load(self, users: int, rps_per_user: float) -> None:
+        """REST v1 and gRPC users through the router, until stopped."""
+        prefix = self.run_dir / "load"
+        self._start(
+            "locust",
+            SimpleExecutor,
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(REPO_ROOT / "load_tests" / "locustfile.py"),
+                "RestV1User",
+                "GrpcV2User",
+                "--headless",
+                "--users",
+                str(users),
+                "--spawn-rate",
+                str(users),
+                "--host",
+                self.router_url,
+                "--grpc-target",
+                self.router_grpc,
+                "--csv",
+                str(prefix),
+                "--html",
+                str(prefix.with_suffix(".html")),
+                "--only-summary",
+                "--exit-code-on-error",
+                "0",
+                "--rps-per-user",
+                str(rps_per_user),
+                "--invalid-share",
+                "0.02",
+            ],
+        )
+
+    def stop_load(self) -> None:
+        self._stop(lambda name: name == "locust")
+
+    def routes(self) -> dict[str, Any]:
+        routes: dict[str, Any] = httpx.get(f"{self.router_url}/router/routes", timeout=5).json()
+        return routes
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = httpx.get(f"{self.gate_url}/v1/rollouts", timeout=5).json()
+        return listed
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        detail: dict[str, Any] = httpx.get(
+            f"{self.gate_url}/v1/rollouts/{rollout_id}", timeout=5
+        ).json()
+        return detail
+
+    def _stop(self, which: Any) -> None:
+        for name, executor, log in reversed(self.executors):
+            if not which(name):
+                continue
+            with contextlib.suppress(Exception):
+                executor.stop()
+            with contextlib.suppress(Exception):
+                executor.kill()
+            log.close()
+        self.executors = [entry for entry in self.executors if not which(entry[0])]
+
+    def stop(self) -> None:
+        """Everything, newest first; predictors the gate started go with the gate."""
+        self._stop(lambda name: True)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.2)
+    raise StackError(f"{what}: not ready after {timeout:.0f} s")

@@ -1,0 +1,147 @@
+"""``python -m load_tests``: a headless locust run with SLO checks and reports.
+
+Exit codes: 0 all SLOs met, 1 an SLO breached (or nothing got through), 2 bad usage or
+locust failed to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from load_tests.slo import judge, read_stats
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+USERS = {"rest-v1": "RestV1User", "rest-v2": "RestV2User", "grpc": "GrpcV2User"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m load_tests", description=__doc__)
+    parser.add_argument(
+        "--host",
+        required=True,
+        help="REST base URL (http://127.0.0.1:8080) or, for grpc, host:port",
+    )
+    parser.add_argument("--protocol", choices=sorted(USERS), required=True)
+    parser.add_argument("--users", type=int, default=10, help="concurrent users (default 10)")
+    parser.add_argument("--spawn-rate", type=float, default=10, help="users started per second")
+    parser.add_argument("--run-time", default="30s", help="e.g. 30s, 2m (default 30s)")
+    parser.add_argument("--max-p99-ms", type=float, default=None, help="SLO: p99 latency")
+    parser.add_argument(
+        "--max-error-rate", type=float, default=None, help="SLO: failed requests / all requests"
+    )
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=Path("load-test-report"),
+        help="CSV and HTML reports land here (default: load-test-report)",
+    )
+    parser.add_argument("--model-name", default="iris")
+    parser.add_argument("--batch-size", type=int, default=1, help="rows per request")
+    parser.add_argument(
+        "--invalid-share",
+        type=float,
+        default=0.02,
+        help="share of deliberately invalid requests (default 0.02)",
+    )
+    return parser
+
+
+def locust_command(args: argparse.Namespace, prefix: Path) -> list[str]:
+    host = args.host
+    extra: list[str] = []
+    if args.protocol == "grpc":
+        target = host.split("://")[-1].rstrip("/")
+        extra = ["--grpc-target", target]
+        host = f"http://{target}"  # locust wants a URL; the gRPC user uses --grpc-target
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        USERS[args.protocol],
+        "--headless",
+        "--users",
+        str(args.users),
+        "--spawn-rate",
+        str(args.spawn_rate),
+        "--run-time",
+        args.run_time,
+        "--host",
+        host,
+        "--csv",
+        str(prefix),
+        "--html",
+        str(prefix.with_suffix(".html")),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+        "--stop-timeout",
+        "5",
+        "--model-name",
+        args.model_name,
+        "--batch-size",
+        str(args.batch_size),
+        "--invalid-share",
+        str(args.invalid_share),
+        *extra,
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    prefix = args.report_dir / args.protocol
+    log = args.report_dir / f"{args.protocol}-locust.log"
+    with log.open("w") as handle:
+        code = subprocess.call(
+            locust_command(args, prefix), stdout=handle, stderr=subprocess.STDOUT
+        )
+    stats_csv = Path(f"{prefix}_stats.csv")
+    if code != 0 or not stats_csv.exists():
+        console.print(f"[red]locust failed (exit {code}); see {log}[/]")
+        return 2
+    rows = read_stats(stats_csv)
+    total = rows[-1]
+    result = judge(total, args.max_p99_ms, args.max_error_rate)
+
+    table = Table(title=f"{args.protocol} against {args.host}, {args.users} users, {args.run_time}")
+    for column in ("request", "count", "failures", "req/s", "median ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "request" else "right")
+    for row in rows:
+        table.add_row(
+            row.name or "-",
+            str(row.requests),
+            str(row.failures),
+            f"{row.rps:.1f}",
+            f"{row.median_ms:.0f}",
+            f"{row.p99_ms:.0f}",
+        )
+    console.print(table)
+    slos = []
+    if args.max_p99_ms is not None:
+        slos.append(f"p99 <= {args.max_p99_ms:.0f} ms")
+    if args.max_error_rate is not None:
+        slos.append(f"error rate <= {args.max_error_rate}")
+    verdict = (
+        "[green]SLOs met[/]"
+        if result.passed
+        else "[red]SLO breached: " + "; ".join(result.breaches) + "[/]"
+    )
+    console.print(
+        f"{verdict} ({', '.join(slos) or 'no SLO given'}); reports: "
+        f"{prefix}_stats.csv, {prefix.with_suffix('.html')}"
+    )
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""`python -m demo` end to end with shortened intervals, and its clean-up."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gate_stack import kill_processes_mentioning
+from tests.helpers import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Live processes whose command line or environment names ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environment = (entry / "environ").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().split()[2]
+        except (OSError, IndexError):
+            continue
+        # the gate and router name the run folder only in their environment
+        if (text in command or text in environment) and state != "Z":
+            found.append(command)
+    return found
+
+
+def demo_command(run_dir: Path, scenario: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "demo",
+        "--scenario",
+        scenario,
+        "--run-dir",
+        str(run_dir),
+        "--router-http-port",
+        str(free_port()),
+        "--router-grpc-port",
+        str(free_port()),
+        "--gate-port",
+        str(free_port()),
+        "--steps",
+        "50,100",
+        "--step-interval",
+        "3",
+        "--min-requests",
+        "20",
+        "--timeout",
+        "240",
+    ]
+
+
+def run_demo(run_dir: Path, scenario: str) -> tuple[int, dict[str, Any], str]:
+    try:
+        completed = subprocess.run(
+            demo_command(run_dir, scenario),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
+    finally:
+        kill_processes_mentioning(str(run_dir))  # only if the demo's own clean-up failed
+    report_path = run_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    return completed.returncode, report, completed.stdout + completed.stderr
+
+
+def assert_nothing_left(run_dir: Path) -> None:
+    deadline = time.monotonic() + 15  # predictors drain for a moment after SIGTERM
+    while time.monotonic() < deadline and processes_mentioning(str(run_dir)):
+        time.sleep(0.3)
+    assert processes_mentioning(str(run_dir)) == []
+
+
+def test_good_scenario_promotes_and_writes_the_report(tmp_path: Path) -> None:
+    run_dir = tmp_path / "good"
+    code, report, output = run_demo(run_dir, "good")
+    assert code == 0, output[-3000:]
+    assert report["outcome"] == "promoted"
+    assert report["accuracy_gate"]["live_accuracy"] >= 0.9
+    ticks = report["ticks"]
+    assert [t["canary_weight"] for t in ticks] == [50, 100]
+    for tick in ticks:
+        assert tick["outcome"] == "pass"
+        for key in (
+            "time",
+            "canary_requests",
+            "stable_requests",
+            "canary_error_rate",
+            "canary_p99_ms",
+            "action",
+        ):
+            assert tick[key] is not None, key
+        assert tick["canary_requests"] >= 20
+    assert ticks[0]["drift"] is not None and ticks[0]["stable_p99_ms"] is not None
+    assert report["final_split"]["canary"] is None
+    names = {row["name"] for row in report["load"]}
+    assert {"/v1/models/iris:predict", "ModelInfer", "Aggregated"} <= names
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert_nothing_left(run_dir)
+
+
+def test_faulty_scenario_rolls_back(tmp_path: Path) -> None:
+    run_dir = tmp_path / "faulty"
+    code, report, output = run_demo(run_dir, "faulty")
+    assert code == 0, output[-3000:]
+    assert report["outcome"] == "rolled_back"
+    failed = [t for t in report["ticks"] if t["outcome"] == "fail"]
+    assert len(failed) == 2
+    assert all(t["canary_error_rate"] > 0.01 for t in failed)
+    assert "failure limit reached" in report["rollout"]["message"]
+    assert_nothing_left(run_dir)
+
+
+def test_interrupted_demo_leaves_no_process_behind(tmp_path: Path) -> None:
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        demo_command(run_dir, "good"),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # wait until the gate's predictors are up
+            if any("--role stable" in c for c in processes_mentioning(str(run_dir))):
+                break
+            time.sleep(0.5)
+        assert any("gate" in c for c in processes_mentioning(str(run_dir)))
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        kill_processes_mentioning(str(run_dir))
+    assert process.returncode == 130, output[-2000:]
+    assert "every process stopped" in output
+    assert_nothing_left(run_dir)

@@ -1,0 +1,81 @@
+"""`python -m load_tests` against a real predictor: all three protocols, SLOs both ways."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from load_tests.slo import read_stats
+from tests.helpers import REPO_ROOT, Predictor, make_artifact, run_predictor
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
+    root = tmp_path_factory.mktemp("load")
+    with run_predictor(make_artifact(root / "iris-1"), root) as running:
+        yield running
+
+
+def load_test(target: str, protocol: str, report: Path, *slo: str) -> int:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "load_tests",
+            "--host",
+            target,
+            "--protocol",
+            protocol,
+            "--users",
+            "4",
+            "--spawn-rate",
+            "4",
+            "--run-time",
+            "3s",
+            "--report-dir",
+            str(report),
+            "--invalid-share",
+            "0.1",
+            *slo,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return completed.returncode
+
+
+@pytest.mark.parametrize("protocol", ["rest-v1", "rest-v2", "grpc"])
+def test_each_protocol_meets_a_generous_slo_and_counts_invalid_rejections(
+    predictor: Predictor, tmp_path: Path, protocol: str
+) -> None:
+    target = predictor.grpc_target if protocol == "grpc" else predictor.url
+    assert (
+        load_test(target, protocol, tmp_path, "--max-p99-ms", "2000", "--max-error-rate", "0.01")
+        == 0
+    )
+    rows = {row.name: row for row in read_stats(tmp_path / f"{protocol}_stats.csv")}
+    assert rows["Aggregated"].requests > 50 and rows["Aggregated"].failures == 0
+    invalid = rows["invalid input (expects rejection)"]
+    assert invalid.requests > 0 and invalid.failures == 0
+    assert (tmp_path / f"{protocol}.html").stat().st_size > 1000
+
+
+def test_latency_slo_breach_exits_non_zero(predictor: Predictor, tmp_path: Path) -> None:
+    assert load_test(predictor.url, "rest-v1", tmp_path, "--max-p99-ms", "0.001") == 1
+
+
+def test_error_rate_slo_breach_exits_non_zero(tmp_path: Path) -> None:
+    with run_predictor(
+        make_artifact(tmp_path / "iris-1"), tmp_path, "--fault_error_rate", "0.5"
+    ) as faulty:
+        assert load_test(faulty.grpc_target, "grpc", tmp_path, "--max-error-rate", "0.1") == 1
+        rows = read_stats(tmp_path / "grpc_stats.csv")
+        assert rows[-1].error_rate > 0.2
