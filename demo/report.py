@@ -200,6 +200,8 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
             axis.bar([p + 0.2 for p in positions], canary, width=0.4, label="canary")
             axis.set_xticks(list(positions), labels)
             axis.set(ylabel=unit, title=title)
+            floor = 0.02 if key == "error_rate" else 1.0
+            axis.set_ylim(bottom=0, top=max([*stable, *canary, floor]) * 1.15)
             axis.legend()
             axis.grid(alpha=0.3, axis="y")
             images[key] = _png(figure)
@@ -278,10 +280,8 @@ font-size:13px}}th{{background:#eee}}figure{{display:inline-block;margin:0.5em}}
 <p class="outcome">Outcome: {escape(report["outcome"])}</p>
 <p>{escape(str(rollout.get("message") or ""))}</p>
 <h2>Accuracy gate</h2>
-<p>offline {escape(str(gate.get("offline_accuracy", "-")))}, live replay
-{escape(str(gate.get("live_accuracy", "-")))} on {escape(str(gate.get("replayed_rows", "-")))} rows
-(threshold {escape(str(gate.get("threshold", "-")))}, tolerance
-{escape(str(gate.get("tolerance", "-")))}): {escape(str(gate.get("reason", "not reached")))}</p>
+<p>{escape(str(gate.get("reason", "not reached")))}
+({escape(str(gate.get("replayed_rows", "-")))} held-out rows replayed)</p>
 <h2>Canary analysis</h2>{figures}
 <table><tr><th>time</th><th>weight</th><th>outcome</th><th>action</th><th>canary req</th>
 <th>stable req</th><th>canary err</th><th>stable err</th><th>canary p99 ms</th>
