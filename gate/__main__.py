@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
 from gate.settings import GateSettings
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """uvicorn drains on SIGTERM, then re-raises the signal with the handler it found:
+    this one, so a clean shutdown exits 0 (not -15)."""
+    raise SystemExit(0)
 
 
 def main() -> int:
@@ -31,6 +39,7 @@ def main() -> int:
     except ValueError as exc:
         print(f"gate: {exc}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         app,
         host=settings.host,

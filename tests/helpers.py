@@ -109,13 +109,14 @@ def start_command(
     command: Sequence[str],
     log: Path,
     env: dict[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> RunningProcess:
     handle = log.open("wb")
     process = subprocess.Popen(
         list(command),
         stdout=handle,
         stderr=subprocess.STDOUT,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         start_new_session=True,
     )

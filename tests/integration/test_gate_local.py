@@ -101,8 +101,12 @@ def test_canary_with_injected_latency_is_rolled_back(tmp_path: Path) -> None:
             detail = stack.wait_phase(rollout, {"succeeded", "rolled_back", "failed"})
         assert detail["phase"] == "rolled_back", detail["message"]
         for decision in judged(detail, "fail"):
-            failed = {c["name"] for c in decision["evidence"]["checks"] if not c["passed"]}
-            assert {"latency_p99", "latency_p99_ratio"} <= failed
+            checks = {c["name"]: c for c in decision["evidence"]["checks"]}
+            assert not checks["latency_p99"]["passed"]
+            # the ratio is judged only when stable had enough traffic in the window (slow
+            # canary answers also slow the test's sequential clients down)
+            if "latency_p99_ratio" in checks:
+                assert not checks["latency_p99_ratio"]["passed"]
             p99 = next(c for c in decision["evidence"]["checks"] if c["name"] == "latency_p99")
             assert p99["value"] >= 300
 

@@ -1,0 +1,193 @@
+"""What each image holds, proven without Docker: for each component, a fresh venv gets
+exactly the files its Dockerfile copies and only its extra (pinned by constraints.txt),
+then the component's entry point starts from outside the repository."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import (
+    REPO_ROOT,
+    free_port,
+    make_artifact,
+    start_command,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def stage_build_context(component: str, target: Path) -> Path:
+    """Replays the build stage's ``COPY`` lines of ``<component>/Dockerfile``."""
+    text = (REPO_ROOT / component / "Dockerfile").read_text()
+    build_stage = text.split("\nFROM ")[0] if text.startswith("FROM") else text.split("\nFROM ")[1]
+    for line in build_stage.splitlines():
+        if not line.startswith("COPY ") or "--from" in line:
+            continue
+        *sources, destination = shlex.split(line)[1:]
+        if destination.endswith("/") or len(sources) > 1:
+            folder = target / destination
+            folder.mkdir(parents=True, exist_ok=True)
+            for source in sources:
+                origin = REPO_ROOT / source
+                if origin.is_dir():
+                    shutil.copytree(origin, folder / origin.name, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(origin, folder / origin.name)
+        else:
+            origin = REPO_ROOT / sources[0]
+            if origin.is_dir():
+                shutil.copytree(
+                    origin, target / destination, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            else:
+                shutil.copy2(origin, target / destination)
+    return target
+
+
+def component_venv(component: str, root: Path) -> Path:
+    context = stage_build_context(component, root / "context")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-c",
+            "constraints.txt",
+            f".[{component}]",
+        ],
+        cwd=context,
+        check=True,
+        timeout=900,
+    )
+    return python
+
+
+def imports(python: Path, module: str, cwd: Path) -> bool:
+    code = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 1)"
+    return subprocess.run([str(python), "-c", code], cwd=cwd).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A working directory outside the repository, so nothing is imported from the source."""
+    yield tmp_path_factory.mktemp("outside")
+
+
+def test_predictor_image_contents_serve(tmp_path: Path, outside: Path) -> None:
+    python = component_venv("predictor", tmp_path)
+    assert not imports(python, "gate", outside) and not imports(python, "kfp", outside)
+    assert not imports(python, "locust", outside)
+    artifact = make_artifact(tmp_path / "iris-1")
+    http_port, grpc_port = free_port(), free_port()
+    running = start_command(
+        [
+            str(python),
+            "-m",
+            "predictor",
+            "--model_dir",
+            str(artifact),
+            "--http_port",
+            str(http_port),
+            "--grpc_port",
+            str(grpc_port),
+        ],
+        tmp_path / "predictor.log",
+        env={"PYTHONPATH": ""},
+        cwd=outside,
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_until(
+            lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200,
+            90,
+            "predictor from its extra",
+            running.process,
+            running.log,
+        )
+        answer = httpx.post(
+            f"{url}/v1/models/iris:predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]}
+        )
+        assert answer.json() == {"predictions": [0]}
+    finally:
+        assert running.stop(signal.SIGTERM) == 0, running.output()[-2000:]
+
+
+def test_gate_image_contents_serve(tmp_path: Path, outside: Path) -> None:
+    python = component_venv("gate", tmp_path)
+    assert not imports(python, "predictor", outside) and not imports(python, "kserve", outside)
+    assert imports(python, "kubernetes", outside)  # for the kserve backend
+    port = free_port()
+    running = start_command(
+        [str(python), "-m", "gate"],
+        tmp_path / "gate.log",
+        env={
+            "PYTHONPATH": "",
+            "GATE_API_TOKEN": "extra-test-token-0123",
+            "GATE_PORT": str(port),
+            "GATE_DB_PATH": str(tmp_path / "gate.db"),
+            "GATE_TRAFFIC_BACKEND": "kserve",
+            "GATE_KSERVE_SERVICES": '{"iris": ["iris"]}',
+            "GATE_KSERVE_API_URL": f"http://127.0.0.1:{free_port()}",
+            "GATE_METRICS_PROVIDER": "prometheus",
+            "GATE_PROMETHEUS_URL": "http://127.0.0.1:9",
+        },
+        cwd=outside,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: httpx.get(f"{url}/healthz").status_code == 200,
+            60,
+            "gate from its extra",
+            running.process,
+            running.log,
+        )
+        assert httpx.get(f"{url}/readyz").status_code == 503  # no cluster to reach: honest
+        assert "/v1/rollouts" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    finally:
+        assert running.stop(signal.SIGTERM) == 0, running.output()[-2000:]
+
+
+def test_pipeline_image_contents_run_the_steps(tmp_path: Path, outside: Path) -> None:
+    python = component_venv("pipeline", tmp_path)
+    assert not imports(python, "kserve", outside) and not imports(python, "gate", outside)
+    env = {**os.environ, "PYTHONPATH": ""}
+    compiled = subprocess.run(
+        [str(python), "-m", "pipeline", "compile", "--output", str(tmp_path / "p.yaml")],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    # what a step does in its container: the steps and the artifact contract
+    code = (
+        "from pipeline.steps import load_dataset, split_dataset, train_model, TrainParams;"
+        "import sys; d = load_dataset(None); tr, te = split_dataset(d, 0.3, 7);"
+        f"tr.to_csv({str(tmp_path / 't.csv')!r}, index=False);"
+        f"m = train_model({str(tmp_path / 't.csv')!r}, {str(tmp_path / 'm')!r}, 'iris', "
+        "TrainParams()); print(m['sha256'])"
+    )
+    step = subprocess.run(
+        [str(python), "-c", code], cwd=outside, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert step.returncode == 0, step.stderr
+    assert (tmp_path / "m" / "model.json").exists()
