@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host")
     add("--role", choices=["stable", "canary"])
     add("--max_rows", type=int)
+    add("--batch_max_rows", type=int)
+    add("--batch_max_wait_ms", type=float)
     add("--max_message_mb", type=int)
     add("--fault_error_rate", type=float)
     add("--fault_latency_ms", type=float)

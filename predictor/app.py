@@ -39,6 +39,8 @@ def build_model(settings: PredictorSettings) -> IrisModel:
         max_rows=settings.max_rows,
         metrics_role=settings.role,
         faults=faults,
+        batch_max_rows=settings.batch_max_rows,
+        batch_max_wait_ms=settings.batch_max_wait_ms,
     )
     model.load()
     faults.announce()

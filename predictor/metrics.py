@@ -17,6 +17,9 @@ LATENCY = "irisgate_predictor_request_duration_seconds"
 ERRORS = "irisgate_predictor_errors_total"
 PREDICTIONS = "irisgate_predictor_predictions_total"
 INFO = "irisgate_predictor_model_info"
+BATCH_ROWS = "irisgate_predictor_batch_rows"
+BATCH_REQUESTS = "irisgate_predictor_batch_requests"
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # Buckets sized for a model that answers in about a millisecond: the gate's p99 checks
 # need resolution between 1 ms and 1 s.
@@ -61,53 +64,86 @@ INITIAL_CODES = {"rest-v1": _REST_CODES, "rest-v2": _REST_CODES, "grpc": _GRPC_C
 INITIAL_REASONS = ("injected_fault", "internal")
 
 
-class PredictorMetrics:
-    """The predictor's own series, registered on an injected registry.
+class _Collectors:
+    """The collectors themselves; label values live in PredictorMetrics."""
 
-    Picklable: KServe's ``--workers N`` pickles the model into each worker process, and
-    collectors hold locks, so a worker re-creates them on the default registry.
-    """
-
-    def __init__(
-        self, model: str, version: str, role: str, registry: CollectorRegistry | None = None
-    ) -> None:
-        self.model, self.version, self.role = model, version, role
-        self._registry = registry if registry is not None else REGISTRY
+    def __init__(self, registry: CollectorRegistry) -> None:
         base = ("model", "version", "role")
         self.requests = Counter(
             REQUESTS,
             "Inference requests by protocol, status code and outcome.",
             [*base, "protocol", "code", "outcome"],
-            registry=self._registry,
+            registry=registry,
         )
         self.latency = Histogram(
             LATENCY,
             "Inference request latency in seconds, as the server saw it.",
             [*base, "protocol"],
             buckets=LATENCY_BUCKETS,
-            registry=self._registry,
+            registry=registry,
         )
         self.errors = Counter(
             ERRORS,
             "Failed inference requests by protocol and reason.",
             [*base, "protocol", "reason"],
-            registry=self._registry,
+            registry=registry,
         )
         self.predictions = Counter(
             PREDICTIONS,
             "Predicted rows by class (for drift checks).",
             [*base, "class_name"],
-            registry=self._registry,
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            BATCH_ROWS,
+            "Rows per model call (adaptive batching).",
+            list(base),
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_requests = Histogram(
+            BATCH_REQUESTS,
+            "Requests coalesced into one model call.",
+            list(base),
+            buckets=BATCH_BUCKETS,
+            registry=registry,
         )
         self.info = Gauge(
             INFO,
             "Always 1; labels describe the served artifact.",
             [*base, "sha256"],
-            registry=self._registry,
+            registry=registry,
         )
 
+
+class PredictorMetrics:
+    """The predictor's own series, registered on an injected registry.
+
+    Picklable: KServe's ``--workers N`` pickles the model into each worker process, and
+    collectors hold locks, so a worker binds to collectors of its own on the default
+    registry (one set per process, see :func:`_in_this_process`).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        role: str,
+        registry: CollectorRegistry | None = None,
+        collectors: _Collectors | None = None,
+    ) -> None:
+        self.model, self.version, self.role = model, version, role
+        shared = collectors or _Collectors(registry if registry is not None else REGISTRY)
+        self.requests = shared.requests
+        self.latency = shared.latency
+        self.errors = shared.errors
+        self.predictions = shared.predictions
+        self.batch_rows = shared.batch_rows
+        self.batch_requests = shared.batch_requests
+        self.info = shared.info
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PredictorMetrics, (self.model, self.version, self.role))
+        return (_in_this_process, (self.model, self.version, self.role))
 
     def _labels(self) -> dict[str, str]:
         return {"model": self.model, "version": self.version, "role": self.role}
@@ -136,6 +172,11 @@ class PredictorMetrics:
         self.requests.labels(**labels, protocol=protocol, code=code, outcome=outcome).inc()
         self.latency.labels(**labels, protocol=protocol).observe(seconds)
 
+    def observe_batch(self, requests: int, rows: int) -> None:
+        labels = self._labels()
+        self.batch_requests.labels(**labels).observe(requests)
+        self.batch_rows.labels(**labels).observe(rows)
+
     def count_error(self, protocol: str, reason: str) -> None:
         self.errors.labels(**self._labels(), protocol=protocol, reason=reason).inc()
 
@@ -144,3 +185,14 @@ class PredictorMetrics:
         for name, count in zip(class_names, counts, strict=True):
             if count:
                 self.predictions.labels(**labels, class_name=name).inc(int(count))
+
+
+_PROCESS_COLLECTORS: list[_Collectors] = []
+
+
+def _in_this_process(model: str, version: str, role: str) -> PredictorMetrics:
+    """Unpickling target: every unpickled PredictorMetrics in a process shares one set of
+    collectors on the default registry (registering a second set would be a duplicate)."""
+    if not _PROCESS_COLLECTORS:
+        _PROCESS_COLLECTORS.append(_Collectors(REGISTRY))
+    return PredictorMetrics(model, version, role, collectors=_PROCESS_COLLECTORS[0])

@@ -16,6 +16,7 @@ from kserve import Model
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
 from predictor.artifact import ArtifactMetadata, load_artifact
+from predictor.batching import Batcher
 from predictor.errors import PredictorError, Reason
 from predictor.faults import FaultInjector
 from predictor.inputs import (
@@ -52,6 +53,8 @@ class IrisModel(Model):  # type: ignore[misc]
         metrics_role: str = "stable",
         faults: FaultInjector | None = None,
         metrics: PredictorMetrics | None = None,
+        batch_max_rows: int = 0,
+        batch_max_wait_ms: float = 0.0,
     ) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
@@ -61,6 +64,9 @@ class IrisModel(Model):  # type: ignore[misc]
         self.metrics = metrics
         self.metadata: ArtifactMetadata | None = None
         self._estimator: Any = None
+        self.batch_max_rows = batch_max_rows  # 0: no batching
+        self.batch_max_wait_ms = batch_max_wait_ms
+        self.batcher: Batcher | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def load(self) -> bool:
@@ -70,6 +76,13 @@ class IrisModel(Model):  # type: ignore[misc]
             self.metrics = PredictorMetrics(self.name, metadata.version, self.role)
         self.metrics.set_info(metadata.sha256)
         self.metrics.initialize(metadata.class_names)
+        if self.batch_max_rows > 0:
+            self.batcher = Batcher(
+                self._probabilities,
+                self.batch_max_rows,
+                self.batch_max_wait_ms,
+                self.metrics.observe_batch,
+            )
         logger.info(
             "loaded %s version %s (sha256 %s..., scikit-learn %s) as %s",
             metadata.name,
@@ -104,8 +117,14 @@ class IrisModel(Model):  # type: ignore[misc]
         ]
 
     # --- inference -------------------------------------------------------------------
-    def classify(self, matrix: np.ndarray) -> Prediction:
-        probabilities = np.asarray(self._estimator.predict_proba(matrix), dtype=np.float64)
+    def _probabilities(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self._estimator.predict_proba(matrix), dtype=np.float64)
+
+    async def classify(self, matrix: np.ndarray) -> Prediction:
+        if self.batcher is not None:
+            probabilities = await self.batcher.submit(matrix)
+        else:
+            probabilities = self._probabilities(matrix)
         class_ids = probabilities.argmax(axis=1).astype(np.int64)
         if self.metrics is not None:
             counts = np.bincount(class_ids, minlength=len(self._meta.class_names))
@@ -120,16 +139,16 @@ class IrisModel(Model):  # type: ignore[misc]
     ) -> Any:
         await self.faults.apply()
         if isinstance(payload, InferRequest):
-            return self._predict_v2(payload)
-        return self._predict_v1(payload)
+            return await self._predict_v2(payload)
+        return await self._predict_v1(payload)
 
-    def _predict_v1(self, body: Any) -> dict[str, Any]:
+    async def _predict_v1(self, body: Any) -> dict[str, Any]:
         matrix = matrix_from_v1(body, self.n_features, self.max_rows)
         requested = body.get("outputs") or []
         if not isinstance(requested, list) or not all(isinstance(n, str) for n in requested):
             raise PredictorError(Reason.MALFORMED_REQUEST, '"outputs" must be a list of names')
         outputs = check_outputs(requested)
-        prediction = self.classify(matrix)
+        prediction = await self.classify(matrix)
         response: dict[str, Any] = {"predictions": prediction.class_ids.tolist()}
         if "predict_proba" in outputs:
             response["probabilities"] = prediction.probabilities.round(6).tolist()
@@ -137,7 +156,7 @@ class IrisModel(Model):  # type: ignore[misc]
             response["labels"] = prediction.labels
         return response
 
-    def _predict_v2(self, request: InferRequest) -> InferResponse:
+    async def _predict_v2(self, request: InferRequest) -> InferResponse:
         if len(request.inputs) != 1:
             raise PredictorError(
                 Reason.WRONG_INPUT_COUNT,
@@ -152,7 +171,7 @@ class IrisModel(Model):  # type: ignore[misc]
             self.n_features,
             self.max_rows,
         )
-        prediction = self.classify(matrix)
+        prediction = await self.classify(matrix)
         rows = len(prediction.class_ids)
         built: dict[str, InferOutput] = {}
         if "predict" in outputs:

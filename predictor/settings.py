@@ -36,6 +36,10 @@ class PredictorSettings(BaseSettings):
     """Label on every metric, so the gate can compare stable with canary."""
     max_rows: int = Field(1024, ge=1)
     """Most rows one request may carry; more is a 400 / INVALID_ARGUMENT."""
+    batch_max_rows: int = Field(256, ge=0)
+    """Adaptive batching: most rows stacked into one model call; 0 turns batching off."""
+    batch_max_wait_ms: float = Field(0.0, ge=0.0)
+    """Adaptive batching: how long a model call may wait for more requests (0: never)."""
     max_message_mb: int = Field(16, ge=1)
     """Largest gRPC message accepted or sent, in MiB."""
     fault_error_rate: float = Field(0.0, ge=0.0, le=1.0)

@@ -661,3 +661,64 @@ def test_binary_rest_shape_mismatch_matches_grpc_raw(
     assert rest.status_code == 400
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert rest.json()["error"] == details == "shape [2, 4] needs 8 values, got 7"
+
+
+def test_batched_predictions_equal_scikit_learn_under_concurrent_mixed_traffic(
+    predictor: Predictor,
+) -> None:
+    """Adaptive batching is on by default: concurrent valid requests share model calls,
+    invalid ones fail alone, and every answer is scikit-learn's for that request's rows."""
+    model, _, _ = train_iris()
+    rng = np.random.default_rng(7)
+    rows = rng.uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], (240, 4)).round(2)
+    before = _samples(predictor, "irisgate_predictor_batch_requests_sum")
+    calls_before = _samples(predictor, "irisgate_predictor_batch_requests_count")
+
+    async def one(client: httpx.AsyncClient, stub: Any, i: int) -> tuple[str, Any]:
+        chunk = rows[i * 2 : i * 2 + 2]
+        if i % 10 == 3:  # a bad request among the good ones
+            response = await client.post(
+                f"{predictor.url}/v1/models/iris:predict", json={"instances": [[1.0, 2.0, 3.0]]}
+            )
+            return "invalid", (response.status_code, response.json()["error"])
+        if i % 3 == 0:
+            request = pb.ModelInferRequest(
+                model_name="iris", inputs=[_grpc_tensor("FP64", [2, 4], chunk.reshape(-1).tolist())]
+            )
+            reply = await stub.ModelInfer(request, timeout=30)
+            return "valid", (i, list(reply.outputs[0].contents.int64_contents))
+        if i % 3 == 1:
+            response = await client.post(
+                f"{predictor.url}/v1/models/iris:predict", json={"instances": chunk.tolist()}
+            )
+            return "valid", (i, response.json()["predictions"])
+        response = await client.post(
+            f"{predictor.url}/v2/models/iris/infer",
+            json={"inputs": [_rest_tensor("FP64", [2, 4], chunk.reshape(-1).tolist())]},
+        )
+        return "valid", (i, response.json()["outputs"][0]["data"])
+
+    async def scenario() -> list[tuple[str, Any]]:
+        limits = httpx.Limits(max_connections=64)
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=30) as client,
+            grpc.aio.insecure_channel(predictor.grpc_target) as channel,
+        ):
+            stub = GRPCInferenceServiceStub(channel)
+            return await asyncio.gather(*(one(client, stub, i) for i in range(120)))
+
+    results = asyncio.run(scenario())
+    valid = [value for kind, value in results if kind == "valid"]
+    invalid = [value for kind, value in results if kind == "invalid"]
+    assert len(invalid) == 12
+    assert all(v == (400, "each row must have 4 features, got 3") for v in invalid)
+    for i, predicted in valid:
+        assert predicted == model.predict(rows[i * 2 : i * 2 + 2]).tolist(), i
+    coalesced = _total(_samples(predictor, "irisgate_predictor_batch_requests_sum")) - _total(
+        before
+    )
+    calls = _total(_samples(predictor, "irisgate_predictor_batch_requests_count")) - _total(
+        calls_before
+    )
+    assert coalesced == len(valid)  # every valid request went through the batcher
+    assert calls < len(valid)  # and some shared a model call
