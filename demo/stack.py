@@ -12,7 +12,6 @@ import contextlib
 import json
 import secrets
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +19,8 @@ from typing import IO, Any
 import httpx
 from mirakuru import HTTPExecutor, SimpleExecutor
 from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
+
+from load_tests.command import headless_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,40 +119,22 @@ class Stack:
 
     def start_load(self, users: int, rps_per_user: float) -> None:
         """REST v1 and gRPC users through the router, until stopped."""
-        prefix = self.run_dir / "load"
-        self._start(
-            "locust",
-            SimpleExecutor,
-            [
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                str(REPO_ROOT / "load_tests" / "locustfile.py"),
-                "RestV1User",
-                "GrpcV2User",
-                "--headless",
-                "--users",
-                str(users),
-                "--spawn-rate",
-                str(users),
-                "--host",
-                self.router_url,
+        command = headless_command(
+            ["RestV1User", "GrpcV2User"],
+            users=users,
+            spawn_rate=users,
+            host=self.router_url,
+            report_prefix=self.run_dir / "load",
+            options=[
                 "--grpc-target",
                 self.router_grpc,
-                "--csv",
-                str(prefix),
-                "--html",
-                str(prefix.with_suffix(".html")),
-                "--only-summary",
-                "--exit-code-on-error",
-                "0",
                 "--rps-per-user",
                 str(rps_per_user),
                 "--invalid-share",
                 "0.02",
             ],
         )
+        self._start("locust", SimpleExecutor, command)
 
     def stop_load(self) -> None:
         self._stop(lambda name: name == "locust")
@@ -159,10 +142,6 @@ class Stack:
     def routes(self) -> dict[str, Any]:
         routes: dict[str, Any] = httpx.get(f"{self.router_url}/router/routes", timeout=5).json()
         return routes
-
-    def rollouts(self) -> list[dict[str, Any]]:
-        listed: list[dict[str, Any]] = httpx.get(f"{self.gate_url}/v1/rollouts", timeout=5).json()
-        return listed
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         detail: dict[str, Any] = httpx.get(
@@ -190,13 +169,3 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_for(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.2)
-    raise StackError(f"{what}: not ready after {timeout:.0f} s")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gate.decide import RolloutState
 from gate.spec import AnalysisOverrides, AnalysisSpec, Candidate
-from gate.store import Decision
+from gate.store import Decision, DecisionEntry
 
 
 class RolloutCreate(BaseModel):
@@ -58,16 +57,7 @@ class RolloutPublic(BaseModel):
         )
 
 
-class DecisionPublic(BaseModel):
-    at: datetime
-    phase: str
-    step_index: int
-    canary_weight: int
-    action: str
-    outcome: str | None
-    reason: str
-    evidence: dict[str, Any]
-
+class DecisionPublic(DecisionEntry):
     @classmethod
     def of(cls, decision: Decision) -> DecisionPublic:
         return cls.model_validate(decision.model_dump(exclude={"seq", "rollout_id"}))

@@ -72,9 +72,9 @@ class ActiveRolloutExists(Exception):
         self.model = model
 
 
-class Decision(BaseModel):
-    seq: int
-    rollout_id: str
+class DecisionEntry(BaseModel):
+    """One decision as the history shows it: the state it led to and its evidence."""
+
     at: datetime
     phase: str
     step_index: int
@@ -83,6 +83,11 @@ class Decision(BaseModel):
     outcome: str | None
     reason: str
     evidence: dict[str, Any]
+
+
+class Decision(DecisionEntry):
+    seq: int
+    rollout_id: str
 
 
 class Stable(BaseModel):

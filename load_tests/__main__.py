@@ -15,9 +15,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from load_tests.command import headless_command
 from load_tests.slo import judge, read_stats
 
-LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 USERS = {"rest-v1": "RestV1User", "rest-v2": "RestV2User", "grpc": "GrpcV2User"}
 
 
@@ -60,39 +60,26 @@ def locust_command(args: argparse.Namespace, prefix: Path) -> list[str]:
         target = host.split("://")[-1].rstrip("/")
         extra = ["--grpc-target", target]
         host = f"http://{target}"  # locust wants a URL; the gRPC user uses --grpc-target
-    return [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        USERS[args.protocol],
-        "--headless",
-        "--users",
-        str(args.users),
-        "--spawn-rate",
-        str(args.spawn_rate),
-        "--run-time",
-        args.run_time,
-        "--host",
-        host,
-        "--csv",
-        str(prefix),
-        "--html",
-        str(prefix.with_suffix(".html")),
-        "--only-summary",
-        "--exit-code-on-error",
-        "0",
-        "--stop-timeout",
-        "5",
-        "--model-name",
-        args.model_name,
-        "--batch-size",
-        str(args.batch_size),
-        "--invalid-share",
-        str(args.invalid_share),
-        *extra,
-    ]
+    return headless_command(
+        [USERS[args.protocol]],
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        host=host,
+        report_prefix=prefix,
+        options=[
+            "--run-time",
+            args.run_time,
+            "--stop-timeout",
+            "5",
+            "--model-name",
+            args.model_name,
+            "--batch-size",
+            str(args.batch_size),
+            "--invalid-share",
+            str(args.invalid_share),
+            *extra,
+        ],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
