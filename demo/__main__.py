@@ -101,6 +101,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def analysis_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The gate's analysis defaults for this run, from the command line."""
+    return {
+        "steps": [int(s) for s in args.steps.split(",")],
+        "step_interval_s": args.step_interval,
+        "min_requests": args.min_requests,
+    }
+
+
 def run_pipeline(
     registry: Path,
     logs: Path,
@@ -171,11 +180,7 @@ def story(args: argparse.Namespace, stack: Stack, console: Console) -> int:
     code, stable_run = run_pipeline(registry, logs, [])
     if code != 0:
         raise StackError(f"the first pipeline run did not deploy (exit {code})")
-    analysis = {
-        "steps": [int(s) for s in args.steps.split(",")],
-        "step_interval_s": args.step_interval,
-        "min_requests": args.min_requests,
-    }
+    analysis = analysis_settings(args)
     console.print(
         "[bold]2/4[/] starting router, gate (it starts the stable predictor) and live traffic"
     )
@@ -222,11 +227,7 @@ def serve_until_interrupted(args: argparse.Namespace, stack: Stack, console: Con
         if code != 0:
             raise StackError(f"the pipeline did not deploy a model (exit {code})")
         stable = Path(run["path"])
-    analysis = {
-        "steps": [int(s) for s in args.steps.split(",")],
-        "step_interval_s": args.step_interval,
-        "min_requests": args.min_requests,
-    }
+    analysis = analysis_settings(args)
     stack.start_router()
     stack.start_gate(stable, analysis)
     console.print(

@@ -54,18 +54,29 @@ def offline_accuracy(version_dir: Path) -> float:
     return float(json.loads((version_dir / "model.json").read_text())["metrics"]["accuracy"])
 
 
-def kill_processes_mentioning(text: str) -> None:
-    """Predictors started by a gate live in their own sessions; find them by command line."""
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes other than this one whose command line or environment names ``text``,
+    as (pid, command line). Predictors started by a gate live in sessions of their own and
+    the gate and router name their run folder only in their environment."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+            environment = (entry / "environ").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().split()[2]
+        except (OSError, IndexError):
             continue
-        if text in command:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+        if (text in command or text in environment) and state != "Z":
+            found.append((int(entry.name), command))
+    return found
+
+
+def kill_processes_mentioning(text: str) -> None:
+    for pid, _ in processes_mentioning(text):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class WebhookSink:

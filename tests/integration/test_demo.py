@@ -12,28 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.gate_stack import kill_processes_mentioning
+from tests.gate_stack import kill_processes_mentioning, processes_mentioning
 from tests.helpers import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Live processes whose command line or environment names ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environment = (entry / "environ").read_bytes().decode(errors="replace")
-            state = (entry / "stat").read_text().split()[2]
-        except (OSError, IndexError):
-            continue
-        # the gate and router name the run folder only in their environment
-        if (text in command or text in environment) and state != "Z":
-            found.append(command)
-    return found
+def commands_mentioning(text: str) -> list[str]:
+    return [command for _, command in processes_mentioning(text)]
 
 
 def demo_command(run_dir: Path, scenario: str) -> list[str]:
@@ -80,9 +66,9 @@ def run_demo(run_dir: Path, scenario: str) -> tuple[int, dict[str, Any], str]:
 
 def assert_nothing_left(run_dir: Path) -> None:
     deadline = time.monotonic() + 15  # predictors drain for a moment after SIGTERM
-    while time.monotonic() < deadline and processes_mentioning(str(run_dir)):
+    while time.monotonic() < deadline and commands_mentioning(str(run_dir)):
         time.sleep(0.3)
-    assert processes_mentioning(str(run_dir)) == []
+    assert commands_mentioning(str(run_dir)) == []
 
 
 def test_good_scenario_promotes_and_writes_the_report(tmp_path: Path) -> None:
@@ -138,10 +124,10 @@ def test_interrupted_demo_leaves_no_process_behind(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # wait until the gate's predictors are up
-            if any("--role stable" in c for c in processes_mentioning(str(run_dir))):
+            if any("--role stable" in c for c in commands_mentioning(str(run_dir))):
                 break
             time.sleep(0.5)
-        assert any("gate" in c for c in processes_mentioning(str(run_dir)))
+        assert any("gate" in c for c in commands_mentioning(str(run_dir)))
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:
