@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_rows", type=int)
     add("--batch_max_rows", type=int)
     add("--batch_max_wait_ms", type=float)
+    add("--fast_path", type=_bool)
     add("--max_message_mb", type=int)
     add("--fault_error_rate", type=float)
     add("--fault_latency_ms", type=float)

@@ -41,6 +41,7 @@ def build_model(settings: PredictorSettings) -> IrisModel:
         faults=faults,
         batch_max_rows=settings.batch_max_rows,
         batch_max_wait_ms=settings.batch_max_wait_ms,
+        fast_path=settings.fast_path,
     )
     model.load()
     faults.announce()

@@ -141,6 +141,9 @@ class PredictorMetrics:
         self.batch_rows = shared.batch_rows
         self.batch_requests = shared.batch_requests
         self.info = shared.info
+        self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._batch_series: tuple[Any, Any] | None = None
+        self._class_series: dict[str, Any] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_in_this_process, (self.model, self.version, self.role))
@@ -167,24 +170,43 @@ class PredictorMetrics:
         for name in class_names:
             self.predictions.labels(**labels, class_name=name)
 
+    # Resolving label values is most of a metric update's cost, so each series is looked up
+    # once and kept (a handful of series; the dicts stay small).
+
     def observe_request(self, protocol: str, code: str, outcome: str, seconds: float) -> None:
-        labels = self._labels()
-        self.requests.labels(**labels, protocol=protocol, code=code, outcome=outcome).inc()
-        self.latency.labels(**labels, protocol=protocol).observe(seconds)
+        key = (protocol, code, outcome)
+        series = self._request_series.get(key)
+        if series is None:
+            labels = self._labels()
+            series = (
+                self.requests.labels(**labels, protocol=protocol, code=code, outcome=outcome),
+                self.latency.labels(**labels, protocol=protocol),
+            )
+            self._request_series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_batch(self, requests: int, rows: int) -> None:
-        labels = self._labels()
-        self.batch_requests.labels(**labels).observe(requests)
-        self.batch_rows.labels(**labels).observe(rows)
+        if self._batch_series is None:
+            labels = self._labels()
+            self._batch_series = (
+                self.batch_requests.labels(**labels),
+                self.batch_rows.labels(**labels),
+            )
+        self._batch_series[0].observe(requests)
+        self._batch_series[1].observe(rows)
 
     def count_error(self, protocol: str, reason: str) -> None:
         self.errors.labels(**self._labels(), protocol=protocol, reason=reason).inc()
 
     def count_predictions(self, class_names: Iterable[str], counts: Iterable[int]) -> None:
-        labels = self._labels()
         for name, count in zip(class_names, counts, strict=True):
             if count:
-                self.predictions.labels(**labels, class_name=name).inc(int(count))
+                series = self._class_series.get(name)
+                if series is None:
+                    series = self.predictions.labels(**self._labels(), class_name=name)
+                    self._class_series[name] = series
+                series.inc(int(count))
 
 
 _PROCESS_COLLECTORS: list[_Collectors] = []

@@ -18,6 +18,7 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 from predictor.artifact import ArtifactMetadata, load_artifact
 from predictor.batching import Batcher
 from predictor.errors import PredictorError, Reason
+from predictor.fastpath import FastPath, compile_fast_path
 from predictor.faults import FaultInjector
 from predictor.inputs import (
     SUPPORTED_DATATYPES,
@@ -55,6 +56,7 @@ class IrisModel(Model):  # type: ignore[misc]
         metrics: PredictorMetrics | None = None,
         batch_max_rows: int = 0,
         batch_max_wait_ms: float = 0.0,
+        fast_path: bool = True,
     ) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
@@ -67,11 +69,15 @@ class IrisModel(Model):  # type: ignore[misc]
         self.batch_max_rows = batch_max_rows  # 0: no batching
         self.batch_max_wait_ms = batch_max_wait_ms
         self.batcher: Batcher | None = None
+        self.use_fast_path = fast_path
+        self.fast_path: FastPath | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def load(self) -> bool:
         estimator, metadata = load_artifact(self.model_dir)
         self._estimator, self.metadata = estimator, metadata
+        if self.use_fast_path:
+            self._compile_fast_path()
         if self.metrics is None:
             self.metrics = PredictorMetrics(self.name, metadata.version, self.role)
         self.metrics.set_info(metadata.sha256)
@@ -82,6 +88,7 @@ class IrisModel(Model):  # type: ignore[misc]
                 self.batch_max_rows,
                 self.batch_max_wait_ms,
                 self.metrics.observe_batch,
+                in_thread=self.fast_path is None,
             )
         logger.info(
             "loaded %s version %s (sha256 %s..., scikit-learn %s) as %s",
@@ -93,6 +100,18 @@ class IrisModel(Model):  # type: ignore[misc]
         )
         self.ready = True
         return True
+
+    def _compile_fast_path(self) -> None:
+        result = compile_fast_path(self._estimator)
+        self.fast_path = result.fast_path
+        if result.fast_path is None:
+            logger.warning("fast path off, serving with scikit-learn: %s", result.reason)
+            return
+        logger.info(
+            "fast path on: %s, equal to scikit-learn on %d verification rows",
+            result.fast_path.description,
+            result.fast_path.checked_rows,
+        )
 
     @property
     def _meta(self) -> ArtifactMetadata:
@@ -118,6 +137,8 @@ class IrisModel(Model):  # type: ignore[misc]
 
     # --- inference -------------------------------------------------------------------
     def _probabilities(self, matrix: np.ndarray) -> np.ndarray:
+        if self.fast_path is not None:
+            return self.fast_path.predict_proba(matrix)
         return np.asarray(self._estimator.predict_proba(matrix), dtype=np.float64)
 
     async def classify(self, matrix: np.ndarray) -> Prediction:

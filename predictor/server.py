@@ -14,6 +14,7 @@ worker processes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -246,6 +247,12 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
         self.config.access_log = access_log
         self.metrics = metrics
 
+    def run(self, sockets: Any = None) -> None:
+        """A ``--workers`` process's entry point: the same freeze as the parent's."""
+        self.create_application()
+        freeze_startup_objects()
+        self._server.run(sockets=sockets)
+
     def _add_middlewares(self, app: FastAPI) -> None:
         # uvicorn's protocols log whenever the access logger has handlers, whatever
         # Config.access_log says; this runs in every worker process.
@@ -385,6 +392,15 @@ class IrisGRPCServer:
 # --- the model server -------------------------------------------------------------------
 
 
+def freeze_startup_objects() -> None:
+    """Move everything allocated so far (KServe, pandas, scikit-learn, the model: about a
+    million objects) out of the garbage collector's reach. Otherwise every full collection
+    walks them all, a pause of tens of milliseconds that lands on whichever requests are in
+    flight and shows as p99 latency."""
+    gc.collect()
+    gc.freeze()
+
+
 class IrisModelServer(ModelServer):  # type: ignore[misc]
     """``kserve.ModelServer`` wired with the classes above."""
 
@@ -449,4 +465,5 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()
         self.register_signal_handler()
+        freeze_startup_objects()
         asyncio.run(self._serve())

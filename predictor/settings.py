@@ -40,6 +40,8 @@ class PredictorSettings(BaseSettings):
     """Adaptive batching: most rows stacked into one model call; 0 turns batching off."""
     batch_max_wait_ms: float = Field(0.0, ge=0.0)
     """Adaptive batching: how long a model call may wait for more requests (0: never)."""
+    fast_path: bool = True
+    """Predict with array maths checked equal to scikit-learn at load; else scikit-learn."""
     max_message_mb: int = Field(16, ge=1)
     """Largest gRPC message accepted or sent, in MiB."""
     fault_error_rate: float = Field(0.0, ge=0.0, le=1.0)

@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pipeline.steps import TrainParams, build_estimator
 from predictor.artifact import fingerprint_dataset, write_artifact
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,16 +27,20 @@ IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
 
 
-def train_iris() -> tuple[Pipeline, np.ndarray, np.ndarray]:
+def train_iris(classifier: str = "logreg") -> tuple[Pipeline, np.ndarray, np.ndarray]:
+    """The pipeline's own estimators (scaler + logistic regression or a 100-tree forest)."""
     features, labels = load_iris(return_X_y=True)
-    model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))]).fit(
-        features, labels
-    )
-    return model, features, labels
+    if classifier == "logreg":
+        model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))])
+    else:
+        model = build_estimator(TrainParams(classifier=classifier, seed=0))
+    return model.fit(features, labels), features, labels
 
 
-def make_artifact(out_dir: Path, version: str = "1", name: str = "iris") -> Path:
-    model, features, labels = train_iris()
+def make_artifact(
+    out_dir: Path, version: str = "1", name: str = "iris", classifier: str = "logreg"
+) -> Path:
+    model, features, labels = train_iris(classifier)
     write_artifact(
         model,
         out_dir,

@@ -663,12 +663,26 @@ def test_binary_rest_shape_mismatch_matches_grpc_raw(
     assert rest.json()["error"] == details == "shape [2, 4] needs 8 values, got 7"
 
 
+@pytest.fixture(scope="module")
+def forest_predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
+    artifact = make_artifact(tmp_path_factory.mktemp("forest") / "iris-1", classifier="forest")
+    with run_predictor(artifact, tmp_path_factory.mktemp("forest-logs")) as running:
+        yield running
+
+
+@pytest.mark.parametrize("classifier", ["logreg", "forest"])
 def test_batched_predictions_equal_scikit_learn_under_concurrent_mixed_traffic(
-    predictor: Predictor,
+    classifier: str, request: pytest.FixtureRequest
 ) -> None:
-    """Adaptive batching is on by default: concurrent valid requests share model calls,
-    invalid ones fail alone, and every answer is scikit-learn's for that request's rows."""
-    model, _, _ = train_iris()
+    """Adaptive batching and the fast path are on by default: concurrent valid requests
+    share model calls, invalid ones fail alone, and every answer is scikit-learn's for that
+    request's rows: class ids on every protocol, and probabilities to the last bit of
+    their float32 on v2."""
+    predictor: Predictor = request.getfixturevalue(
+        "predictor" if classifier == "logreg" else "forest_predictor"
+    )
+    assert "fast path on" in predictor.log.read_text()
+    model, _, _ = train_iris(classifier)
     rng = np.random.default_rng(7)
     rows = rng.uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], (240, 4)).round(2)
     before = _samples(predictor, "irisgate_predictor_batch_requests_sum")
@@ -694,9 +708,17 @@ def test_batched_predictions_equal_scikit_learn_under_concurrent_mixed_traffic(
             return "valid", (i, response.json()["predictions"])
         response = await client.post(
             f"{predictor.url}/v2/models/iris/infer",
-            json={"inputs": [_rest_tensor("FP64", [2, 4], chunk.reshape(-1).tolist())]},
+            json={
+                "inputs": [_rest_tensor("FP64", [2, 4], chunk.reshape(-1).tolist())],
+                "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+            },
         )
-        return "valid", (i, response.json()["outputs"][0]["data"])
+        outputs = response.json()["outputs"]
+        probabilities = np.array(outputs[1]["data"], dtype=np.float32).reshape(2, 3)
+        np.testing.assert_array_equal(
+            probabilities, model.predict_proba(chunk).astype(np.float32), err_msg=str(i)
+        )
+        return "valid", (i, outputs[0]["data"])
 
     async def scenario() -> list[tuple[str, Any]]:
         limits = httpx.Limits(max_connections=64)

@@ -116,3 +116,21 @@ def test_a_model_with_a_batcher_pickles_for_worker_processes(tmp_path: Path) -> 
     assert clone.batcher is not None and clone.batcher is not model.batcher
     answer = asyncio.run(clone.predict({"instances": ROWS[:3].tolist()}))
     assert answer == asyncio.run(model.predict({"instances": ROWS[:3].tolist()}))
+
+
+def test_on_the_loop_batches_still_form_and_route_rows() -> None:
+    """The fast path runs on the event loop: requests that arrive in the same loop
+    iteration share a call, and each gets its own rows back."""
+    model = SlowModel(pause_s=0)
+    batcher = Batcher(model, max_rows=64, in_thread=False)
+
+    async def scenario() -> list[np.ndarray]:
+        requests = [ROWS[i : i + 2] for i in range(0, 40, 2)]
+        results = await asyncio.gather(*(batcher.submit(m) for m in requests))
+        await batcher.aclose()
+        return list(results)
+
+    results = asyncio.run(scenario())
+    np.testing.assert_array_equal(np.vstack(results), model.model.predict_proba(ROWS))
+    assert model.calls == [40]  # all twenty arrived in one iteration
+    assert model.threads == {threading.current_thread().name}
