@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUN_DIR ?= .irisgate/demo
 SCENARIO ?= good
 
-.PHONY: venv tools lint typecheck test unit integration demo up oip-stubs constraints clean
+.PHONY: venv tools lint typecheck test unit integration demo up bench bench-smoke oip-stubs constraints clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,16 @@ demo: venv
 up: venv
 	$(BIN)/python -m demo --up --run-dir .irisgate/up
 
+# The benchmark (not part of `make test`): needs wrk and h2load (apt-get install wrk
+# nghttp2-client); installs MLServer into .bench/mlserver-venv on first use.
+# BENCH_ARGS, e.g. BENCH_ARGS="--rounds 5 --duration 10".
+BENCH_ARGS ?=
+bench: venv
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-smoke: venv
+	$(BIN)/python -m benchmarks --smoke --out .bench/smoke
+
 # The load tests' gRPC stubs (committed; regenerate after editing the .proto).
 oip-stubs: venv
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. \
@@ -58,4 +68,4 @@ constraints: venv
 	  $(BIN)/pip freeze --exclude-editable | grep -v '^irisgate'; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .irisgate .tools
+	rm -rf $(VENV) .irisgate .tools .bench

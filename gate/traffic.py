@@ -137,6 +137,10 @@ class LocalTrafficBackend(TrafficBackend):
             str(http_port),
             "--grpc_port",
             str(grpc_port),
+            # one process per predictor: the local backend runs a stable and a canary
+            # side by side on one machine, next to the router and the load
+            "--workers",
+            "1",
             "--role",
             role,
             *extra,

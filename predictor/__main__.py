@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from predictor.artifact import ArtifactError
+from predictor.processes import shared_metrics_dir
 from predictor.settings import PredictorSettings
 
 EXIT_BAD_ARTIFACT = 3
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--http_port", type=int)
     add("--grpc_port", type=int)
     add("--enable_grpc", type=_bool)
-    add("--workers", type=int)
+    add("--workers")
     add("--max_threads", type=int)
     add("--host")
     add("--role", choices=["stable", "canary"])
@@ -80,10 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_SETTINGS
     # kserve parses sys.argv when imported; hide our flags from it so it sees only defaults.
     sys.argv = sys.argv[:1]
-    from predictor.app import serve  # imported late: kserve takes ~1.5 s to import
-
     try:
-        serve(settings)
+        # Before prometheus_client is imported: several processes share metrics through files.
+        with shared_metrics_dir(settings.process_count()):
+            from predictor.app import serve  # imported late: kserve takes ~1.5 s to import
+
+            serve(settings)
     except ArtifactError as exc:
         logging.getLogger("predictor").error("refusing to start: %s", exc)
         print(f"predictor: refusing to start: {exc}", file=sys.stderr)

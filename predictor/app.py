@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
 
 from kserve import logging as kserve_logging
 
+from predictor.artifact import ArtifactError
 from predictor.faults import FaultInjector
 from predictor.model import IrisModel
+from predictor.processes import ProcessGroup, die_with_parent
 from predictor.server import IrisModelServer
 from predictor.settings import PredictorSettings
 
@@ -49,28 +53,64 @@ def build_model(settings: PredictorSettings) -> IrisModel:
 
 
 def serve(settings: PredictorSettings) -> None:
+    """Serve until SIGTERM/SIGINT: this process, plus its siblings when there are several."""
     configure_logging(settings.log_level)
-    model = build_model(settings)
+    model = build_model(settings)  # a bad artifact stops everything before anything listens
+    count = settings.process_count()
+    siblings = None
+    if count > 1:
+        siblings = ProcessGroup(serve_sibling, (settings.model_dump(mode="json"),), count)
+        siblings.start()
+    logger.info(
+        "serving %s on http://%s:%d (REST) and %s:%d (gRPC) with %d process%s",
+        settings.model_name,
+        settings.host,
+        settings.http_port,
+        settings.host,
+        settings.grpc_port,
+        count,
+        "es" if count > 1 else "",
+    )
+    try:
+        _serve_here(settings, model, reuse_port=count > 1, siblings=siblings)
+    finally:
+        if siblings is not None:
+            siblings.join(settings.grace_period + 5)
+
+
+def serve_sibling(settings_data: dict[str, Any], index: int) -> None:
+    """A sibling server process (spawned): verifies and loads the artifact itself."""
+    die_with_parent()
+    settings = PredictorSettings(**settings_data)
+    configure_logging(settings.log_level)
+    try:
+        model = build_model(settings)
+    except ArtifactError as exc:
+        logger.error("server process %d refusing to start: %s", index, exc)
+        sys.exit(3)
+    _serve_here(settings, model, reuse_port=True, siblings=None)
+
+
+def _serve_here(
+    settings: PredictorSettings,
+    model: IrisModel,
+    *,
+    reuse_port: bool,
+    siblings: ProcessGroup | None,
+) -> None:
     assert model.metrics is not None
     server = IrisModelServer(
         host=settings.host,
         metrics=model.metrics,
         access_log=settings.access_log,
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        reuse_port=reuse_port,
+        siblings=siblings,
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
-        workers=settings.workers,
         max_threads=settings.max_threads,
         enable_grpc=settings.enable_grpc,
         enable_latency_logging=False,
         grace_period=settings.grace_period,
-    )
-    logger.info(
-        "serving %s on http://%s:%d (REST) and %s:%d (gRPC)",
-        settings.model_name,
-        settings.host,
-        settings.http_port,
-        settings.host,
-        settings.grpc_port,
     )
     server.start([model])

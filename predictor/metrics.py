@@ -7,10 +7,12 @@ Prometheus.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 REQUESTS = "irisgate_predictor_requests_total"
 LATENCY = "irisgate_predictor_request_duration_seconds"
@@ -113,6 +115,7 @@ class _Collectors:
             "Always 1; labels describe the served artifact.",
             [*base, "sha256"],
             registry=registry,
+            multiprocess_mode="max",  # one series for all server processes, not one per pid
         )
 
 
@@ -218,3 +221,17 @@ def _in_this_process(model: str, version: str, role: str) -> PredictorMetrics:
     if not _PROCESS_COLLECTORS:
         _PROCESS_COLLECTORS.append(_Collectors(REGISTRY))
     return PredictorMetrics(model, version, role, collectors=_PROCESS_COLLECTORS[0])
+
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What ``/metrics`` serves: this process's registry, or, when several server processes
+    share the ports, every process's series merged from the multiprocess directory (so a
+    scrape counts all requests whichever process answers it)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY

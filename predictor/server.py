@@ -17,6 +17,7 @@ import asyncio
 import gc
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent import futures
 from time import perf_counter
@@ -26,7 +27,7 @@ import grpc
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from grpc import aio
 from kserve import ModelServer
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
@@ -43,11 +44,11 @@ from kserve.protocol.infer_type import (
     get_content,
     to_http_parameters,
 )
-from kserve.protocol.rest.multiprocess.server import RESTServerMultiProcess
-from kserve.protocol.rest.server import RESTServer, metrics_handler
+from kserve.protocol.rest.server import RESTServer
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 from kserve.utils.utils import to_headers
+from prometheus_client import exposition
 
 from predictor.errors import (
     PredictorError,
@@ -56,7 +57,8 @@ from predictor.errors import (
     outcome_of_http,
 )
 from predictor.inputs import SUPPORTED_DATATYPES
-from predictor.metrics import PredictorMetrics
+from predictor.metrics import PredictorMetrics, exposition_registry
+from predictor.processes import ProcessGroup
 
 logger = logging.getLogger(__name__)
 INFERENCE_HEADER = "inference-header-content-length"
@@ -238,20 +240,44 @@ class InferenceMetricsMiddleware:
             )
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket several processes can bind: the kernel spreads connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 class IrisRESTServer(RESTServer):  # type: ignore[misc]
     def __init__(
-        self, *args: Any, host: str, metrics: PredictorMetrics, access_log: bool, **kwargs: Any
+        self,
+        *args: Any,
+        host: str,
+        metrics: PredictorMetrics,
+        access_log: bool,
+        reuse_port: bool,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.config.host = host
         self.config.access_log = access_log
         self.metrics = metrics
+        self.reuse_port = reuse_port
 
-    def run(self, sockets: Any = None) -> None:
-        """A ``--workers`` process's entry point: the same freeze as the parent's."""
+    async def start(self) -> None:
         self.create_application()
-        freeze_startup_objects()
-        self._server.run(sockets=sockets)
+        sockets = None
+        if self.reuse_port:
+            sockets = [reuse_port_socket(self.config.host, self.config.port)]
+        await self._server.serve(sockets=sockets)
+
+    @property
+    def draining(self) -> bool:
+        return bool(self._server.should_exit)
 
     def _add_middlewares(self, app: FastAPI) -> None:
         # uvicorn's protocols log whenever the access logger has handlers, whatever
@@ -265,7 +291,13 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
     def _register_endpoints(self, app: FastAPI) -> None:
         # KServe's list without OpenAI/time-series probing, which imports heavy modules.
         app.add_api_route("/", self.dataplane.live)
-        app.add_api_route("/metrics", metrics_handler, methods=["GET"])
+        registry = exposition_registry()
+
+        async def metrics_endpoint(request: Request) -> Response:
+            encoder, content_type = exposition.choose_encoder(request.headers.get("accept", ""))
+            return Response(content=encoder(registry), headers={"content-type": content_type})
+
+        app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
         register_v1_endpoints(app, self.dataplane, self.model_repository_extension)
         register_v2_endpoints(app, self.dataplane, self.model_repository_extension)
 
@@ -290,21 +322,6 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
         for exc_class in (PredictorError, InvalidInput, ModelNotFound, ModelNotReady, Exception):
             app.add_exception_handler(exc_class, handle)
         app.add_exception_handler(RequestValidationError, handle_validation)
-
-
-class IrisRESTServerMultiProcess(RESTServerMultiProcess):  # type: ignore[misc]
-    def __init__(
-        self,
-        app: str,
-        data_plane: DataPlane,
-        extension: Any,
-        http_port: int,
-        *,
-        rest_server: IrisRESTServer,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(app, data_plane, extension, http_port, **kwargs)
-        self._rest_server = rest_server
 
 
 # --- gRPC --------------------------------------------------------------------------------
@@ -359,7 +376,9 @@ class IrisGRPCServer:
         metrics: PredictorMetrics,
         grace_period: int,
         max_message_bytes: int,
+        reuse_port: bool,
     ) -> None:
+        self.reuse_port = reuse_port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._data_plane, self._extension, self._metrics = data_plane, extension, metrics
         self._grace_period = grace_period
@@ -373,6 +392,9 @@ class IrisGRPCServer:
             options=[
                 ("grpc.max_send_message_length", self._max_message_bytes),
                 ("grpc.max_receive_message_length", self._max_message_bytes),
+                # gRPC's own default is on: off unless sibling processes share the port,
+                # so that a port already in use is an error, not a silent split.
+                ("grpc.so_reuseport", int(self.reuse_port)),
             ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -402,7 +424,10 @@ def freeze_startup_objects() -> None:
 
 
 class IrisModelServer(ModelServer):  # type: ignore[misc]
-    """``kserve.ModelServer`` wired with the classes above."""
+    """``kserve.ModelServer`` wired with the classes above: one process's REST and gRPC.
+
+    Several processes (``--workers``) are several of these on the same ports; the parent's
+    also supervises the others (:mod:`predictor.processes`)."""
 
     def __init__(
         self,
@@ -411,13 +436,17 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
         metrics: PredictorMetrics,
         access_log: bool,
         max_message_bytes: int,
+        reuse_port: bool = False,
+        siblings: ProcessGroup | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(workers=1, **kwargs)
         self.host = host
         self.metrics = metrics
         self.access_log = access_log
         self.max_message_bytes = max_message_bytes
+        self.reuse_port = reuse_port
+        self.siblings = siblings
         self.dataplane = IrisDataPlane(model_registry=self.registered_models)
 
     def _make_rest_server(self) -> IrisRESTServer:
@@ -426,32 +455,20 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
             self.dataplane,
             self.model_repository_extension,
             self.http_port,
-            workers=self.workers,
+            workers=1,
             grace_period=self.grace_period,
             event_loop=self.event_loop,
             timeout_keep_alive=self.timeout_keep_alive,
             host=self.host,
             metrics=self.metrics,
             access_log=self.access_log,
+            reuse_port=self.reuse_port,
         )
 
     def start(self, models: list[Any]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
-        rest = self._make_rest_server()
-        if self.workers > 1:
-            self._rest_multiprocess_server = IrisRESTServerMultiProcess(
-                "kserve.model_server:app",
-                self.dataplane,
-                self.model_repository_extension,
-                self.http_port,
-                workers=self.workers,
-                grace_period=self.grace_period,
-                rest_server=rest,
-            )
-            self.servers.append(self._rest_multiprocess_server.start())
-        else:
-            self._rest_server = rest
-            self.servers.append(rest.start())
+        rest = self._rest_server = self._make_rest_server()
+        self.servers.append(rest.start())
         if self.enable_grpc:
             self._grpc_server = IrisGRPCServer(
                 self.host,
@@ -461,8 +478,11 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
                 self.metrics,
                 self.grace_period,
                 self.max_message_bytes,
+                self.reuse_port,
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
+        if self.siblings is not None:
+            self.servers.append(self.siblings.supervise(lambda: rest.draining))
         self.setup_event_loop()
         self.register_signal_handler()
         freeze_startup_objects()

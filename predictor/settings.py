@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,8 +28,9 @@ class PredictorSettings(BaseSettings):
     """gRPC port (Open Inference Protocol v2)."""
     enable_grpc: bool = True
     """Serve gRPC. Knative allows one port per container, so a REST-only deployment turns it off."""
-    workers: int = Field(1, ge=1, le=64)
-    """REST worker processes (KServe's --workers). gRPC stays in the parent process."""
+    workers: int | Literal["auto"] = "auto"
+    """Server processes, each serving REST and gRPC on the shared ports (SO_REUSEPORT);
+    ``auto``: one per CPU this container may use (its cgroup CPU limit)."""
     max_threads: int = Field(4, ge=1)
     """gRPC thread pool size (KServe's --max_threads)."""
     role: Literal["stable", "canary"] = "stable"
@@ -56,3 +57,18 @@ class PredictorSettings(BaseSettings):
     """Seconds in-flight requests get to finish after SIGTERM."""
     log_level: str = "INFO"
     """Python log level for the predictor, KServe and uvicorn loggers."""
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> PredictorSettings:
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 64:
+            raise ValueError("workers must be between 1 and 64, or auto")
+        if self.process_count() > 1 and 0 in (self.http_port, self.grpc_port):
+            raise ValueError("several workers share fixed ports: give --http_port and --grpc_port")
+        return self
+
+    def process_count(self) -> int:
+        if self.workers == "auto":
+            from predictor.processes import available_cpus
+
+            return min(available_cpus(), 64)
+        return self.workers

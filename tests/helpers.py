@@ -155,6 +155,8 @@ def run_predictor(
             str(http_port),
             "--grpc_port",
             str(grpc_port),
+            # one process unless a test asks for more: tests of several processes say so
+            *(() if "--workers" in extra else ("--workers", "1")),
             *extra,
         ],
         log_dir / f"predictor-{http_port}.log",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import signal
 import struct
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import psutil
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
@@ -27,6 +29,7 @@ from tests.helpers import (
     run_predictor,
     start_process,
     train_iris,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -584,13 +587,77 @@ def test_fault_injection_and_canary_role(artifact: Path, tmp_path: Path) -> None
         assert _total(requests, role="canary", outcome="server_error") == 2
 
 
-def test_two_rest_workers_serve(artifact: Path, tmp_path: Path) -> None:
+def _siblings(served: Predictor, count: int) -> list[psutil.Process]:
+    """The spawned sibling server processes, once ``count`` processes serve gRPC."""
+    wait_until(
+        lambda: served.output().count("gRPC server listening") >= count,
+        60,
+        "sibling processes",
+        served.process,
+        served.log,
+    )
+    children = psutil.Process(served.process.pid).children()
+    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+
+def _listening_ports(process: psutil.Process) -> set[int]:
+    return {c.laddr.port for c in process.connections(kind="tcp") if c.status == "LISTEN"}
+
+
+def test_several_processes_share_both_ports_and_merge_their_metrics(
+    artifact: Path, tmp_path: Path
+) -> None:
     with run_predictor(artifact, tmp_path, "--workers", "2") as served:
-        for _ in range(4):
+        [sibling] = _siblings(served, 2)
+        ports = {served.http_port, served.grpc_port}
+        assert ports <= _listening_ports(psutil.Process(served.process.pid))
+        assert ports <= _listening_ports(sibling)
+        for _ in range(60):  # a new connection each time: the kernel spreads them
             response = httpx.post(
                 f"{served.url}/v1/models/iris:predict", json={"instances": [SETOSA]}
             )
             assert response.json() == {"predictions": [0]}
+        for _ in range(20):
+            with grpc.insecure_channel(served.grpc_target) as channel:
+                reply = GRPCInferenceServiceStub(channel).ModelInfer(
+                    pb.ModelInferRequest(
+                        model_name="iris", inputs=[_grpc_tensor("FP32", [1, 4], VIRGINICA)]
+                    ),
+                    timeout=10,
+                )
+            assert list(reply.outputs[0].contents.int64_contents) == [2]
+        for _ in range(6):  # whichever process answers the scrape, it counts everything
+            requests = _samples(served, "irisgate_predictor_requests_total")
+            assert _total(requests, protocol="rest-v1", code="200") == 60
+            assert _total(requests, protocol="grpc", code="OK") == 20
+            info = _samples(served, "irisgate_predictor_model_info")
+            assert [value for _, value in info] == [1.0]  # one series, not one per process
+
+
+def test_a_sibling_that_dies_is_replaced_and_all_stop_together(
+    artifact: Path, tmp_path: Path
+) -> None:
+    with run_predictor(artifact, tmp_path, "--workers", "2") as served:
+        [sibling] = _siblings(served, 2)
+        sibling.kill()
+        [replacement] = _siblings(served, 3)
+        assert replacement.pid != sibling.pid
+        assert "exited with -9; restarting it" in served.output()
+        response = httpx.post(f"{served.url}/v1/models/iris:predict", json={"instances": [SETOSA]})
+        assert response.status_code == 200
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(40) == 0
+        replacement.wait(10)
+        assert not replacement.is_running()
+
+
+def test_siblings_do_not_outlive_a_killed_parent(artifact: Path, tmp_path: Path) -> None:
+    with run_predictor(artifact, tmp_path, "--workers", "2") as served:
+        [sibling] = _siblings(served, 2)
+        served.process.kill()
+        served.process.wait(10)
+        sibling.wait(30)  # PR_SET_PDEATHSIG: SIGTERM, then a normal drain
+        assert not sibling.is_running()
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(artifact: Path, tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""irisgate benchmarks: ``python -m benchmarks`` (``make bench``)."""

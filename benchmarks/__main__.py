@@ -1,0 +1,268 @@
+"""``python -m benchmarks`` (``make bench``): irisgate's predictor against the baselines.
+
+Starts every server side by side on loopback, checks each answers correctly, then drives
+them in interleaved rounds (every server gets its turn at a point before any gets a second
+one, and the order rotates between rounds) so a noisy neighbour or thermal drift hits all
+alike. Prints and writes a JSON + Markdown report with medians, ratios and the goal checks.
+
+``--smoke`` runs every code path in seconds (one short round, low concurrency); tests use
+it so the benchmark cannot rot. Its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import sklearn
+from sklearn.datasets import load_iris
+
+from benchmarks import servers
+from benchmarks.generators import GeneratorMissing, require_generators, run_h2load, run_wrk
+from benchmarks.mlserver import ensure_venv
+from benchmarks.report import Sample, evaluate_goals, markdown, summarize, to_json
+from pipeline.steps import CLASSES, FEATURES, TrainParams, build_estimator
+from predictor.artifact import fingerprint_dataset, write_artifact
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = ("forest", "logreg")
+EXIT_MISSING_TOOL = 2
+
+
+def _csv(
+    kind: Callable[[str], Any], choices: Sequence[str] | None = None
+) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        if choices is not None:
+            unknown = [v for v in values if v not in choices]
+            if unknown:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {unknown}; choose from {', '.join(choices)}"
+                )
+        return values
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark irisgate's predictor against a plain KServe model, MLServer "
+        "with adaptive batching and a constant-returning KServe model (the floor).",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per measurement (default 5)"
+    )
+    parser.add_argument(
+        "--concurrency", type=_csv(int), default=[1, 16, 64], help="connections (default 1,16,64)"
+    )
+    parser.add_argument("--models", type=_csv(str, MODELS), default=list(MODELS))
+    parser.add_argument(
+        "--protocols", type=_csv(str, servers.PROTOCOLS), default=list(servers.PROTOCOLS)
+    )
+    parser.add_argument(
+        "--servers", type=_csv(str, servers.SERVER_KINDS), default=list(servers.SERVER_KINDS)
+    )
+    parser.add_argument(
+        "--predictor-args",
+        default="",
+        help="extra flags for irisgate's predictor, e.g. '--workers 2' (default: none)",
+    )
+    parser.add_argument("--out", type=Path, default=REPO / ".bench" / "results")
+    parser.add_argument(
+        "--mlserver-venv",
+        type=Path,
+        default=REPO / ".bench" / "mlserver-venv",
+        help="where MLServer gets its own venv (made on first use)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every path in seconds: 1 round of 1 s at c=1,4 (figures mean nothing)",
+    )
+    return parser
+
+
+def make_artifacts(folder: Path, models: Sequence[str]) -> dict[str, Path]:
+    """The models the pipeline would train, fitted on all of Iris, as verified artifacts."""
+    features, labels = load_iris(return_X_y=True)
+    paths = {}
+    for model in models:
+        path = folder / model
+        if not (path / "model.json").exists():
+            estimator = build_estimator(TrainParams(classifier=model)).fit(features, labels)
+            write_artifact(
+                estimator,
+                path,
+                name="iris",
+                version="1",
+                feature_names=FEATURES,
+                class_names=CLASSES,
+                training_data_fingerprint=fingerprint_dataset(features, labels),
+                metrics={"train_accuracy": float(estimator.score(features, labels))},
+            )
+        paths[model] = path
+    return paths
+
+
+def _worker_count(predictor_args: list[str]) -> int:
+    if "--workers" in predictor_args:
+        return int(predictor_args[predictor_args.index("--workers") + 1])
+    return 1
+
+
+def plan_servers(args: argparse.Namespace, run_dir: Path) -> list[servers.Server]:
+    artifacts = make_artifacts(run_dir / "artifacts", args.models)
+    extra = args.predictor_args.split()
+    chosen: list[servers.Server] = []
+    venv = None
+    if "mlserver" in args.servers:
+        venv = ensure_venv(args.mlserver_venv, run_dir / "mlserver-install.log")
+    for model in args.models:
+        if "irisgate" in args.servers:
+            chosen.append(servers.irisgate(model, artifacts[model], run_dir, extra))
+        if "kserve-plain" in args.servers:
+            chosen.append(servers.kserve_plain(model, artifacts[model], run_dir))
+        if venv is not None:
+            chosen.append(servers.mlserver(model, artifacts[model], run_dir, venv))
+    if "kserve-constant" in args.servers:
+        chosen.append(servers.kserve_constant(run_dir, _worker_count(extra)))
+    return chosen
+
+
+def measure(
+    server: servers.Server, protocol: str, concurrency: int, seconds: float, work_dir: Path
+) -> tuple[int, int, float, float, float, float]:
+    cpu_before = server.cpu_seconds()
+    if protocol == "grpc":
+        result = run_h2load(
+            server.grpc_port, concurrency, seconds, work_dir, server.grpc_answer_bytes
+        )
+    else:
+        result = run_wrk(server.http_port, protocol, concurrency, seconds, work_dir)
+    cpu = server.cpu_seconds() - cpu_before
+    cpu_ms = 1000 * cpu / result.requests if result.requests else 0.0
+    return result.requests, result.errors, result.seconds, result.p50_ms, result.p99_ms, cpu_ms
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.smoke:
+        args.rounds, args.duration, args.concurrency = 1, 1.0, [1, 4]
+    try:
+        require_generators()
+    except GeneratorMissing as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return EXIT_MISSING_TOOL
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_dir = args.out / "run"
+    run_dir.mkdir(exist_ok=True)
+    fleet = plan_servers(args, run_dir)
+    samples: list[Sample] = []
+    try:
+        for server in fleet:
+            server.start()
+        for server in fleet:
+            server.wait_ready(timeout_s=180)
+            server.preflight()
+            print(f"bench: {server.key} ready on :{server.http_port} / :{server.grpc_port}")
+        time.sleep(1)
+        for server in fleet:
+            server.sample_idle_rss()
+        for server in fleet if not args.smoke else ():  # warm every path before timing
+            for protocol in server.protocols:
+                if protocol in args.protocols:
+                    measure(server, protocol, max(args.concurrency), 1.0, run_dir)
+        samples = run_rounds(fleet, args, run_dir)
+    finally:
+        for server in fleet:
+            server.stop()
+    return write_report(args, fleet, samples)
+
+
+def run_rounds(
+    fleet: list[servers.Server], args: argparse.Namespace, work_dir: Path
+) -> list[Sample]:
+    samples = []
+    for round_no in range(1, args.rounds + 1):
+        shift = (round_no - 1) % len(fleet)
+        order = fleet[shift:] + fleet[:shift]  # rotate who goes first
+        for protocol in args.protocols:
+            for concurrency in args.concurrency:
+                for server in order:
+                    if protocol not in server.protocols:
+                        continue
+                    requests, errors, seconds, p50, p99, cpu_ms = measure(
+                        server, protocol, concurrency, args.duration, work_dir
+                    )
+                    sample = Sample(
+                        server.kind,
+                        server.model,
+                        protocol,
+                        concurrency,
+                        round_no,
+                        requests,
+                        errors,
+                        seconds,
+                        requests / seconds if seconds else 0.0,
+                        p50,
+                        p99,
+                        cpu_ms,
+                    )
+                    samples.append(sample)
+                    print(
+                        f"bench: round {round_no}/{args.rounds} {protocol:7} c={concurrency:<3} "
+                        f"{server.key:24} {sample.rps:8.0f} req/s  p99 {p99:7.1f} ms  "
+                        f"errors {errors}  cpu {cpu_ms:.2f} ms/req",
+                        flush=True,
+                    )
+    return samples
+
+
+def write_report(
+    args: argparse.Namespace, fleet: list[servers.Server], samples: list[Sample]
+) -> int:
+    points = summarize(samples)
+    idle_rss = {server.key: server.idle_rss_mb for server in fleet}
+    goals = evaluate_goals(points, idle_rss, max(args.concurrency))
+    meta = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
+        f"Python {platform.python_version()}",
+        "settings": (
+            f"kserve {version('kserve')}, "
+            f"scikit-learn {sklearn.__version__}, predictor flags: "
+            f"{args.predictor_args or '(defaults)'}"
+        ),
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "concurrency": args.concurrency,
+        "smoke": args.smoke,
+    }
+    text = markdown(points, idle_rss, goals, meta, servers.LABELS)
+    (args.out / "results.md").write_text(text)
+    (args.out / "results.json").write_text(
+        json.dumps(to_json(samples, points, idle_rss, goals, meta), indent=2)
+    )
+    print()
+    print(text)
+    print(f"bench: wrote {args.out / 'results.md'} and {args.out / 'results.json'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""From raw runs to medians, ratios, goal checks, and the JSON + Markdown report.
+
+Pure: no processes, no clock. Every figure in the report is a median over rounds of the
+same (server, model, protocol, concurrency) point; ratios compare medians taken in the same
+run, so the machine's noise hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SERVER_ORDER = ("irisgate", "mlserver", "kserve-plain", "kserve-constant")
+FLOOR = "kserve-constant"
+
+
+@dataclass(frozen=True)
+class Sample:
+    server: str
+    model: str
+    protocol: str
+    concurrency: int
+    round: int
+    requests: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms_per_request: float
+
+
+@dataclass(frozen=True)
+class Point:
+    server: str
+    model: str
+    protocol: str
+    concurrency: int
+    rounds: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_ms_per_request: float
+
+
+@dataclass(frozen=True)
+class Goal:
+    text: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+
+def summarize(samples: Iterable[Sample]) -> list[Point]:
+    groups: dict[tuple[str, str, str, int], list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[(s.server, s.model, s.protocol, s.concurrency)].append(s)
+    points = [
+        Point(
+            server,
+            model,
+            protocol,
+            concurrency,
+            rounds=len(group),
+            rps=statistics.median(s.rps for s in group),
+            p50_ms=statistics.median(s.p50_ms for s in group),
+            p99_ms=statistics.median(s.p99_ms for s in group),
+            errors=sum(s.errors for s in group),
+            cpu_ms_per_request=statistics.median(s.cpu_ms_per_request for s in group),
+        )
+        for (server, model, protocol, concurrency), group in groups.items()
+    ]
+    return sorted(points, key=_order)
+
+
+def _order(p: Point) -> tuple[Any, ...]:
+    rank = SERVER_ORDER.index(p.server) if p.server in SERVER_ORDER else len(SERVER_ORDER)
+    return (p.protocol, p.model, p.concurrency, rank)
+
+
+class Lookup:
+    def __init__(self, points: list[Point]) -> None:
+        self._points = {(p.server, p.model, p.protocol, p.concurrency): p for p in points}
+
+    def get(self, server: str, model: str, protocol: str, concurrency: int) -> Point | None:
+        if server == FLOOR:
+            model = "any"
+        return self._points.get((server, model, protocol, concurrency))
+
+    def ratio(
+        self, server: str, other: str, model: str, protocol: str, concurrency: int
+    ) -> float | None:
+        mine = self.get(server, model, protocol, concurrency)
+        theirs = self.get(other, model, protocol, concurrency)
+        if mine is None or theirs is None or theirs.rps <= 0:
+            return None
+        return mine.rps / theirs.rps
+
+
+def evaluate_goals(
+    points: list[Point], idle_rss: dict[str, list[float]], top_concurrency: int
+) -> list[Goal]:
+    """The issue's goals, each with the figure that decides it."""
+    look = Lookup(points)
+    c = top_concurrency
+    goals: list[Goal] = []
+
+    def ratio_goal(text: str, other: str, model: str, protocol: str, minimum: float) -> None:
+        value = look.ratio("irisgate", other, model, protocol, c)
+        goals.append(
+            Goal(
+                text,
+                "not measured" if value is None else f"{value:.2f}x",
+                _at_least(value, minimum),
+            )
+        )
+
+    ratio_goal(f"REST v2, forest, c={c}: >= 2x MLServer", "mlserver", "forest", "rest-v2", 2.0)
+    ratio_goal(
+        f"REST v2, forest, c={c}: >= 15x plain KServe", "kserve-plain", "forest", "rest-v2", 15.0
+    )
+    ratio_goal(f"REST v2, logreg, c={c}: >= 1.5x MLServer", "mlserver", "logreg", "rest-v2", 1.5)
+    ratio_goal(f"gRPC, forest, c={c}: >= 2x MLServer", "mlserver", "forest", "grpc", 2.0)
+
+    ours = [p for p in points if p.server == "irisgate"]
+    top = [p for p in ours if p.concurrency == c]
+    worst = max(top, key=lambda p: p.p99_ms, default=None)
+    goals.append(
+        Goal(
+            f"p99 at c={c} <= 100 ms, every protocol and model",
+            "not measured"
+            if worst is None
+            else f"worst {worst.p99_ms:.1f} ms ({worst.protocol}, {worst.model})",
+            None if worst is None else worst.p99_ms <= 100.0,
+        )
+    )
+    errors = sum(p.errors for p in ours)
+    goals.append(Goal("no errors", f"{errors} errors", None if not ours else errors == 0))
+    floor_ratios = [(look.ratio("irisgate", FLOOR, p.model, p.protocol, c), p) for p in top]
+    measured = [(r, p) for r, p in floor_ratios if r is not None]
+    lowest = min(measured, key=lambda item: item[0], default=None)
+    goals.append(
+        Goal(
+            f">= 80% of the constant KServe floor (c={c})",
+            "not measured"
+            if lowest is None
+            else f"lowest {lowest[0]:.0%} ({lowest[1].protocol}, {lowest[1].model})",
+            None if lowest is None else lowest[0] >= 0.8,
+        )
+    )
+    rss_ratios = []
+    for key, rss in idle_rss.items():
+        kind, model = key.split("/")
+        plain = idle_rss.get(f"kserve-plain/{model}")
+        if kind == "irisgate" and plain and rss:
+            rss_ratios.append((max(rss) / max(plain), model))
+    highest = max(rss_ratios, default=None)
+    goals.append(
+        Goal(
+            "idle RSS per process <= 1.3x plain KServe",
+            "not measured" if highest is None else f"highest {highest[0]:.2f}x ({highest[1]})",
+            None if highest is None else highest[0] <= 1.3,
+        )
+    )
+    return goals
+
+
+def _at_least(value: float | None, minimum: float) -> bool | None:
+    return None if value is None else value >= minimum
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+PROTOCOL_TITLES = {"rest-v1": "REST v1", "rest-v2": "REST v2", "grpc": "gRPC (v2)"}
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def markdown(
+    points: list[Point],
+    idle_rss: dict[str, list[float]],
+    goals: list[Goal],
+    meta: dict[str, Any],
+    labels: dict[str, str],
+) -> str:
+    look = Lookup(points)
+    lines = [
+        "# irisgate benchmark",
+        "",
+        f"{meta['when']} - {meta['machine']} - {meta['settings']}",
+        "",
+        "One Iris row per request, loopback; wrk (REST) and h2load (gRPC); medians of "
+        f"{meta['rounds']} interleaved rounds. Ratios are req/s against the named server "
+        "in the same run.",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | met |",
+        "|---|---|---|",
+    ]
+    for goal in goals:
+        verdict = {True: "yes", False: "**no**", None: "-"}[goal.met]
+        lines.append(f"| {goal.text} | {goal.measured} | {verdict} |")
+    for protocol in ("rest-v1", "rest-v2", "grpc"):
+        rows = [p for p in points if p.protocol == protocol]
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## {PROTOCOL_TITLES[protocol]}",
+            "",
+            "| model | c | server | req/s | p50 ms | p99 ms | errors | CPU ms/req "
+            "| vs plain | vs MLServer | vs floor |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in rows:
+            model = p.model if p.server != FLOOR else "(none)"
+
+            def ratio(other: str, p: Point = p) -> str:
+                if other == p.server:
+                    return ""
+                return _fmt_ratio(look.ratio(p.server, other, p.model, p.protocol, p.concurrency))
+
+            lines.append(
+                f"| {model} | {p.concurrency} | {labels.get(p.server, p.server)} "
+                f"| {p.rps:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} "
+                f"| {p.cpu_ms_per_request:.2f} | {ratio('kserve-plain')} | {ratio('mlserver')} "
+                f"| {ratio(FLOOR)} |"
+            )
+    lines += ["", "## Idle memory", "", "| server | model | RSS per process, MB |", "|---|---|---|"]
+    for key, rss in sorted(idle_rss.items()):
+        kind, model = key.split("/")
+        sizes = ", ".join(f"{mb:.0f}" for mb in rss)
+        lines.append(f"| {labels.get(kind, kind)} | {model} | {sizes} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(
+    samples: list[Sample],
+    points: list[Point],
+    idle_rss: dict[str, list[float]],
+    goals: list[Goal],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    as_dict: Callable[[Any], dict[str, Any]] = asdict
+    return {
+        "meta": meta,
+        "goals": [as_dict(g) for g in goals],
+        "points": [as_dict(p) for p in points],
+        "idle_rss_mb": idle_rss,
+        "samples": [as_dict(s) for s in samples],
+    }

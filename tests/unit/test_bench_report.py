@@ -1,0 +1,79 @@
+"""The benchmark's arithmetic: medians over rounds, ratios in one run, the goal verdicts."""
+
+from __future__ import annotations
+
+from benchmarks.report import Sample, evaluate_goals, markdown, summarize
+
+
+def _sample(
+    server: str, model: str, protocol: str, rps: float, p99: float = 50.0, **kw: int
+) -> Sample:
+    return Sample(
+        server,
+        model,
+        protocol,
+        kw.get("c", 64),
+        kw.get("round", 1),
+        int(rps * 5),
+        kw.get("errors", 0),
+        5.0,
+        rps,
+        p99 / 2,
+        p99,
+        0.8,
+    )
+
+
+def _run(ours_v2_forest: float, ours_p99: float = 60.0) -> list[Sample]:
+    samples = []
+    for round_no, jitter in enumerate((0.9, 1.0, 1.3), start=1):  # the median ignores 1.3
+        for protocol in ("rest-v2", "grpc"):
+            for model in ("forest", "logreg"):
+                ours = ours_v2_forest if (protocol, model) == ("rest-v2", "forest") else 1500
+                samples += [
+                    _sample("irisgate", model, protocol, ours * jitter, ours_p99, round=round_no),
+                    _sample("mlserver", model, protocol, 700 * jitter, round=round_no),
+                    _sample("kserve-plain", model, protocol, 80 * jitter, round=round_no),
+                ]
+            samples.append(
+                _sample("kserve-constant", "any", protocol, 1600 * jitter, round=round_no)
+            )
+    return samples
+
+
+def test_medians_over_rounds_and_ratios_in_the_same_run() -> None:
+    points = summarize(_run(1500))
+    ours = next(
+        p for p in points if (p.server, p.model, p.protocol) == ("irisgate", "forest", "rest-v2")
+    )
+    assert ours.rps == 1500 and ours.rounds == 3
+    goals = {g.text: g for g in evaluate_goals(points, {}, 64)}
+    assert goals["REST v2, forest, c=64: >= 2x MLServer"].measured == "2.14x"
+    assert goals["REST v2, forest, c=64: >= 2x MLServer"].met is True
+    assert goals["REST v2, forest, c=64: >= 15x plain KServe"].measured == "18.75x"
+    assert goals[">= 80% of the constant KServe floor (c=64)"].met is True
+    assert goals["idle RSS per process <= 1.3x plain KServe"].met is None  # not measured
+
+
+def test_a_missed_goal_says_by_how_much() -> None:
+    rss = {"irisgate/forest": [330.0], "kserve-plain/forest": [250.0]}
+    goals = {g.text: g for g in evaluate_goals(summarize(_run(1200, ours_p99=140.0)), rss, 64)}
+    assert goals["REST v2, forest, c=64: >= 2x MLServer"].met is False
+    assert goals["REST v2, forest, c=64: >= 2x MLServer"].measured == "1.71x"
+    assert goals["p99 at c=64 <= 100 ms, every protocol and model"].met is False
+    assert goals["p99 at c=64 <= 100 ms, every protocol and model"].measured.startswith(
+        "worst 140.0 ms"
+    )
+    assert goals["idle RSS per process <= 1.3x plain KServe"].measured == "highest 1.32x (forest)"
+    assert goals["idle RSS per process <= 1.3x plain KServe"].met is False
+
+
+def test_errors_fail_the_no_error_goal_and_show_in_the_table() -> None:
+    samples = [*_run(1500), _sample("irisgate", "forest", "rest-v1", 900, errors=3)]
+    points = summarize(samples)
+    goals = {g.text: g for g in evaluate_goals(points, {}, 64)}
+    assert goals["no errors"].met is False and goals["no errors"].measured == "3 errors"
+    meta = {"when": "now", "machine": "m", "settings": "s", "rounds": 3}
+    text = markdown(points, {}, list(goals.values()), meta, {})
+    assert "| forest | 64 | irisgate | 900 |" in text
+    assert "| no errors | 3 errors | **no** |" in text
