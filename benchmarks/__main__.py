@@ -117,9 +117,10 @@ def make_artifacts(folder: Path, models: Sequence[str]) -> dict[str, Path]:
 
 
 def _worker_count(predictor_args: list[str]) -> int:
-    if "--workers" in predictor_args:
-        return int(predictor_args[predictor_args.index("--workers") + 1])
-    return 1
+    """The process count irisgate's predictor will run with, for the floor to match."""
+    from predictor.__main__ import load_settings
+
+    return load_settings(predictor_args).process_count()
 
 
 def plan_servers(args: argparse.Namespace, run_dir: Path) -> list[servers.Server]:

@@ -1,17 +1,18 @@
 """The stack floor: a KServe model that returns a constant, served like irisgate's predictor.
 
 The model costs nothing, so what this server sustains is the most any model behind
-``kserve.ModelServer`` could, with the same server settings irisgate uses (no access log,
-no per-request latency log, same worker count). irisgate's predictor is judged against it.
-Run as a script::
+``kserve.ModelServer`` could, with the same server settings irisgate uses: no access log
+and no per-request latency log (``quiet-logging.json``, which KServe applies in every
+``--workers`` process too) and the same process count. irisgate's predictor is judged
+against it. Run as a script::
 
-    python benchmarks/constant_kserve.py --model_name iris --http_port 9000 --grpc_port 9001
+    python benchmarks/constant_kserve.py --model_name iris --http_port 9000 --grpc_port 9001 \
+        --log_config_file benchmarks/quiet-logging.json [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 import numpy as np
@@ -46,8 +47,4 @@ class ConstantModel(Model):  # type: ignore[misc]
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     args, _ = parser.parse_known_args()
-    server = ModelServer(enable_latency_logging=False)
-    # The same per-request logging irisgate's predictor has: none.
-    logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
-    server.start([ConstantModel(args.model_name)])
+    ModelServer(enable_latency_logging=False).start([ConstantModel(args.model_name)])

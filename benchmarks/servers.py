@@ -243,6 +243,8 @@ def kserve_constant(log_dir: Path, workers: int) -> Server:
             str(grpc_port),
             "--workers",
             str(workers),
+            "--log_config_file",
+            str(HERE / "quiet-logging.json"),
         ],
         http,
         grpc_port,

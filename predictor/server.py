@@ -243,7 +243,9 @@ class InferenceMetricsMiddleware:
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A listening socket several processes can bind: the kernel spreads connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto given explicitly: asyncio sets TCP_NODELAY only on IPPROTO_TCP sockets, and
+    # without it Nagle meets delayed ACKs and small responses wait ~40 ms.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
