@@ -243,7 +243,8 @@ def write_report(
         "settings": (
             f"kserve {version('kserve')}, "
             f"scikit-learn {sklearn.__version__}, predictor flags: "
-            f"{args.predictor_args or '(defaults)'}"
+            f"{args.predictor_args or '(defaults)'} = "
+            f"{_worker_count(args.predictor_args.split())} processes, as the floor"
         ),
         "rounds": args.rounds,
         "duration_s": args.duration,

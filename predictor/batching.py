@@ -7,9 +7,9 @@ routed back. The batch is whatever is waiting when the model becomes free, cappe
 busy server wait a little for company. A slow model (scikit-learn itself) runs in one
 worker thread, so the event loop keeps accepting and decoding requests meanwhile; a model
 that answers in microseconds (the fast path) runs on the loop, where a thread hand-off
-would cost more than the call. Either way, requests that arrive while a batch is being
-computed or answered queue up and form the next batch. Requests are validated before they
-get here, so a bad request fails alone.
+would cost more than the call; there, a batch is the requests that reached the batcher
+in the same loop iteration. Requests are validated before they get here, so a bad request
+fails alone.
 """
 
 from __future__ import annotations
