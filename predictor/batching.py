@@ -64,12 +64,6 @@ class Batcher:
         self._scheduled: asyncio.Handle | None = None
         self._busy = False
 
-    def __getstate__(self) -> dict[str, object]:
-        # KServe's --workers pickles the model; each worker process starts its own loop.
-        state = self.__dict__.copy()
-        state.update(_loop=None, _pending=deque(), _scheduled=None, _busy=False, _executor=None)
-        return state
-
     async def submit(self, matrix: np.ndarray) -> np.ndarray:
         """Probabilities for ``matrix``'s rows, computed in some batch."""
         loop = asyncio.get_running_loop()

@@ -195,7 +195,7 @@ def _build(estimator: Any) -> tuple[list[Transform], str, _Trees | None]:
 
 
 class _Chain:
-    """Steps applied in order; a class, not a closure, so ``--workers`` can pickle it."""
+    """Steps applied in order."""
 
     def __init__(self, transforms: list[Transform]) -> None:
         self.transforms = transforms

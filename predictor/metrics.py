@@ -120,12 +120,8 @@ class _Collectors:
 
 
 class PredictorMetrics:
-    """The predictor's own series, registered on an injected registry.
-
-    Picklable: KServe's ``--workers N`` pickles the model into each worker process, and
-    collectors hold locks, so a worker binds to collectors of its own on the default
-    registry (one set per process, see :func:`_in_this_process`).
-    """
+    """The predictor's own series, registered on an injected registry (the default one
+    when serving; each test its own)."""
 
     def __init__(
         self,
@@ -133,10 +129,9 @@ class PredictorMetrics:
         version: str,
         role: str,
         registry: CollectorRegistry | None = None,
-        collectors: _Collectors | None = None,
     ) -> None:
         self.model, self.version, self.role = model, version, role
-        shared = collectors or _Collectors(registry if registry is not None else REGISTRY)
+        shared = _Collectors(registry if registry is not None else REGISTRY)
         self.requests = shared.requests
         self.latency = shared.latency
         self.errors = shared.errors
@@ -147,9 +142,6 @@ class PredictorMetrics:
         self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._batch_series: tuple[Any, Any] | None = None
         self._class_series: dict[str, Any] = {}
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_in_this_process, (self.model, self.version, self.role))
 
     def _labels(self) -> dict[str, str]:
         return {"model": self.model, "version": self.version, "role": self.role}
@@ -210,17 +202,6 @@ class PredictorMetrics:
                     series = self.predictions.labels(**self._labels(), class_name=name)
                     self._class_series[name] = series
                 series.inc(int(count))
-
-
-_PROCESS_COLLECTORS: list[_Collectors] = []
-
-
-def _in_this_process(model: str, version: str, role: str) -> PredictorMetrics:
-    """Unpickling target: every unpickled PredictorMetrics in a process shares one set of
-    collectors on the default registry (registering a second set would be a duplicate)."""
-    if not _PROCESS_COLLECTORS:
-        _PROCESS_COLLECTORS.append(_Collectors(REGISTRY))
-    return PredictorMetrics(model, version, role, collectors=_PROCESS_COLLECTORS[0])
 
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -35,6 +35,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PR_SET_PDEATHSIG = 1
 
@@ -119,22 +120,32 @@ class ProcessGroup:
                     os.kill(child.pid, sig)
 
     async def supervise(self, draining: Callable[[], bool]) -> None:
-        """Restart a child that exits on its own; pass the drain on once it begins."""
+        """Restart a child that exits on its own (backing off if it keeps failing); pass
+        the drain on as soon as it begins."""
+        restarts: dict[int, int] = {}
+        due: dict[int, float] = {}
         while not self.stopping:
             if draining():
                 self.signal(signal.SIGTERM)
                 return
+            now = time.monotonic()
             for index, child in list(self._children.items()):
-                if not child.is_alive():
-                    logger.error(
-                        "server process %d (pid %s) exited with %s; restarting it",
-                        index,
-                        child.pid,
-                        child.exitcode,
-                    )
-                    await asyncio.sleep(RESTART_DELAY_S)
-                    if not self.stopping:
-                        self._spawn(index)
+                if child.is_alive() or index in due:
+                    continue
+                delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** restarts.get(index, 0))
+                logger.error(
+                    "server process %d (pid %s) exited with %s; restarting it in %.0f s",
+                    index,
+                    child.pid,
+                    child.exitcode,
+                    delay,
+                )
+                due[index] = now + delay
+            for index, when in list(due.items()):
+                if when <= now:
+                    del due[index]
+                    restarts[index] = restarts.get(index, 0) + 1
+                    self._spawn(index)
             await asyncio.sleep(0.2)
 
     def join(self, timeout_s: float) -> None:

@@ -7,8 +7,8 @@
 - drops KServe's per-request log lines (access log, timing trace), which cost about a
   quarter of the throughput.
 
-Classes are module-level because ``--workers N`` pickles the REST server into spawned
-worker processes.
+Several processes (``--workers``) are several of these servers on the same ports, each in
+its own process (:mod:`predictor.processes`).
 """
 
 from __future__ import annotations

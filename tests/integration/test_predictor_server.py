@@ -642,7 +642,7 @@ def test_a_sibling_that_dies_is_replaced_and_all_stop_together(
         sibling.kill()
         [replacement] = _siblings(served, 3)
         assert replacement.pid != sibling.pid
-        assert "exited with -9; restarting it" in served.output()
+        assert "exited with -9; restarting it in 1 s" in served.output()
         response = httpx.post(f"{served.url}/v1/models/iris:predict", json={"instances": [SETOSA]})
         assert response.status_code == 200
         served.process.send_signal(signal.SIGTERM)

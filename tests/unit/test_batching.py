@@ -1,18 +1,16 @@
-"""Adaptive batching: coalescing, result routing, caps, failures, pickling."""
+"""Adaptive batching: coalescing, result routing, caps, failures."""
 
 from __future__ import annotations
 
 import asyncio
-import pickle
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from predictor.batching import Batcher
-from tests.helpers import make_artifact, train_iris
+from tests.helpers import train_iris
 
 ROWS = np.random.default_rng(0).uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], (40, 4))
 
@@ -95,27 +93,6 @@ def test_a_model_failure_reaches_its_batch_and_the_batcher_recovers() -> None:
         return await batcher.submit(ROWS[:1])
 
     np.testing.assert_array_equal(asyncio.run(scenario()), model.predict_proba(ROWS[:1]))
-
-
-def test_a_model_with_a_batcher_pickles_for_worker_processes(tmp_path: Path) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from predictor.metrics import PredictorMetrics
-    from predictor.model import IrisModel
-
-    model = IrisModel(
-        "iris",
-        make_artifact(tmp_path / "a"),
-        max_rows=16,
-        batch_max_rows=32,
-        metrics=PredictorMetrics("iris", "1", "stable", CollectorRegistry()),
-    )
-    model.load()
-    assert asyncio.run(model.predict({"instances": ROWS[:3].tolist()}))["predictions"]
-    clone = pickle.loads(pickle.dumps(model))
-    assert clone.batcher is not None and clone.batcher is not model.batcher
-    answer = asyncio.run(clone.predict({"instances": ROWS[:3].tolist()}))
-    assert answer == asyncio.run(model.predict({"instances": ROWS[:3].tolist()}))
 
 
 def test_on_the_loop_batches_still_form_and_route_rows() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,14 +120,6 @@ def test_coefficients_off_by_one_rounding_are_refused(monkeypatch: pytest.Monkey
     result = compile_fast_path(estimator)
     assert result.fast_path is None
     assert "LogisticRegression" in result.reason
-
-
-def test_a_fast_path_pickles_for_worker_processes() -> None:
-    estimator, features = _fitted("forest pipeline")
-    fast = compile_fast_path(estimator).fast_path
-    assert fast is not None
-    clone = pickle.loads(pickle.dumps(fast))
-    np.testing.assert_array_equal(clone.predict_proba(features), fast.predict_proba(features))
 
 
 def test_the_model_serves_scikit_learn_when_there_is_no_fast_path(

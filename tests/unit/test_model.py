@@ -119,11 +119,3 @@ def test_load_refuses_tampered_artifact(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="sha256 mismatch"):
         model.load()
     assert not model.ready
-
-
-def test_metrics_survive_pickling_into_workers() -> None:
-    import pickle
-
-    metrics = PredictorMetrics("iris", "3", "canary", CollectorRegistry())
-    copy = pickle.loads(pickle.dumps(metrics))
-    assert (copy.model, copy.version, copy.role) == ("iris", "3", "canary")
