@@ -64,7 +64,6 @@ class Server:
     grpc_port: int
     log_path: Path
     protocols: tuple[str, ...] = PROTOCOLS
-    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     grpc_answer_bytes: int = 0
     idle_rss_mb: list[float] = field(default_factory=list)
@@ -74,15 +73,14 @@ class Server:
         return f"{self.kind}/{self.model}"
 
     def start(self) -> None:
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-            cwd=HERE.parent,
-        )
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=HERE.parent,
+            )
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
