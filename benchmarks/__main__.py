@@ -143,8 +143,13 @@ def plan_servers(args: argparse.Namespace, run_dir: Path) -> list[servers.Server
 
 
 def measure(
-    server: servers.Server, protocol: str, concurrency: int, seconds: float, work_dir: Path
-) -> tuple[int, int, float, float, float, float]:
+    server: servers.Server,
+    protocol: str,
+    concurrency: int,
+    seconds: float,
+    work_dir: Path,
+    round_no: int = 0,
+) -> Sample:
     cpu_before = server.cpu_seconds()
     if protocol == "grpc":
         result = run_h2load(
@@ -153,8 +158,20 @@ def measure(
     else:
         result = run_wrk(server.http_port, protocol, concurrency, seconds, work_dir)
     cpu = server.cpu_seconds() - cpu_before
-    cpu_ms = 1000 * cpu / result.requests if result.requests else 0.0
-    return result.requests, result.errors, result.seconds, result.p50_ms, result.p99_ms, cpu_ms
+    return Sample(
+        server.kind,
+        server.model,
+        protocol,
+        concurrency,
+        round_no,
+        result.requests,
+        result.errors,
+        result.seconds,
+        result.rps,
+        result.p50_ms,
+        result.p99_ms,
+        1000 * cpu / result.requests if result.requests else 0.0,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,28 +220,14 @@ def run_rounds(
                 for server in order:
                     if protocol not in server.protocols:
                         continue
-                    requests, errors, seconds, p50, p99, cpu_ms = measure(
-                        server, protocol, concurrency, args.duration, work_dir
-                    )
-                    sample = Sample(
-                        server.kind,
-                        server.model,
-                        protocol,
-                        concurrency,
-                        round_no,
-                        requests,
-                        errors,
-                        seconds,
-                        requests / seconds if seconds else 0.0,
-                        p50,
-                        p99,
-                        cpu_ms,
+                    sample = measure(
+                        server, protocol, concurrency, args.duration, work_dir, round_no
                     )
                     samples.append(sample)
                     print(
                         f"bench: round {round_no}/{args.rounds} {protocol:7} c={concurrency:<3} "
-                        f"{server.key:24} {sample.rps:8.0f} req/s  p99 {p99:7.1f} ms  "
-                        f"errors {errors}  cpu {cpu_ms:.2f} ms/req",
+                        f"{server.key:24} {sample.rps:8.0f} req/s  p99 {sample.p99_ms:7.1f} ms  "
+                        f"errors {sample.errors}  cpu {sample.cpu_ms_per_request:.2f} ms/req",
                         flush=True,
                     )
     return samples

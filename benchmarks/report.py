@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -247,11 +247,10 @@ def to_json(
     goals: list[Goal],
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    as_dict: Callable[[Any], dict[str, Any]] = asdict
     return {
         "meta": meta,
-        "goals": [as_dict(g) for g in goals],
-        "points": [as_dict(p) for p in points],
+        "goals": [asdict(g) for g in goals],
+        "points": [asdict(p) for p in points],
         "idle_rss_mb": idle_rss,
-        "samples": [as_dict(s) for s in samples],
+        "samples": [asdict(s) for s in samples],
     }

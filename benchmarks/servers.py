@@ -177,19 +177,19 @@ class Server:
             pass
 
 
-def irisgate(model: str, artifact: Path, log_dir: Path, extra: list[str]) -> Server:
+def _kserve_flags(
+    kind: str, model: str, program: list[str], extra: list[str], log_dir: Path
+) -> Server:
+    """A server that takes KServe's flags (irisgate's predictor does too)."""
     http, grpc_port = free_port(), free_port()
     return Server(
-        "irisgate",
+        kind,
         model,
         [
             sys.executable,
-            "-m",
-            "predictor",
+            *program,
             "--model_name",
             MODEL_NAME,
-            "--model_dir",
-            str(artifact),
             "--http_port",
             str(http),
             "--grpc_port",
@@ -198,55 +198,27 @@ def irisgate(model: str, artifact: Path, log_dir: Path, extra: list[str]) -> Ser
         ],
         http,
         grpc_port,
-        log_dir / f"irisgate-{model}.log",
+        log_dir / f"{kind}-{model}.log",
+    )
+
+
+def irisgate(model: str, artifact: Path, log_dir: Path, extra: list[str]) -> Server:
+    program = ["-m", "predictor"]
+    return _kserve_flags(
+        "irisgate", model, program, ["--model_dir", str(artifact), *extra], log_dir
     )
 
 
 def kserve_plain(model: str, artifact: Path, log_dir: Path) -> Server:
-    http, grpc_port = free_port(), free_port()
-    return Server(
-        "kserve-plain",
-        model,
-        [
-            sys.executable,
-            str(HERE / "plain_kserve.py"),
-            "--model_name",
-            MODEL_NAME,
-            "--model_dir",
-            str(artifact),
-            "--http_port",
-            str(http),
-            "--grpc_port",
-            str(grpc_port),
-        ],
-        http,
-        grpc_port,
-        log_dir / f"kserve-plain-{model}.log",
-    )
+    program = [str(HERE / "plain_kserve.py")]
+    return _kserve_flags("kserve-plain", model, program, ["--model_dir", str(artifact)], log_dir)
 
 
 def kserve_constant(log_dir: Path, workers: int) -> Server:
-    http, grpc_port = free_port(), free_port()
-    return Server(
-        "kserve-constant",
-        "any",
-        [
-            sys.executable,
-            str(HERE / "constant_kserve.py"),
-            "--model_name",
-            MODEL_NAME,
-            "--http_port",
-            str(http),
-            "--grpc_port",
-            str(grpc_port),
-            "--workers",
-            str(workers),
-            "--log_config_file",
-            str(HERE / "quiet-logging.json"),
-        ],
-        http,
-        grpc_port,
-        log_dir / "kserve-constant.log",
+    quiet = str(HERE / "quiet-logging.json")
+    extra = ["--workers", str(workers), "--log_config_file", quiet]
+    return _kserve_flags(
+        "kserve-constant", "any", [str(HERE / "constant_kserve.py")], extra, log_dir
     )
 
 

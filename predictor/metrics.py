@@ -14,6 +14,8 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from predictor.processes import METRICS_ENV
+
 REQUESTS = "irisgate_predictor_requests_total"
 LATENCY = "irisgate_predictor_request_duration_seconds"
 ERRORS = "irisgate_predictor_errors_total"
@@ -204,14 +206,11 @@ class PredictorMetrics:
                 series.inc(int(count))
 
 
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
 def exposition_registry() -> CollectorRegistry:
     """What ``/metrics`` serves: this process's registry, or, when several server processes
     share the ports, every process's series merged from the multiprocess directory (so a
     scrape counts all requests whichever process answers it)."""
-    if os.environ.get(MULTIPROCESS_ENV):
+    if os.environ.get(METRICS_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
