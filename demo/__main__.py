@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--router-http-port", type=int, default=8000)
     parser.add_argument("--router-grpc-port", type=int, default=8001)
+    parser.add_argument(
+        "--router-admin-port", type=int, default=8002, help="router admin API (loopback)"
+    )
     parser.add_argument("--gate-port", type=int, default=8090)
     parser.add_argument("--steps", default="10,25,50,100", help="canary steps in percent")
     parser.add_argument(
@@ -235,6 +238,8 @@ def serve_until_interrupted(args: argparse.Namespace, stack: Stack, console: Con
         f"  REST  {stack.router_url}  (v1 /v1/models/iris:predict, v2 "
         f"/v2/models/iris/infer)\n  gRPC  {stack.router_grpc}\n"
         f"  gate  {stack.gate_url}  (export GATE_API_TOKEN={stack.token})\n"
+        f"  router admin  {stack.router_admin_url}/router/routes  "
+        f"(Authorization: Bearer {stack.router_token})\n"
         f"  new candidate: GATE_API_TOKEN={stack.token} python -m pipeline run "
         f"--registry {registry} --gate-url {stack.gate_url}\n"
         f"  logs  {stack.logs}\nCtrl-C stops everything."
@@ -252,7 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # explicit: a process started in the background by a shell inherits SIGINT ignored
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    ports = Ports(args.router_http_port, args.router_grpc_port, args.gate_port)
+    ports = Ports(
+        router_http=args.router_http_port,
+        router_grpc=args.router_grpc_port,
+        gate=args.gate_port,
+        router_admin=args.router_admin_port,
+    )
     stack = Stack(args.run_dir.resolve(), ports)
     try:
         with stack:

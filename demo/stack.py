@@ -34,6 +34,7 @@ class Ports:
     router_http: int = 8000
     router_grpc: int = 8001
     gate: int = 8090
+    router_admin: int = 8002
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Stack:
     run_dir: Path
     ports: Ports
     token: str = field(default_factory=lambda: secrets.token_hex(16))
+    # the router's admin token: only the gate gets it (the pipeline gets ``token``)
+    router_token: str = field(default_factory=lambda: secrets.token_hex(16))
     executors: list[tuple[str, SimpleExecutor, IO[bytes]]] = field(default_factory=list)
 
     @property
@@ -54,6 +57,10 @@ class Stack:
     @property
     def router_grpc(self) -> str:
         return f"127.0.0.1:{self.ports.router_grpc}"
+
+    @property
+    def router_admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.router_admin}"
 
     @property
     def gate_url(self) -> str:
@@ -82,15 +89,18 @@ class Stack:
             [
                 sys.executable,
                 "-m",
-                "gate.router",
+                "gate.local.router",
                 "--http-port",
                 str(self.ports.router_http),
                 "--grpc-port",
                 str(self.ports.router_grpc),
+                "--admin-port",
+                str(self.ports.router_admin),
             ],
-            url=f"{self.router_url}/router/healthz",
+            url=f"{self.router_admin_url}/router/healthz",
             method="GET",
             timeout=60,
+            envvars={"ROUTER_ADMIN_TOKEN": self.router_token},
         )
 
     def start_gate(self, stable_dir: Path, analysis: dict[str, Any], canary_args: str = "") -> None:
@@ -100,7 +110,8 @@ class Stack:
             "GATE_API_TOKEN": self.token,
             "GATE_PORT": str(self.ports.gate),
             "GATE_DB_PATH": str(self.run_dir / "gate.db"),
-            "GATE_ROUTER_URL": self.router_url,
+            "GATE_ROUTER_ADMIN_URL": self.router_admin_url,
+            "GATE_ROUTER_TOKEN": self.router_token,
             "GATE_RUN_DIR": str(self.logs),
             "GATE_STABLE_MODEL_DIR": str(stable_dir),
             "GATE_ANALYSIS_FILE": str(analysis_file),
@@ -139,8 +150,13 @@ class Stack:
     def stop_load(self) -> None:
         self._stop(lambda name: name == "locust")
 
-    def routes(self) -> dict[str, Any]:
-        routes: dict[str, Any] = httpx.get(f"{self.router_url}/router/routes", timeout=5).json()
+    def routes(self, model: str = "iris") -> dict[str, Any]:
+        """The router's routes of one model: stable, canary, weight and counters."""
+        routes: dict[str, Any] = httpx.get(
+            f"{self.router_admin_url}/router/routes/{model}",
+            headers={"Authorization": f"Bearer {self.router_token}"},
+            timeout=5,
+        ).json()
         return routes
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def demo_command(run_dir: Path, scenario: str) -> list[str]:
         str(free_port()),
         "--router-grpc-port",
         str(free_port()),
+        "--router-admin-port",
+        str(free_port()),
         "--gate-port",
         str(free_port()),
         "--steps",

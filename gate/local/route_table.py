@@ -1,0 +1,304 @@
+"""The router's route table: per model, which backends serve it and at what canary weight.
+
+Bookkeeping plus the clients each backend needs; no servers here. The table is an
+immutable mapping replaced in one assignment, so a change never disturbs a request in
+flight: it keeps the backend it started with. A backend that leaves the table has its
+connections closed only after a grace period.
+
+Also here: reading the model name a request is for, from a REST path or from the raw
+bytes of a gRPC request (the router passes gRPC through without decoding it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from grpc import aio
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+logger = logging.getLogger("gate.local.router")
+
+MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+CLOSE_GRACE_S = 30.0
+
+
+class BackendSpec(BaseModel):
+    """Where one predictor answers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    http: str = Field(max_length=2048, description="base URL, e.g. http://127.0.0.1:8080")
+    grpc: str = Field(max_length=300, description="host:port of the gRPC server")
+
+    @field_validator("http")
+    @classmethod
+    def _http_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// base URL with a host")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must not carry a query, fragment or credentials")
+        return value.rstrip("/")
+
+    @field_validator("grpc")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or re.search(r"[\s/@]", host) or not port.isdigit():
+            raise ValueError("must be host:port")
+        if not 0 < int(port) < 65536:
+            raise ValueError("port must be within 1..65535")
+        return value
+
+
+class RoutesSpec(BaseModel):
+    """One model's wanted routes: the body of ``PUT /router/routes/{model}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stable: BackendSpec | None = None
+    canary: BackendSpec | None = None
+    canary_weight: StrictInt = Field(0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoutesSpec:
+        if self.canary is None and self.canary_weight:
+            raise ValueError("canary_weight > 0 needs a canary backend")
+        if self.stable is None and self.canary is not None and self.canary_weight < 100:
+            raise ValueError("without a stable backend the canary weight must be 100")
+        return self
+
+
+@dataclass(eq=False)
+class Backend:
+    """One predictor with its clients and its counters (for this router's lifetime)."""
+
+    spec: BackendSpec
+    model: str
+    http: httpx.AsyncClient
+    channel: aio.Channel
+    requests: int = 0
+    errors: int = 0
+    stable_retries: int = 0  # canary requests that could not connect and went to stable
+    reachable: bool = True  # only to log a change once, never per request
+
+    @classmethod
+    def open(cls, spec: BackendSpec, model: str) -> Backend:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=128)
+        client = httpx.AsyncClient(base_url=spec.http, limits=limits, timeout=60.0)
+        for name in list(client.headers):  # forward the client's headers, not httpx's
+            del client.headers[name]
+        return cls(spec, model, client, aio.insecure_channel(spec.grpc))
+
+    def mark(self, reachable: bool, role: str) -> None:
+        if reachable != self.reachable:
+            self.reachable = reachable
+            where = f"{role} of {self.model} ({self.spec.http}, {self.spec.grpc})"
+            if reachable:
+                logger.info("%s is reachable again", where)
+            else:
+                logger.warning("%s cannot be reached", where)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.channel.close()
+
+    def describe(self, role: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            **self.spec.model_dump(),
+            "requests": self.requests,
+            "errors": self.errors,
+        }
+        if role == "canary":
+            out["stable_retries"] = self.stable_retries
+        return out
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """One model's backends and split; never changed, only replaced."""
+
+    stable: Backend | None = None
+    canary: Backend | None = None
+    canary_weight: int = 0
+    _random: random.Random = field(default_factory=random.Random, compare=False)
+
+    def pick(self, inference: bool) -> tuple[str, Backend | None]:
+        """Inference calls go to the canary with its weight; everything else to stable
+        (to the canary when there is no stable, which the rules allow only at 100 %)."""
+        if self.canary is not None and (
+            self.stable is None
+            or (
+                inference
+                and self.canary_weight > 0
+                and self._random.random() * 100 < self.canary_weight
+            )
+        ):
+            return "canary", self.canary
+        return "stable", self.stable
+
+    def fallback(self, role: str) -> Backend | None:
+        """Where a canary request that could not connect goes instead, if anywhere."""
+        if role == "canary" and self.stable is not None and self.stable is not self.canary:
+            return self.stable
+        return None
+
+    def backends(self) -> tuple[Backend, ...]:
+        return tuple(b for b in (self.stable, self.canary) if b is not None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "stable": self.stable.describe("stable") if self.stable else None,
+            "canary": self.canary.describe("canary") if self.canary else None,
+            "canary_weight": self.canary_weight,
+        }
+
+
+class Routes:
+    """model -> RouteTable, replaced as a whole on every change."""
+
+    def __init__(self) -> None:
+        self.tables: Mapping[str, RouteTable] = MappingProxyType({})
+        self._pending_close: set[asyncio.Task[None]] = set()
+
+    def get(self, model: str) -> RouteTable | None:
+        return self.tables.get(model)
+
+    def first(self) -> RouteTable | None:
+        """The first model configured: it answers calls that name no model
+        (``/v2/health/ready``, ``ServerLive`` ...)."""
+        return next(iter(self.tables.values()), None)
+
+    def apply(self, model: str, spec: RoutesSpec) -> RouteTable:
+        """Replace one model's routes; backends already open are kept with their counters.
+        Needs a running event loop (old backends are closed later on it)."""
+        if not MODEL_NAME.match(model):
+            raise ValueError(f"model name must match {MODEL_NAME.pattern}")
+        old = self.tables.get(model, RouteTable())
+
+        def reuse(wanted: BackendSpec | None) -> Backend | None:
+            if wanted is None:
+                return None
+            for backend in old.backends():
+                if backend.spec == wanted:
+                    return backend
+            return Backend.open(wanted, model)
+
+        table = RouteTable(reuse(spec.stable), reuse(spec.canary), spec.canary_weight)
+        self.tables = MappingProxyType({**self.tables, model: table})
+        kept = {id(b) for b in table.backends()}
+        for backend in old.backends():
+            if id(backend) not in kept:
+                task = asyncio.get_running_loop().create_task(self._close_later(backend))
+                self._pending_close.add(task)
+                task.add_done_callback(self._pending_close.discard)
+        logger.info("routes of %s: %s", model, json.dumps(table.describe()))
+        return table
+
+    def describe(self) -> dict[str, Any]:
+        return {"models": {model: table.describe() for model, table in self.tables.items()}}
+
+    async def _close_later(self, backend: Backend) -> None:
+        await asyncio.sleep(CLOSE_GRACE_S)  # requests in flight finish on the old backend
+        await backend.close()
+
+    async def aclose(self) -> None:
+        """At shutdown: every backend, including those waiting out their grace period."""
+        for task in list(self._pending_close):
+            task.cancel()
+        current = {id(b): b for t in self.tables.values() for b in t.backends()}
+        for backend in current.values():
+            await backend.close()
+
+
+# --- which model a request is for ------------------------------------------------------------
+
+
+def rest_target(path: str) -> tuple[str | None, bool]:
+    """(the model a REST path names or None, whether it is an inference call).
+
+    ``/v1/models/{m}[:verb]`` and ``/v2/models/{m}[/...]`` name a model; inference is
+    ``:predict`` and ``.../infer``. Anything else (health, ``/v2``, ``/``) names none.
+    """
+    if path.startswith("/v1/models/"):
+        name, _, verb = path[len("/v1/models/") :].partition(":")
+        return name, verb == "predict"
+    if path.startswith("/v2/models/"):
+        name = path[len("/v2/models/") :].split("/", 1)[0]
+        return name, path.endswith("/infer")
+    return None, False
+
+
+class MalformedMessage(ValueError):
+    """The bytes are not a protobuf message this router can read a model name from."""
+
+
+# ModelInferRequest, ModelMetadataRequest and ModelReadyRequest all carry the model name
+# as field 1. Every protobuf serializer writes fields in number order, so it comes first;
+# the scan is bounded anyway. A request naming two models is routed by the first, and
+# the backend (which serves only that model) answers for the one it reads.
+_MAX_FIELDS_SCANNED = 64
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    for shift in range(0, 70, 7):
+        if pos >= len(data):
+            raise MalformedMessage("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+    raise MalformedMessage("varint longer than 10 bytes")
+
+
+def grpc_model_name(message: bytes) -> str:
+    """Field 1 (a string) of a serialized request; "" if the message has none."""
+    pos, end = 0, len(message)
+    for _ in range(_MAX_FIELDS_SCANNED):
+        if pos >= end:
+            return ""
+        key, pos = _varint(message, pos)
+        number, wire_type = key >> 3, key & 0x7
+        if number == 0:
+            raise MalformedMessage("field number 0")
+        if wire_type == 2:
+            length, pos = _varint(message, pos)
+            if length > end - pos:
+                raise MalformedMessage("length beyond the end of the message")
+            if number == 1:
+                try:
+                    return message[pos : pos + length].decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise MalformedMessage("model name is not UTF-8") from exc
+            pos += length
+            continue
+        if number == 1:
+            raise MalformedMessage("field 1 is not a string")
+        if wire_type == 0:
+            _, pos = _varint(message, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise MalformedMessage(f"unsupported wire type {wire_type}")
+        if pos > end:
+            raise MalformedMessage("truncated field")
+    raise MalformedMessage(f"no model name in the first {_MAX_FIELDS_SCANNED} fields")
+
+
+def shown(name: str) -> str:
+    """A client-supplied name as it may appear in an error message (bounded)."""
+    return name if len(name) <= 64 else name[:64] + "..."

@@ -1,0 +1,230 @@
+"""The router's pure parts, no processes: model names from REST paths and raw gRPC bytes,
+the route rules, the route table and the admin API driven as an ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import pytest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from pydantic import ValidationError
+
+from gate.local.admin import AdminApp
+from gate.local.asgi import Message
+from gate.local.route_table import (
+    BackendSpec,
+    MalformedMessage,
+    Routes,
+    RoutesSpec,
+    grpc_model_name,
+    rest_target,
+)
+
+TOKEN = "unit-test-token-0123456789"
+STABLE = {"http": "http://127.0.0.1:9001", "grpc": "127.0.0.1:9002"}
+CANARY = {"http": "http://127.0.0.1:9003", "grpc": "127.0.0.1:9004"}
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1/models/iris:predict", ("iris", True)),
+        ("/v1/models/iris2:explain", ("iris2", False)),
+        ("/v1/models/iris", ("iris", False)),
+        ("/v2/models/iris/infer", ("iris", True)),
+        ("/v2/models/iris/versions/3/infer", ("iris", True)),
+        ("/v2/models/iris", ("iris", False)),
+        ("/v2/models/iris/ready", ("iris", False)),
+        ("/v2/health/ready", (None, False)),
+        ("/v2", (None, False)),
+        ("/", (None, False)),
+        ("/v1/models/", ("", False)),
+    ],
+)
+def test_rest_target(path: str, expected: tuple[str | None, bool]) -> None:
+    assert rest_target(path) == expected
+
+
+def _tensor() -> pb.ModelInferRequest.InferInputTensor:
+    return pb.ModelInferRequest.InferInputTensor(
+        name="x",
+        datatype="FP32",
+        shape=[1, 4],
+        contents=pb.InferTensorContents(fp32_contents=[1] * 4),
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "name"),
+    [
+        (pb.ModelInferRequest(model_name="iris2", id="r1", inputs=[_tensor()]), "iris2"),
+        (pb.ModelInferRequest(model_name="iris", raw_input_contents=[b"\x00" * 5000]), "iris"),
+        (pb.ModelMetadataRequest(name="iris", version="3"), "iris"),
+        (pb.ModelReadyRequest(name="a" * 63), "a" * 63),
+        (pb.ModelInferRequest(id="no-name", inputs=[_tensor()]), ""),
+        (pb.ModelReadyRequest(), ""),
+    ],
+)
+def test_grpc_model_name_reads_field_1(message: Any, name: str) -> None:
+    assert grpc_model_name(message.SerializeToString()) == name
+
+
+def test_grpc_model_name_when_field_1_comes_late() -> None:
+    late = pb.ModelInferRequest(id="r", model_version="2").SerializeToString()
+    assert grpc_model_name(late + pb.ModelInferRequest(model_name="iris").SerializeToString()) == (
+        "iris"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x0a",  # key, no length
+        b"\x0a\x05iri",  # length beyond the end
+        b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # varint over 10 bytes
+        b"\x08\x01",  # field 1 as a varint
+        b"\x0b",  # wire type 3 (group)
+        b"\x00\x01",  # field number 0
+        b"\x0a\x02\xff\xfe",  # not UTF-8
+        b"\x11\x00",  # 64-bit field cut short
+        b"\x12\x00" * 65,  # no name within the scan bound
+    ],
+)
+def test_grpc_model_name_rejects_malformed_bytes(raw: bytes) -> None:
+    with pytest.raises(MalformedMessage):
+        grpc_model_name(raw)
+
+
+def test_grpc_model_name_never_fails_otherwise_on_random_bytes() -> None:
+    rng = random.Random(7)
+    for _ in range(5000):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+        try:
+            name = grpc_model_name(raw)
+        except MalformedMessage:
+            continue
+        assert len(name) <= len(raw)
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"canary_weight": 10}, "needs a canary backend"),
+        ({"canary": CANARY, "canary_weight": 50}, "must be 100"),
+        ({"stable": STABLE, "canary_weight": 101}, "less than or equal to 100"),
+        ({"stable": STABLE, "canary_weight": "10"}, "valid integer"),
+        ({"stable": STABLE, "weight": 10}, "extra"),
+        ({"stable": {**STABLE, "http": "ftp://h/"}}, "http://"),
+        ({"stable": {**STABLE, "http": "http://u:p@h:1"}}, "credentials"),
+        ({"stable": {**STABLE, "grpc": "h:70000"}}, "1..65535"),
+        ({"stable": {**STABLE, "grpc": "h/x:1"}}, "host:port"),
+    ],
+)
+def test_routes_spec_rules(body: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        RoutesSpec.model_validate(body)
+
+
+def test_canary_without_stable_at_100_is_allowed_and_takes_everything() -> None:
+    async def scenario() -> None:
+        routes = Routes()
+        table = routes.apply(
+            "iris", RoutesSpec.model_validate({"canary": CANARY, "canary_weight": 100})
+        )
+        assert table.pick(inference=False)[0] == "canary"
+        assert table.fallback("canary") is None
+        await routes.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_apply_keeps_open_backends_and_their_counters() -> None:
+    async def scenario() -> None:
+        routes = Routes()
+        first = routes.apply("iris", RoutesSpec.model_validate({"stable": STABLE}))
+        assert first.stable is not None
+        first.stable.requests = 7
+        second = routes.apply(
+            "iris",
+            RoutesSpec.model_validate({"stable": STABLE, "canary": CANARY, "canary_weight": 30}),
+        )
+        assert second.stable is first.stable
+        assert second.fallback("canary") is first.stable
+        assert second.fallback("stable") is None
+        routes.apply("iris2", RoutesSpec.model_validate({"stable": CANARY}))
+        assert list(routes.tables) == ["iris", "iris2"]
+        assert routes.first() is routes.get("iris")
+        described = routes.describe()["models"]["iris"]
+        assert described["stable"]["requests"] == 7
+        assert described["canary"]["stable_retries"] == 0
+        assert described["canary_weight"] == 30
+        with pytest.raises(ValueError, match="model name"):
+            routes.apply("Iris", RoutesSpec())
+        await routes.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_pick_follows_the_weight() -> None:
+    async def scenario() -> None:
+        routes = Routes()
+        spec = {"stable": STABLE, "canary": CANARY, "canary_weight": 25}
+        table = routes.apply("iris", RoutesSpec.model_validate(spec))
+        picks = [table.pick(inference=True)[0] for _ in range(4000)]
+        assert 0.21 < picks.count("canary") / len(picks) < 0.29
+        assert {table.pick(inference=False)[0] for _ in range(100)} == {"stable"}
+        await routes.aclose()
+
+    asyncio.run(scenario())
+
+
+# --- the admin API as an ASGI app ----------------------------------------------------------
+
+
+def call_admin(
+    app: AdminApp, method: str, path: str, body: bytes = b"", token: str | None = TOKEN
+) -> tuple[int, dict[bytes, bytes], Any]:
+    headers = [(b"content-type", b"application/json")]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    scope = {"type": "http", "method": method, "path": path, "headers": headers}
+    sent: list[Message] = []
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return chunks.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], dict(sent[0]["headers"]), json.loads(sent[1]["body"])
+
+
+def test_admin_app() -> None:
+    app = AdminApp(Routes(), TOKEN)
+    assert call_admin(app, "GET", "/router/healthz", token=None)[0] == 200
+    status, headers, payload = call_admin(app, "GET", "/router/routes", token="x" * 20)
+    assert (status, payload) == (401, {"error": "missing or wrong bearer token"})
+    assert headers[b"www-authenticate"] == b"Bearer"
+    assert call_admin(app, "GET", "/router/routes", token=None)[0] == 401
+    assert call_admin(app, "GET", "/router/routes")[2] == {"models": {}}
+    assert call_admin(app, "GET", "/router/routes/iris")[0] == 404
+    assert call_admin(app, "DELETE", "/router/routes/iris")[0] == 405
+    assert call_admin(app, "GET", "/router/elsewhere")[0] == 404
+    status, _, payload = call_admin(app, "PUT", "/router/routes/iris", b"[1]")
+    assert status == 400 and "object" in payload["error"].lower()
+    too_big = b'{"canary_weight": 0, "x": "' + b"x" * 70000 + b'"}'
+    assert call_admin(app, "PUT", "/router/routes/iris", too_big)[0] == 413
+
+
+def test_admin_app_needs_a_long_token() -> None:
+    with pytest.raises(ValueError, match="16"):
+        AdminApp(Routes(), "short")
+
+
+def test_backend_spec_strips_a_trailing_slash() -> None:
+    assert BackendSpec(http="http://h:1/", grpc="[::1]:2").http == "http://h:1"
