@@ -32,7 +32,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    from gate.api import create_app
+    from gate.app import create_app
 
     try:
         app = create_app(settings)

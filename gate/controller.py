@@ -1,11 +1,18 @@
 """The rollout controller: one idempotent tick per rollout, like Flagger's advanceCanary.
 
-read persisted state -> read the actual weight from the traffic backend -> query metrics
--> decide (pure, :mod:`gate.decide`) -> persist state + decision + event -> apply.
+read persisted state -> read the actual weight from the router -> gather evidence ->
+decide (pure, :mod:`gate.core.decide`) -> persist state + decision + event (+ stable) in one
+transaction -> carry out the decision's action.
 
-State is persisted *before* traffic is changed. If the gate dies between the two, the
-next tick finds the backend's weight differing from the persisted one and converges it
-(recorded as ``reconcile``), so no step is skipped and none is judged twice.
+State is persisted *before* anything is changed outside the store. If the gate dies
+between the two, the next tick finds the router's weight differing from the persisted one
+and converges it (``reconcile``), a planned candidate that never started is started, and
+the deployer retires whatever no stable or active rollout names: no step is skipped,
+none is judged twice, nothing is left running.
+
+Nothing in a tick waits: a candidate that is not ready is a state with a deadline. Each
+rollout ticks in its own task, so one slow rollout never delays another, and any
+exception inside a tick becomes an ``error`` decision that counts against its limit.
 """
 
 from __future__ import annotations
@@ -13,61 +20,95 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 import httpx
 
-from gate.analysis import Verdict, analyze
-from gate.decide import (
-    CommandError,
-    RolloutState,
+from gate.core.analysis import Verdict, analyze
+from gate.core.decide import (
+    Action,
+    Command,
     Transition,
+    ValidationVerdict,
     after_analysis,
-    begin_canary,
+    after_error,
+    after_validation,
+    candidate_started,
     command,
-    fail_validation,
     finish,
+    reconcile,
 )
-from gate.metrics import MetricsProvider, MetricsUnavailable
+from gate.core.errors import NotFound
+from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Outcome, Phase
+from gate.core.state import RolloutState
 from gate.observability import GateMetrics
+from gate.providers.base import MetricsProvider, MetricsUnavailable
 from gate.replay import ReplayError, judge_accuracy, load_holdout, replay
-from gate.spec import AnalysisOverrides, AnalysisSpec, Candidate, Outcome, Phase
-from gate.store import SQLiteStore
-from gate.traffic import TrafficBackend, TrafficError
+from gate.store import SQLiteStore, Stable
+from gate.traffic.base import Deployer, Router, TrafficError
 
 logger = logging.getLogger(__name__)
 
 
-class RolloutNotFound(KeyError):
-    pass
+class RolloutNotFound(NotFound, KeyError):
+    def __init__(self, rollout_id: str) -> None:
+        NotFound.__init__(self, f"no rollout {rollout_id}")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class CrashAfter:
+    """Testing only: SIGKILL this process right after the n-th persisted decision with a
+    given action (``GATE_CRASH_AFTER=step:2``), to prove a restart resumes correctly."""
+
+    def __init__(self, spec: str) -> None:
+        action, _, count = spec.partition(":")
+        self.action = Action(action)
+        self.remaining = int(count or 1)
+
+    def persisted(self, action: Action) -> None:
+        if action is self.action:
+            self.remaining -= 1
+            if self.remaining == 0:
+                logger.warning("GATE_CRASH_AFTER=%s: killing the gate now", action.value)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
 class RolloutController:
     def __init__(
         self,
         store: SQLiteStore,
-        backend: TrafficBackend,
+        router: Router,
+        deployer: Deployer,
         provider: MetricsProvider,
         defaults: AnalysisSpec,
         metrics: GateMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
         http: httpx.AsyncClient | None = None,
+        candidate_timeout_s: float = 120.0,
+        crash_after: CrashAfter | None = None,
     ) -> None:
         self.store = store
-        self.backend = backend
+        self.router = router
+        self.deployer = deployer
         self.provider = provider
         self.defaults = defaults
         self.metrics = metrics
         self.clock = clock
+        self.candidate_timeout_s = candidate_timeout_s
+        self.crash_after = crash_after
         self._http = http or httpx.AsyncClient(timeout=30.0)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.last_loop: float | None = None
+        """monotonic time of the loop's last complete pass (``/readyz`` reads it)."""
 
     # --- API-facing ----------------------------------------------------------------------
     def create(
@@ -89,13 +130,17 @@ class RolloutController:
         self.store.create(
             state,
             {
-                "action": "create",
+                "action": Action.CREATE,
                 "reason": state.message,
-                "evidence": {"candidate": candidate.model_dump(), "spec": spec.model_dump()},
+                "evidence": {
+                    "candidate": candidate.model_dump(mode="json"),
+                    "spec": spec.model_dump(mode="json"),
+                },
             },
             ("start", self._event_payload(state, "start")),
         )
-        self._observe(state, "create", None)
+        self._observe(state, Action.CREATE, None)
+        self._crash_point(Action.CREATE)
         return state
 
     def get(self, rollout_id: str) -> RolloutState:
@@ -104,49 +149,117 @@ class RolloutController:
             raise RolloutNotFound(rollout_id)
         return state
 
-    async def command(self, rollout_id: str, name: str) -> RolloutState:
+    async def command(self, rollout_id: str, name: Command | str) -> RolloutState:
+        """Apply a manual command now; promote and abort act at once. A command that does
+        not apply raises CommandError (409); a traffic failure while acting is an error
+        decision like any other, never a failed request."""
         async with self._lock(rollout_id):
             state = self.get(rollout_id)
-            transition = command(state, name, self.clock())
-            self._save(transition, outcome=None, evidence={"command": name})
-            state = transition.state
-        if state.phase in (Phase.PROMOTING, Phase.ROLLING_BACK):
-            await self.tick(rollout_id)  # act on promote/abort at once
-            state = self.get(rollout_id)
-        return state
+            transition = command(state, Command(name), self.clock())
+            self._save(transition, outcome=None, evidence={"command": str(name)})
+            await self._guarded(rollout_id, self._act(transition))
+        return self.get(rollout_id)
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.tick_all()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        """Every interval, each active rollout without a tick in flight gets one, in a
+        task of its own."""
+        ticking: dict[str, asyncio.Task[None]] = {}
+        try:
+            while not stop.is_set():
+                try:
+                    for state in self.store.rollouts(active_only=True):
+                        running = ticking.get(state.id)
+                        if running is None or running.done():
+                            ticking[state.id] = asyncio.create_task(self._tick_logged(state.id))
+                    ticking = {k: t for k, t in ticking.items() if not t.done()}
+                    self.last_loop = time.monotonic()
+                except Exception:
+                    logger.exception("controller loop pass failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        finally:
+            for task in ticking.values():
+                task.cancel()
+            await asyncio.gather(*ticking.values(), return_exceptions=True)
 
-    async def tick_all(self) -> None:
-        for state in self.store.rollouts(active_only=True):
-            try:
-                await self.tick(state.id)
-            except Exception:  # one broken rollout must not stop the others
-                logger.exception("tick failed for rollout %s", state.id)
+    async def _tick_logged(self, rollout_id: str) -> None:
+        try:
+            await self.tick(rollout_id)
+        except Exception:  # tick records errors itself; this is the store failing
+            logger.exception("tick failed for rollout %s", rollout_id)
 
     async def tick(self, rollout_id: str) -> RolloutState:
         async with self._lock(rollout_id):
             state = self.get(rollout_id)
             if state.terminal or state.paused:
                 return state
-            if state.phase is Phase.VALIDATING:
-                await self._validate(state)
-            elif state.phase is Phase.PROGRESSING:
-                await self._progress(state)
-            else:
-                await self._finish(state)
+            if state.not_before is not None and self.clock() < state.not_before:
+                return state
+            await self._guarded(rollout_id, self._advance(state))
             return self.get(rollout_id)
+
+    async def _guarded(self, rollout_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run a tick's work; any exception becomes an ``error`` decision with its
+        evidence, counted against the rollout's error limit."""
+        try:
+            await work
+        except Exception as exc:
+            expected = isinstance(exc, TrafficError | MetricsUnavailable)
+            logger.warning(  # a traceback only for what nobody anticipated
+                "rollout %s: %s: %s", rollout_id, type(exc).__name__, exc, exc_info=not expected
+            )
+            current = self.get(rollout_id)
+            if current.terminal:
+                return  # e.g. retiring failed after the end: the next start retires again
+            transition = after_error(current, f"{type(exc).__name__}: {exc!s:.500}", self.clock())
+            self._save(
+                transition,
+                outcome=Outcome.ERROR,
+                evidence={"exception": type(exc).__name__, "message": f"{exc!s:.2000}"},
+            )
+            try:
+                await self._act(transition)
+            except Exception:  # the next tick tries again, within the same limits
+                logger.exception("rollout %s: acting on the error failed", rollout_id)
 
     def _lock(self, rollout_id: str) -> asyncio.Lock:
         return self._locks.setdefault(rollout_id, asyncio.Lock())
 
+    async def _advance(self, state: RolloutState) -> None:
+        match state.phase:
+            case Phase.VALIDATING:
+                await self._validate(state)
+            case Phase.PROGRESSING:
+                await self._progress(state)
+            case Phase.PROMOTING | Phase.ROLLING_BACK:
+                await self._finish(state)
+            case _:  # terminal phases never get here
+                return
+
     # --- phases --------------------------------------------------------------------------
     async def _validate(self, state: RolloutState) -> None:
+        if not state.candidate_started:
+            planned = self.deployer.plan_candidate(state)
+            transition = candidate_started(state, planned, self.clock(), self.candidate_timeout_s)
+            await self._apply(transition, outcome=None, evidence={"planned": planned})
+            return
+        readiness = await self.deployer.candidate_ready(state)
+        if readiness.facts:
+            state = state.model_copy(
+                update={"backend_state": {**state.backend_state, **readiness.facts}}
+            )
+            self.store.save(state)
+        if not readiness.ready:
+            outcome = Outcome.FAIL if readiness.gone else Outcome.INCONCLUSIVE
+            verdict = ValidationVerdict(outcome=outcome, reason=readiness.problem)
+        else:
+            verdict = await self._accuracy_gate(state)
+        judged = after_validation(state, verdict, self.clock())
+        if judged is not None:  # None: still waiting for the candidate, nothing to record
+            await self._apply(judged, outcome=verdict.outcome, evidence=verdict.evidence)
+
+    async def _accuracy_gate(self, state: RolloutState) -> ValidationVerdict:
         offline = state.candidate.offline_metrics["accuracy"]
         evidence: dict[str, Any] = {
             "offline_accuracy": offline,
@@ -154,42 +267,14 @@ class RolloutController:
             "tolerance": state.spec.accuracy_tolerance,
         }
         try:
-            updates = await self.backend.start_candidate(state)
-            if updates:
-                state = state.model_copy(
-                    update={"backend_state": {**state.backend_state, **updates}}
-                )
-                self.store.save(state)  # a restarted gate finds the candidate it started
             holdout = await load_holdout(_holdout_location(state), self._http)
             result = await replay(
-                self._http, self.backend.candidate_url(state), state.model, holdout
+                self._http, self.deployer.candidate_url(state), state.model, holdout
             )
-        except TrafficError as exc:
-            # The infrastructure, not the candidate: retry, within the error limit.
-            errors = state.errors + 1
-            if errors < state.spec.error_limit:
-                retry = state.model_copy(
-                    update={
-                        "errors": errors,
-                        "updated_at": self.clock(),
-                        "message": f"accuracy gate waiting: {exc}",
-                    }
-                )
-                self._save(
-                    Transition(state=retry, action="retry-validation"),
-                    outcome=Outcome.ERROR.value,
-                    evidence=evidence,
-                )
-                return
-            transition = fail_validation(state, self.clock(), f"accuracy gate: {exc}")
-            self._save(transition, outcome=Outcome.ERROR.value, evidence=evidence)
-            await self._remove_candidate(transition.state)
-            return
         except ReplayError as exc:
-            transition = fail_validation(state, self.clock(), f"accuracy gate: {exc}")
-            self._save(transition, outcome=Outcome.FAIL.value, evidence=evidence)
-            await self._remove_candidate(transition.state)
-            return
+            return ValidationVerdict(
+                outcome=Outcome.FAIL, reason=f"accuracy gate: {exc}", evidence=evidence
+            )
         evidence.update(
             live_accuracy=result.accuracy,
             replayed_rows=result.rows,
@@ -197,33 +282,18 @@ class RolloutController:
             replay_retried_requests=result.retried_requests,
         )
         passed, reason = judge_accuracy(state.spec, offline, result.accuracy)
-        if not passed:
-            transition = fail_validation(state, self.clock(), reason)
-            self._save(transition, outcome=Outcome.FAIL.value, evidence=evidence)
-            await self._remove_candidate(transition.state)
-            return
-        transition = begin_canary(state, self.clock(), reason)
-        self._save(transition, outcome=Outcome.PASS.value, evidence=evidence)
-        await self._apply_weight(transition.state)
+        outcome = Outcome.PASS if passed else Outcome.FAIL
+        return ValidationVerdict(outcome=outcome, reason=reason, evidence=evidence)
 
     async def _progress(self, state: RolloutState) -> None:
         now = self.clock()
-        try:
-            actual = await self.backend.get_weight(state)
-        except TrafficError as exc:
-            await self._judge(
-                state, Verdict(outcome=Outcome.ERROR, reason=f"traffic backend: {exc}")
-            )
-            return
+        actual = await self.router.get_weight(state)
         if actual != state.canary_weight:
-            # Persisted intent wins; the window restarts because it saw other weights.
-            restarted = state.start_window(now).model_copy(update={"updated_at": now})
-            self._save(
-                Transition(state=restarted, action="reconcile"),
+            await self._apply(
+                reconcile(state, now),
                 outcome=None,
                 evidence={"actual_weight": actual, "desired_weight": state.canary_weight},
             )
-            await self._apply_weight(restarted)
             return
         if state.window_baseline is None:
             await self._snapshot(state)
@@ -233,15 +303,11 @@ class RolloutController:
         window_s = (now - state.window_start).total_seconds() if state.window_start else 0.0
         try:
             measurement = await self.provider.measure(
-                self.backend.metrics_targets(state), state.window_baseline, window_s
+                self.deployer.metrics_targets(state), state.window_baseline, window_s
             )
             verdict = analyze(state.spec, measurement, state.stable_reference)
         except MetricsUnavailable as exc:
             verdict = Verdict(outcome=Outcome.ERROR, reason=f"metrics: {exc}")
-        await self._judge(state, verdict)
-
-    async def _judge(self, state: RolloutState, verdict: Verdict) -> None:
-        transition = after_analysis(state, verdict, self.clock())
         evidence = verdict.model_dump(mode="json", exclude={"outcome", "reason"})
         # the decision row shows the state it led to; this is the step that was judged
         evidence["judged"] = {
@@ -249,45 +315,28 @@ class RolloutController:
             "canary_weight": state.canary_weight,
             "window_start": state.window_start.isoformat() if state.window_start else None,
         }
-        self._save(transition, outcome=verdict.outcome.value, evidence=evidence)
-        if transition.action in ("step", "retry-step"):
-            await self._apply_weight(transition.state)
-        elif transition.action in ("promote", "rollback"):
-            await self._finish(transition.state)
+        await self._apply(
+            after_analysis(state, verdict, self.clock()), outcome=verdict.outcome, evidence=evidence
+        )
 
     async def _finish(self, state: RolloutState) -> None:
-        try:
-            if state.phase is Phase.PROMOTING:
-                await self.backend.promote(state)
-            else:
-                await self.backend.rollback(state)
-        except TrafficError as exc:
-            logger.error(
-                "rollout %s: %s failed, retrying next tick: %s", state.id, state.phase.value, exc
-            )
-            return
-        self._save(finish(state, self.clock()), outcome=None, evidence={})
-
-    async def _apply_weight(self, state: RolloutState) -> None:
-        try:
-            await self.backend.set_weight(state, state.canary_weight)
-        except TrafficError as exc:
-            logger.error(
-                "rollout %s: setting weight %d failed (next tick retries): %s",
-                state.id,
-                state.canary_weight,
-                exc,
-            )
-            return
-        await self._snapshot(state)
+        """Promote or roll back in the traffic layer, then record the terminal phase
+        (with the new stable, in the same transaction), then retire what is unused."""
+        stable: Stable | None = None
+        if state.phase is Phase.PROMOTING:
+            await self.router.promote(state)
+            stable = self.deployer.promoted_stable(state)
+        else:
+            await self.router.rollback(state)
+        await self._apply(finish(state, self.clock()), outcome=None, evidence={}, stable=stable)
 
     async def _snapshot(self, state: RolloutState) -> None:
         """The window starts when its traffic split is in place."""
         try:
-            baseline = await self.provider.snapshot(self.backend.metrics_targets(state))
+            baseline = await self.provider.snapshot(self.deployer.metrics_targets(state))
         except MetricsUnavailable as exc:
             logger.warning("rollout %s: baseline snapshot failed: %s", state.id, exc)
-            return
+            return  # the next tick tries again; the window has not started
         now = self.clock()
         self.store.save(
             state.start_window(now).model_copy(
@@ -295,38 +344,80 @@ class RolloutController:
             )
         )
 
-    async def _remove_candidate(self, state: RolloutState) -> None:
-        try:
-            await self.backend.rollback(state)
-        except TrafficError as exc:
-            logger.error("rollout %s: removing the candidate failed: %s", state.id, exc)
+    # --- persist, then act -----------------------------------------------------------------
+    async def _apply(
+        self,
+        transition: Transition,
+        outcome: Outcome | None,
+        evidence: dict[str, Any],
+        stable: Stable | None = None,
+    ) -> None:
+        """Persist the transition, then carry out its action."""
+        self._save(transition, outcome, evidence, stable)
+        await self._act(transition)
 
-    # --- records -------------------------------------------------------------------------
-    def _save(self, transition: Transition, outcome: str | None, evidence: dict[str, Any]) -> None:
+    async def _act(self, transition: Transition) -> None:
+        """What each action does outside the store, after it was persisted."""
+        state = transition.state
+        match transition.action:
+            case Action.CANDIDATE_STARTED:
+                await self.deployer.start_candidate(state)
+            case Action.STEP | Action.RETRY_STEP | Action.RECONCILE:
+                await self.router.set_weight(state, state.canary_weight)
+                await self._snapshot(state)
+            case Action.PROMOTE | Action.ROLLBACK:
+                await self._finish(state)
+            case Action.PROMOTED | Action.ROLLED_BACK | Action.ABORTED | Action.FAIL:
+                await self.deployer.retire()
+            case (
+                Action.CREATE
+                | Action.RETRY_VALIDATION
+                | Action.EXTEND_STEP
+                | Action.RETRY_ANALYSIS
+                | Action.RETRY
+                | Action.PAUSE
+                | Action.RESUME
+            ):
+                pass
+            case unreachable:  # mypy: every action is handled above
+                assert_never(unreachable)
+
+    def _save(
+        self,
+        transition: Transition,
+        outcome: Outcome | None,
+        evidence: dict[str, Any],
+        stable: Stable | None = None,
+    ) -> None:
         state = transition.state
         decision = {
             "action": transition.action,
-            "outcome": outcome,
+            "outcome": outcome.value if outcome else None,
             "reason": state.message,
             "evidence": evidence,
         }
         event = None
         if transition.event:
             event = (transition.event, self._event_payload(state, transition.event))
-        self.store.save(state, decision, event)
-        self._observe(state, transition.action, outcome)
+        self.store.save(state, decision, event, stable=stable)
+        self._observe(state, transition.action, outcome.value if outcome else None)
         logger.info(
             "rollout %s %s: %s (phase %s, weight %d)",
             state.id,
-            transition.action,
+            transition.action.value,
             state.message,
             state.phase.value,
             state.canary_weight,
         )
+        self._crash_point(transition.action)
 
-    def _observe(self, state: RolloutState, action: str, outcome: str | None) -> None:
+    def _crash_point(self, action: Action) -> None:
+        if self.crash_after is not None:
+            self.crash_after.persisted(action)
+
+    def _observe(self, state: RolloutState, action: Action, outcome: str | None) -> None:
         if self.metrics is not None:
-            self.metrics.record(state, action, outcome)
+            self.metrics.record(state, action.value, outcome)
 
     @staticmethod
     def _event_payload(state: RolloutState, event: str) -> dict[str, Any]:
@@ -353,4 +444,4 @@ def _holdout_location(state: RolloutState) -> str:
     return f"{state.candidate.artifact_uri.rstrip('/')}/holdout.csv"
 
 
-__all__ = ["CommandError", "RolloutController", "RolloutNotFound"]
+__all__ = ["CrashAfter", "RolloutController", "RolloutNotFound"]

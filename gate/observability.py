@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gate.decide import RolloutState
-from gate.spec import Phase
+from gate.core.spec import Phase
+from gate.core.state import RolloutState
 
 
 class GateMetrics:

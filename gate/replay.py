@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from gate.spec import AnalysisSpec
+from gate.core.spec import AnalysisSpec
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 LABEL = "species"

@@ -9,7 +9,7 @@ import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gate.spec import AnalysisSpec
+from gate.core.spec import AnalysisSpec
 
 
 class GateSettings(BaseSettings):
@@ -49,12 +49,36 @@ class GateSettings(BaseSettings):
     """Model whose stable the gate brings up at start (local backend)."""
     stable_model_dir: Path | None = None
     """Local backend: artifact directory of the initial stable, if none is recorded yet."""
-    router_url: str = "http://127.0.0.1:8000"
-    """Local backend: the router's HTTP base URL (admin API under /router/)."""
+    stable_model_dirs: list[Path] = Field(default_factory=list, max_length=100)
+    """Local backend: more initial stables (one per model, each dir's model.json names its
+    model), JSON list."""
+    candidate_timeout_s: float = Field(120.0, gt=0, le=86_400)
+    """How long a started candidate may take to become ready before the accuracy gate
+    fails it."""
+    crash_after: str = ""
+    """Testing only: SIGKILL the gate right after persisting the n-th decision with this
+    action, as ``ACTION[:N]`` (e.g. ``step:2``). Empty: never."""
+    router_admin_url: str = "http://127.0.0.1:8002"
+    """Local backend: the router's admin API base URL (its own loopback port)."""
+    router_token: SecretStr | None = None
+    """Local backend: bearer token of the router's admin API (the router's
+    ROUTER_ADMIN_TOKEN); required by the local backend."""
+    registry_dir: Path | None = None
+    """Local backend: the model registry; candidates' artifact_uri must resolve inside
+    it (no symlink escape). Default: the registry that holds GATE_STABLE_MODEL_DIR
+    (``<registry>/<model>/<version>``)."""
+    holdout_allowed_prefixes: list[str] = Field(default_factory=list)
+    """Where a candidate's holdout_uri may point besides the artifact's own
+    ``holdout.csv``: path or URL prefixes, JSON list. Empty: the artifact's own only."""
+    kserve_storage_prefixes: list[str] = Field(default_factory=list)
+    """KServe backend: storage URI prefixes a candidate's artifact_uri must start with,
+    JSON list (e.g. ["gs://models/iris/"]); required by the kserve backend."""
     run_dir: Path = Path(".irisgate/predictors")
     """Local backend: where predictor logs go."""
     canary_args: str = ""
     """Local backend: extra predictor flags for every candidate, e.g. fault injection."""
+    canary_args_by_model: dict[str, str] = Field(default_factory=dict)
+    """Local backend: extra candidate flags per model (replacing canary_args), JSON."""
     kserve_namespace: str = "default"
     """KServe backend: namespace of the InferenceServices."""
     kserve_services: dict[str, list[str]] = Field(default_factory=dict)

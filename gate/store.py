@@ -1,24 +1,32 @@
-"""SQLite persistence: rollout state, the decision history, the webhook outbox, stables.
+"""SQLite persistence: rollout state, the decision history, the webhook outbox, stables,
+and this store's identity (which names the processes the local deployer starts).
 
 Every state change is written in one transaction together with the decision that caused
-it and the events it announces, so a crash leaves either all of them or none.
+it, the events it announces and the stable it installs, so a crash leaves either all of
+them or none. A row that cannot be read back is quarantined (kept, marked, reported)
+instead of failing every listing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from gate.decide import RolloutState
-from gate.spec import TERMINAL
+from gate.core.errors import Conflict
+from gate.core.spec import TERMINAL
+from gate.core.state import RolloutState
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -63,10 +71,20 @@ CREATE TABLE IF NOT EXISTS stables (
     endpoint TEXT,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    rollout_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 """
 
 
-class ActiveRolloutExists(Exception):
+class ActiveRolloutExists(Conflict):
     def __init__(self, model: str) -> None:
         super().__init__(f"model {model} already has an active rollout")
         self.model = model
@@ -97,6 +115,15 @@ class Stable(BaseModel):
     endpoint: dict[str, Any] | None = None  # backend-specific: where it serves (local: pid, ports)
 
 
+class Quarantined(BaseModel):
+    """A stored rollout that could not be read back, and why."""
+
+    rollout_id: str
+    model: str
+    reason: str
+    at: datetime
+
+
 class OutboxEvent(BaseModel):
     seq: int
     rollout_id: str
@@ -122,6 +149,13 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?)",
+                (uuid.uuid4().hex[:16],),
+            )
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        self.instance: str = row["value"]
+        """Random, made once per database: marks what this gate (across restarts) owns."""
 
     def close(self) -> None:
         with self._lock:
@@ -169,9 +203,13 @@ class SQLiteStore:
         state: RolloutState,
         decision: dict[str, Any] | None = None,
         event: tuple[str, dict[str, Any]] | None = None,
+        stable: Stable | None = None,
     ) -> None:
-        """State, its decision record and its webhook event: all or nothing."""
+        """State, its decision record, its webhook event and the stable it installs: all
+        or nothing."""
         with self._transaction() as db:
+            if stable is not None:
+                self._set_stable(db, stable)
             db.execute(
                 "UPDATE rollouts SET phase = ?, active = ?, state = ?, updated_at = ? WHERE id = ?",
                 (
@@ -201,7 +239,7 @@ class SQLiteStore:
                     state.phase.value,
                     state.step_index,
                     state.canary_weight,
-                    decision["action"],
+                    str(decision["action"]),
                     decision.get("outcome"),
                     decision.get("reason", ""),
                     json.dumps(decision.get("evidence", {})),
@@ -214,19 +252,51 @@ class SQLiteStore:
             )
 
     def get(self, rollout_id: str) -> RolloutState | None:
+        """The rollout, or None if there is none or it is quarantined."""
         with self._lock:
             row = self._db.execute(
-                "SELECT state FROM rollouts WHERE id = ?", (rollout_id,)
+                "SELECT id, model, state FROM rollouts WHERE id = ? AND phase != 'corrupt'",
+                (rollout_id,),
             ).fetchone()
-        return RolloutState.model_validate_json(row["state"]) if row else None
+        return self._read(row) if row else None
 
     def rollouts(self, active_only: bool = False) -> list[RolloutState]:
-        query = "SELECT state FROM rollouts"
+        """Readable rollouts, oldest first; an unreadable row is quarantined, not raised."""
+        query = "SELECT id, model, state FROM rollouts WHERE phase != 'corrupt'"
         if active_only:
-            query += " WHERE active = 1"
+            query += " AND active = 1"
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at").fetchall()
-        return [RolloutState.model_validate_json(r["state"]) for r in rows]
+        states = [self._read(r) for r in rows]
+        return [s for s in states if s is not None]
+
+    def _read(self, row: sqlite3.Row) -> RolloutState | None:
+        try:
+            return RolloutState.model_validate_json(row["state"])
+        except ValidationError as exc:
+            reason = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+            )
+            self.quarantine(row["id"], row["model"], reason)
+            return None
+
+    def quarantine(self, rollout_id: str, model: str, reason: str) -> None:
+        """Take a rollout out of every listing and the controller's loop; keep its row."""
+        logger.error("rollout %s quarantined: %s", rollout_id, reason)
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE rollouts SET phase = 'corrupt', active = 0 WHERE id = ?", (rollout_id,)
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO quarantine (rollout_id, model, reason, at) "
+                "VALUES (?, ?, ?, ?)",
+                (rollout_id, model, reason[:2000], _now()),
+            )
+
+    def quarantined(self) -> list[Quarantined]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM quarantine ORDER BY at").fetchall()
+        return [Quarantined.model_validate(dict(r)) for r in rows]
 
     def decisions(self, rollout_id: str) -> list[Decision]:
         with self._lock:
@@ -252,19 +322,29 @@ class SQLiteStore:
 
     def set_stable(self, stable: Stable) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO stables (model, version, artifact_uri, endpoint, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
-                "version = excluded.version, artifact_uri = excluded.artifact_uri, "
-                "endpoint = excluded.endpoint, updated_at = excluded.updated_at",
-                (
-                    stable.model,
-                    stable.version,
-                    stable.artifact_uri,
-                    json.dumps(stable.endpoint) if stable.endpoint is not None else None,
-                    _now(),
-                ),
-            )
+            self._set_stable(db, stable)
+
+    @staticmethod
+    def _set_stable(db: sqlite3.Connection, stable: Stable) -> None:
+        db.execute(
+            "INSERT INTO stables (model, version, artifact_uri, endpoint, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+            "version = excluded.version, artifact_uri = excluded.artifact_uri, "
+            "endpoint = excluded.endpoint, updated_at = excluded.updated_at",
+            (
+                stable.model,
+                stable.version,
+                stable.artifact_uri,
+                json.dumps(stable.endpoint) if stable.endpoint is not None else None,
+                _now(),
+            ),
+        )
+
+    def stables(self) -> list[Stable]:
+        with self._lock:
+            rows = self._db.execute("SELECT model FROM stables ORDER BY model").fetchall()
+        found = [self.stable(r["model"]) for r in rows]
+        return [s for s in found if s is not None]
 
     # --- webhook outbox --------------------------------------------------------------------
     def pending_events(self, limit: int = 50) -> list[OutboxEvent]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fault_error_rate", type=float)
     add("--fault_latency_ms", type=float)
     add("--fault_seed", type=int)
+    add("--fault_start_delay_s", type=float)
     add("--access_log", type=_bool)
     add("--grace_period", type=int)
     add("--log_level")
@@ -81,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_SETTINGS
     # kserve parses sys.argv when imported; hide our flags from it so it sees only defaults.
     sys.argv = sys.argv[:1]
+    if settings.fault_start_delay_s:
+        time.sleep(settings.fault_start_delay_s)  # fault injection: a slow start
     try:
         # Before prometheus_client is imported: several processes share metrics through files.
         with shared_metrics_dir(settings.process_count()):

@@ -51,6 +51,9 @@ class PredictorSettings(BaseSettings):
     """Latency added to every request on purpose, in ms. For rollback rehearsals."""
     fault_seed: int | None = None
     """Seed for the fault injector, for repeatable rehearsals."""
+    fault_start_delay_s: float = Field(0.0, ge=0.0, le=86_400.0)
+    """Seconds to wait before loading the model and binding: a predictor slow to get
+    ready, for rehearsals of the gate's readiness deadline."""
     access_log: bool = False
     """One log line per request. Off by default: it costs about a quarter of the throughput."""
     grace_period: int = Field(30, ge=0)

@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 
-from gate.analysis import RoleWindow, WindowMeasurement
-from gate.decide import RolloutState
-from gate.metrics import MetricsProvider, MetricsUnavailable, Targets
-from gate.traffic import TrafficBackend, TrafficError
+from gate.core.analysis import RoleWindow, WindowMeasurement
+from gate.core.state import RolloutState
+from gate.providers.base import MetricsProvider, MetricsUnavailable, Targets
+from gate.store import Stable
+from gate.traffic.base import Readiness, TrafficBackend, TrafficError
 
 HOLDOUT = [
     ([5.1, 3.5, 1.4, 0.2], 0),
@@ -66,6 +67,9 @@ class FakeClock:
 
 
 class FakeBackend(TrafficBackend):
+    """Router and deployer in one; ``ready_after`` readiness checks before the candidate
+    answers ready, ``None``: never."""
+
     name = "fake"
 
     def __init__(self) -> None:
@@ -74,19 +78,38 @@ class FakeBackend(TrafficBackend):
         self.started = 0
         self.promoted = 0
         self.rolled_back = 0
+        self.retired = 0
         self.unreachable = False
+        self.ready_after: int | None = 0
+        self.exited = False
+        self.readiness_checks = 0
 
     def _check(self) -> None:
         if self.unreachable:
             raise TrafficError("router unreachable (fake)")
 
-    async def ensure_stable(self, model: str) -> None:
+    async def ensure_stable(self, model: str) -> Stable | None:
+        self._check()
+        return None
+
+    async def ensure_stable_route(self, stable: Stable) -> None:
         self._check()
 
-    async def start_candidate(self, state: RolloutState) -> dict[str, Any]:
+    def plan_candidate(self, state: RolloutState) -> dict[str, Any]:
+        return {"canary": {"http": "http://candidate"}}
+
+    async def start_candidate(self, state: RolloutState) -> None:
         self._check()
         self.started += 1
-        return {"canary": {"http": "http://candidate"}}
+
+    async def candidate_ready(self, state: RolloutState) -> Readiness:
+        self._check()
+        self.readiness_checks += 1
+        if self.exited:
+            return Readiness(False, "predictor exited with 3 (fake)", gone=True)
+        if self.ready_after is None or self.readiness_checks <= self.ready_after:
+            return Readiness(False, "not ready yet (fake)")
+        return Readiness(True)
 
     def candidate_url(self, state: RolloutState) -> str:
         return "http://candidate"
@@ -105,10 +128,21 @@ class FakeBackend(TrafficBackend):
         self.promoted += 1
         self.weight = 0
 
+    def promoted_stable(self, state: RolloutState) -> Stable:
+        return Stable(
+            model=state.model,
+            version=state.candidate.version,
+            artifact_uri=state.candidate.artifact_uri,
+        )
+
     async def rollback(self, state: RolloutState) -> None:
         self._check()
         self.rolled_back += 1
         self.weight = 0
+
+    async def retire(self) -> list[str]:
+        self.retired += 1
+        return []
 
     def metrics_targets(self, state: RolloutState) -> Targets:
         return Targets(

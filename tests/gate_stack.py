@@ -29,25 +29,36 @@ from tests.helpers import RunningProcess, free_port, start_process, wait_until
 
 TOKEN = "integration-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ROUTER_TOKEN = "router-admin-token-0123456789"
+ROUTER_AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
+NO_ROUTES = {"stable": None, "canary": None, "canary_weight": 0}
 
 
 def build_registry(root: Path, classifiers: tuple[str, ...] = ("logreg", "logreg")) -> Path:
     """Versions 1..N of iris in a registry, each with its held-out split, in-process."""
     registry = root / "registry"
+    add_model(root, registry, "iris", classifiers)
+    return registry
+
+
+def add_model(
+    root: Path, registry: Path, name: str, classifiers: tuple[str, ...] = ("logreg", "logreg")
+) -> None:
+    """Versions 1..N of model ``name`` (trained on Iris) in the registry."""
+    root.mkdir(parents=True, exist_ok=True)
     train, test = split_dataset(load_dataset(None), 0.3, 7)
     train.to_csv(root / "train.csv", index=False)
     test.to_csv(root / "test.csv", index=False)
     for index, classifier in enumerate(classifiers):
-        model_dir = root / f"model-{index}"
+        model_dir = root / f"model-{name}-{index}"
         train_model(
             root / "train.csv",
             model_dir,
-            "iris",
+            name,
             TrainParams(classifier=classifier, c=1.0 + index, n_estimators=20),
         )
         evaluation = evaluate_model(model_dir, root / "test.csv")
         register_model(model_dir, root / "test.csv", registry, evaluation.flat_metrics())
-    return registry
 
 
 def offline_accuracy(version_dir: Path) -> float:
@@ -178,14 +189,17 @@ class LocalStack:
         self.root = root
         self.registry = registry
         self.router_http, self.router_grpc = free_port(), free_port()
+        self.router_admin = free_port()
         self.gate_port = free_port()
         self.router_url = f"http://127.0.0.1:{self.router_http}"
+        self.router_admin_url = f"http://127.0.0.1:{self.router_admin}"
         self.gate_url = f"http://127.0.0.1:{self.gate_port}"
         self.env = {
             "GATE_API_TOKEN": TOKEN,
             "GATE_PORT": str(self.gate_port),
             "GATE_DB_PATH": str(root / "gate.db"),
-            "GATE_ROUTER_URL": self.router_url,
+            "GATE_ROUTER_ADMIN_URL": self.router_admin_url,
+            "GATE_ROUTER_TOKEN": ROUTER_TOKEN,
             "GATE_RUN_DIR": str(root / "predictors"),
             "GATE_STABLE_MODEL_DIR": str(registry / "iris" / "1"),
             "GATE_TICK_INTERVAL_S": "0.5",
@@ -204,27 +218,33 @@ class LocalStack:
         self.router = start_process(
             [
                 "-m",
-                "gate.router",
+                "gate.local.router",
                 "--http-port",
                 str(self.router_http),
                 "--grpc-port",
                 str(self.router_grpc),
+                "--admin-port",
+                str(self.router_admin),
             ],
             self.root / "router.log",
+            env={"ROUTER_ADMIN_TOKEN": ROUTER_TOKEN},
         )
         wait_until(
-            lambda: httpx.get(f"{self.router_url}/router/healthz").status_code == 200,
+            lambda: httpx.get(f"{self.router_admin_url}/router/healthz").status_code == 200,
             30,
             "router",
             self.router.process,
             self.router.log,
         )
 
-    def start_gate(self) -> None:
+    def start_gate(self, wait_ready: bool = True) -> None:
+        """Start the gate; wait for /readyz unless it is expected to crash first."""
         self._gate_starts += 1
         self.gate = start_process(
             ["-m", "gate"], self.root / f"gate-{self._gate_starts}.log", env=self.env
         )
+        if not wait_ready:
+            return
         wait_until(
             lambda: httpx.get(f"{self.gate_url}/readyz").status_code == 200,
             90,
@@ -271,8 +291,16 @@ class LocalStack:
         log = self.gate.output()[-3000:] if self.gate else ""
         raise TimeoutError(f"rollout {rollout_id} not in {phases}: {detail}\n{log}")
 
-    def routes(self) -> dict[str, Any]:
-        routes: dict[str, Any] = httpx.get(f"{self.router_url}/router/routes").json()
+    def routes(self, model: str = "iris") -> dict[str, Any]:
+        """The router's routes of one model (stable, canary, weight, counters); all None
+        until the gate has set some."""
+        response = httpx.get(
+            f"{self.router_admin_url}/router/routes/{model}", headers=ROUTER_AUTH, timeout=10
+        )
+        if response.status_code == 404:
+            return dict(NO_ROUTES)
+        response.raise_for_status()
+        routes: dict[str, Any] = response.json()
         return routes
 
     def traffic(self) -> Traffic:

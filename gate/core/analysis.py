@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
 
-from gate.spec import AnalysisSpec, Outcome
+from gate.core.spec import AnalysisSpec, Outcome
 
 
 class RoleWindow(BaseModel):

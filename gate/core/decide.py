@@ -1,86 +1,170 @@
 """The rollout state machine, pure: (state, verdict or command, now) -> next state + action.
 
-The controller persists the returned state before it touches traffic, so a gate killed
-at any moment restarts from a state that says exactly which step it is on.
+Every transition of a rollout is here, the accuracy gate's included, as a function that
+returns a :class:`Transition`: the state to persist and the typed :class:`Action` the
+controller carries out *after* persisting it. So a gate killed at any moment restarts
+from a state that says exactly what it was doing, and the controller holds no rules of
+its own (it dispatches on the action with an exhaustive ``match``).
+
+Outcomes follow Argo Rollouts: pass, fail, inconclusive (not enough evidence yet) and
+error (the evidence could not be gathered), each with its own limit. Any unexpected
+failure inside a tick is an error too (:func:`after_error`), so no rollout can be retried
+forever without a recorded decision and a limit.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gate.analysis import RoleWindow, Verdict
-from gate.spec import TERMINAL, AnalysisSpec, Candidate, Outcome, Phase
+from gate.core.analysis import Verdict
+from gate.core.errors import Conflict
+from gate.core.spec import Outcome, Phase
+from gate.core.state import RolloutState
+
+MAX_BACKOFF_S = 30.0
 
 
-class RolloutState(BaseModel):
-    id: str
-    model: str
-    candidate: Candidate
-    spec: AnalysisSpec
-    phase: Phase = Phase.VALIDATING
-    paused: bool = False
-    aborted: bool = False
-    step_index: int = -1
-    canary_weight: int = 0
-    failures: int = 0
-    inconclusive: int = 0
-    errors: int = 0
-    window_start: datetime | None = None
-    step_deadline: datetime | None = None
-    window_baseline: dict[str, Any] | None = None
-    stable_version: str | None = None
-    stable_reference: RoleWindow | None = None
-    backend_state: dict[str, Any] = Field(default_factory=dict)
-    message: str = ""
-    created_at: datetime
-    updated_at: datetime
+class Action(StrEnum):
+    """What a decision did; the controller's next move and the history's vocabulary."""
 
-    @property
-    def terminal(self) -> bool:
-        return self.phase in TERMINAL
+    CREATE = "create"
+    CANDIDATE_STARTED = "candidate-started"  # deployed with no traffic; readiness awaited
+    RETRY_VALIDATION = "retry-validation"  # accuracy gate could not run: try again later
+    FAIL = "fail"  # accuracy gate failed: the candidate never gets traffic
+    STEP = "step"  # next canary weight
+    RETRY_STEP = "retry-step"  # a failed analysis below the limit: judge the step again
+    EXTEND_STEP = "extend-step"  # inconclusive: the window goes on
+    RETRY_ANALYSIS = "retry-analysis"  # evidence missing (error): try again soon
+    RECONCILE = "reconcile"  # the traffic layer disagreed with the persisted weight
+    PROMOTE = "promote"
+    PROMOTED = "promoted"
+    ROLLBACK = "rollback"
+    ROLLED_BACK = "rolled-back"
+    ABORTED = "aborted"
+    RETRY = "retry"  # promoting or rolling back failed: try again after a back-off
+    PAUSE = "pause"
+    RESUME = "resume"
 
-    def start_window(self, now: datetime) -> RolloutState:
-        return self.model_copy(
-            update={
-                "window_start": now,
-                "window_baseline": None,
-                "step_deadline": now + timedelta(seconds=self.spec.step_interval_s),
-            }
-        )
+
+class Command(StrEnum):
+    """Manual control, as Argo Rollouts' ``kubectl argo rollouts`` offers it."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ABORT = "abort"
 
 
 class Transition(BaseModel):
     state: RolloutState
-    action: str  # what the controller must do next, and what the history records
+    action: Action
     event: str | None = None  # webhook event name, if the change is worth announcing
 
 
-class CommandError(ValueError):
+class ValidationVerdict(BaseModel):
+    """The accuracy gate's outcome for one attempt.
+
+    ``inconclusive`` means the candidate is not ready yet: waiting is a state with a
+    deadline (``RolloutState.candidate_deadline``), not a blocked tick.
+    """
+
+    outcome: Outcome
+    reason: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommandError(Conflict):
     """A manual command that does not apply in the rollout's current phase (HTTP 409)."""
 
 
-def begin_canary(state: RolloutState, now: datetime, reason: str) -> Transition:
-    """The accuracy gate passed: first step."""
-    first = state.model_copy(
+def backoff(errors: int) -> timedelta:
+    """1, 2, 4 ... seconds after consecutive errors, at most 30: retries without a busy loop."""
+    return timedelta(seconds=min(2.0 ** max(errors - 1, 0), MAX_BACKOFF_S))
+
+
+# --- accuracy gate ----------------------------------------------------------------------
+
+
+def candidate_started(
+    state: RolloutState, backend_state: dict[str, Any], now: datetime, ready_timeout_s: float
+) -> Transition:
+    """The deployer accepted the candidate; it has ``ready_timeout_s`` to become ready."""
+    started = state.model_copy(
         update={
-            "phase": Phase.PROGRESSING,
-            "step_index": 0,
-            "canary_weight": state.spec.steps[0],
-            "message": reason,
+            "candidate_started": True,
+            "candidate_deadline": now + timedelta(seconds=ready_timeout_s),
+            "backend_state": {**state.backend_state, **backend_state},
+            "message": "candidate started; waiting for it to be ready",
             "updated_at": now,
         }
     )
-    return Transition(state=first.start_window(now), action="step", event="step")
+    return Transition(state=started, action=Action.CANDIDATE_STARTED)
 
 
-def fail_validation(state: RolloutState, now: datetime, reason: str) -> Transition:
+def after_validation(
+    state: RolloutState, verdict: ValidationVerdict, now: datetime
+) -> Transition | None:
+    """What one attempt of the accuracy gate means; ``None``: keep waiting, nothing to record."""
+    if verdict.outcome is Outcome.PASS:
+        first = state.model_copy(
+            update={
+                "phase": Phase.PROGRESSING,
+                "step_index": 0,
+                "canary_weight": state.spec.steps[0],
+                "errors": 0,
+                "not_before": None,
+                "message": verdict.reason,
+                "updated_at": now,
+            }
+        )
+        return Transition(state=first.start_window(now), action=Action.STEP, event="step")
+    if verdict.outcome is Outcome.FAIL:
+        return _fail(state, now, verdict.reason)
+    if verdict.outcome is Outcome.INCONCLUSIVE:
+        deadline = state.candidate_deadline
+        if deadline is None or now < deadline:
+            return None
+        return _fail(state, now, f"accuracy gate: {verdict.reason} by the deadline {deadline}")
+    errors = state.errors + 1
+    if errors >= state.spec.error_limit:
+        return _fail(
+            state.model_copy(update={"errors": errors}),
+            now,
+            f"accuracy gate error limit reached ({errors}/{state.spec.error_limit}): "
+            f"{verdict.reason}",
+        )
+    return _retry(
+        state, errors, now, f"accuracy gate waiting: {verdict.reason}", Action.RETRY_VALIDATION
+    )
+
+
+def _retry(
+    state: RolloutState, errors: int, now: datetime, message: str, action: Action
+) -> Transition:
+    """Try again after a back-off; the error count goes on towards the limit."""
+    retry = state.model_copy(
+        update={
+            "errors": errors,
+            "not_before": now + backoff(errors),
+            "message": message,
+            "updated_at": now,
+        }
+    )
+    return Transition(state=retry, action=action)
+
+
+def _fail(state: RolloutState, now: datetime, reason: str) -> Transition:
     failed = state.model_copy(
         update={"phase": Phase.FAILED, "canary_weight": 0, "message": reason, "updated_at": now}
     )
-    return Transition(state=failed, action="fail", event="failure")
+    return Transition(state=failed, action=Action.FAIL, event="failure")
+
+
+# --- canary steps -----------------------------------------------------------------------
 
 
 def after_analysis(state: RolloutState, verdict: Verdict, now: datetime) -> Transition:
@@ -96,11 +180,11 @@ def after_analysis(state: RolloutState, verdict: Verdict, now: datetime) -> Tran
         following = state.step_index + 1
         if following >= len(spec.steps):
             done = state.model_copy(update={**updates, "phase": Phase.PROMOTING})
-            return Transition(state=done, action="promote")
+            return Transition(state=done, action=Action.PROMOTE)
         moved = state.model_copy(
             update={**updates, "step_index": following, "canary_weight": spec.steps[following]}
         )
-        return Transition(state=moved.start_window(now), action="step", event="step")
+        return Transition(state=moved.start_window(now), action=Action.STEP, event="step")
 
     if verdict.outcome is Outcome.FAIL:
         failures = state.failures + 1
@@ -112,7 +196,7 @@ def after_analysis(state: RolloutState, verdict: Verdict, now: datetime) -> Tran
                 f"failure limit reached ({failures}/{spec.failure_limit}): {verdict.reason}",
             )
         retried = state.model_copy(update=updates)
-        return Transition(state=retried.start_window(now), action="retry-step")
+        return Transition(state=retried.start_window(now), action=Action.RETRY_STEP)
 
     if verdict.outcome is Outcome.INCONCLUSIVE:
         inconclusive = state.inconclusive + 1
@@ -126,7 +210,7 @@ def after_analysis(state: RolloutState, verdict: Verdict, now: datetime) -> Tran
             )
         # Extend: keep the window (its data still counts) and wait one more interval.
         updates["step_deadline"] = now + timedelta(seconds=spec.step_interval_s)
-        return Transition(state=state.model_copy(update=updates), action="extend-step")
+        return Transition(state=state.model_copy(update=updates), action=Action.EXTEND_STEP)
 
     errors = state.errors + 1
     updates["errors"] = errors
@@ -134,82 +218,162 @@ def after_analysis(state: RolloutState, verdict: Verdict, now: datetime) -> Tran
         return _rollback(
             state,
             updates,
-            f"metrics error limit reached ({errors}/{spec.error_limit}): {verdict.reason}",
+            f"error limit reached ({errors}/{spec.error_limit}): {verdict.reason}",
         )
     updates["step_deadline"] = now + timedelta(seconds=min(spec.step_interval_s, 10.0))
-    return Transition(state=state.model_copy(update=updates), action="retry-analysis")
+    return Transition(state=state.model_copy(update=updates), action=Action.RETRY_ANALYSIS)
+
+
+def reconcile(state: RolloutState, now: datetime) -> Transition:
+    """The traffic layer shows another weight: persisted intent wins, and the window
+    restarts because it saw other weights."""
+    return Transition(
+        state=state.start_window(now).model_copy(update={"updated_at": now}),
+        action=Action.RECONCILE,
+    )
 
 
 def _rollback(state: RolloutState, updates: dict[str, Any], reason: str) -> Transition:
     rolled = state.model_copy(
-        update={**updates, "phase": Phase.ROLLING_BACK, "canary_weight": 0, "message": reason}
+        update={
+            **updates,
+            "phase": Phase.ROLLING_BACK,
+            "canary_weight": 0,
+            "not_before": None,
+            "message": reason,
+        }
     )
-    return Transition(state=rolled, action="rollback")
+    return Transition(state=rolled, action=Action.ROLLBACK)
+
+
+# --- errors anywhere ----------------------------------------------------------------------
+
+
+def after_error(state: RolloutState, reason: str, now: datetime) -> Transition:
+    """Anything that went wrong in a tick, expected or not, as an ``error`` outcome.
+
+    It counts against the rollout's ``error_limit`` wherever it happens: the accuracy gate
+    fails, a canary rolls back, a promotion that cannot complete rolls back. A rollback
+    that cannot complete is retried (with back-off, each attempt recorded): giving up would
+    leave traffic on a candidate that was judged bad.
+    """
+    if state.phase is Phase.VALIDATING:
+        transition = after_validation(
+            state, ValidationVerdict(outcome=Outcome.ERROR, reason=reason), now
+        )
+        assert transition is not None  # an error always leads somewhere
+        return transition
+    if state.phase is Phase.PROGRESSING:
+        return after_analysis(state, Verdict(outcome=Outcome.ERROR, reason=reason), now)
+    errors = state.errors + 1
+    if state.phase is Phase.PROMOTING and errors >= state.spec.error_limit:
+        return _rollback(
+            state,
+            {"errors": errors, "updated_at": now},
+            f"promotion failed, error limit reached ({errors}/{state.spec.error_limit}): {reason}",
+        )
+    return _retry(
+        state, errors, now, f"{state.phase.value} failed, retrying: {reason}", Action.RETRY
+    )
+
+
+# --- the end ------------------------------------------------------------------------------
 
 
 def finish(state: RolloutState, now: datetime) -> Transition:
-    """After the backend promoted or rolled back: the terminal phase."""
+    """After the traffic layer promoted or rolled back: the terminal phase."""
     if state.phase is Phase.PROMOTING:
         done = state.model_copy(
             update={
                 "phase": Phase.SUCCEEDED,
                 "canary_weight": 0,
+                "errors": 0,
+                "not_before": None,
                 "updated_at": now,
                 "message": f"version {state.candidate.version} promoted to stable",
             }
         )
-        return Transition(state=done, action="promoted", event="promotion")
+        return Transition(state=done, action=Action.PROMOTED, event="promotion")
     final = Phase.ABORTED if state.aborted else Phase.ROLLED_BACK
-    done = state.model_copy(update={"phase": final, "canary_weight": 0, "updated_at": now})
+    done = state.model_copy(
+        update={"phase": final, "canary_weight": 0, "not_before": None, "updated_at": now}
+    )
     return Transition(
-        state=done, action="aborted" if state.aborted else "rolled-back", event="rollback"
+        state=done,
+        action=Action.ABORTED if state.aborted else Action.ROLLED_BACK,
+        event="rollback",
     )
 
 
-def command(state: RolloutState, name: str, now: datetime) -> Transition:
+# --- manual control -----------------------------------------------------------------------
+
+
+def command(state: RolloutState, name: Command, now: datetime) -> Transition:
     """Manual control: pause, resume, promote, abort."""
     if state.terminal:
-        raise CommandError(f"rollout {state.id} is {state.phase.value}; nothing to {name}")
+        raise CommandError(f"rollout {state.id} is {state.phase.value}; nothing to {name.value}")
     base = {"updated_at": now}
-    if name == "pause":
-        if state.paused:
-            raise CommandError(f"rollout {state.id} is already paused")
-        paused = state.model_copy(update={**base, "paused": True, "message": "paused by user"})
-        return Transition(state=paused, action="pause", event="pause")
-    if name == "resume":
-        if not state.paused:
-            raise CommandError(f"rollout {state.id} is not paused")
-        resumed = state.model_copy(update={**base, "paused": False, "message": "resumed by user"})
-        if resumed.phase is Phase.PROGRESSING:
-            resumed = resumed.start_window(now)  # a paused window is not evidence
-        return Transition(state=resumed, action="resume", event="resume")
-    if name == "promote":
-        if state.phase is not Phase.PROGRESSING:
-            raise CommandError(
-                f"rollout {state.id} is {state.phase.value}; only a "
-                "progressing canary can be promoted"
+    match name:
+        case Command.PAUSE:
+            if state.paused:
+                raise CommandError(f"rollout {state.id} is already paused")
+            paused = state.model_copy(update={**base, "paused": True, "message": "paused by user"})
+            return Transition(state=paused, action=Action.PAUSE, event="pause")
+        case Command.RESUME:
+            if not state.paused:
+                raise CommandError(f"rollout {state.id} is not paused")
+            resumed = state.model_copy(
+                update={**base, "paused": False, "message": "resumed by user"}
             )
-        promoted = state.model_copy(
-            update={
-                **base,
-                "phase": Phase.PROMOTING,
-                "paused": False,
-                "message": "promoted by user",
-            }
-        )
-        return Transition(state=promoted, action="promote")
-    if name == "abort":
-        if state.phase in (Phase.PROMOTING, Phase.ROLLING_BACK):
-            raise CommandError(f"rollout {state.id} is already {state.phase.value}")
-        aborted = state.model_copy(
-            update={
-                **base,
-                "phase": Phase.ROLLING_BACK,
-                "paused": False,
-                "aborted": True,
-                "canary_weight": 0,
-                "message": "aborted by user",
-            }
-        )
-        return Transition(state=aborted, action="rollback")
-    raise CommandError(f"unknown command {name!r}")
+            if resumed.phase is Phase.PROGRESSING:
+                resumed = resumed.start_window(now)  # a paused window is not evidence
+            return Transition(state=resumed, action=Action.RESUME, event="resume")
+        case Command.PROMOTE:
+            if state.phase is not Phase.PROGRESSING:
+                raise CommandError(
+                    f"rollout {state.id} is {state.phase.value}; only a "
+                    "progressing canary can be promoted"
+                )
+            promoted = state.model_copy(
+                update={
+                    **base,
+                    "phase": Phase.PROMOTING,
+                    "paused": False,
+                    "errors": 0,
+                    "message": "promoted by user",
+                }
+            )
+            return Transition(state=promoted, action=Action.PROMOTE)
+        case Command.ABORT:
+            if state.phase in (Phase.PROMOTING, Phase.ROLLING_BACK):
+                raise CommandError(f"rollout {state.id} is already {state.phase.value}")
+            aborted = state.model_copy(
+                update={
+                    **base,
+                    "phase": Phase.ROLLING_BACK,
+                    "paused": False,
+                    "aborted": True,
+                    "canary_weight": 0,
+                    "errors": 0,
+                    "not_before": None,
+                    "message": "aborted by user",
+                }
+            )
+            return Transition(state=aborted, action=Action.ROLLBACK)
+
+
+__all__ = [
+    "Action",
+    "Command",
+    "CommandError",
+    "RolloutState",
+    "Transition",
+    "ValidationVerdict",
+    "after_analysis",
+    "after_error",
+    "after_validation",
+    "candidate_started",
+    "command",
+    "finish",
+    "reconcile",
+]

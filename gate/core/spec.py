@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import itertools
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 
 class Phase(StrEnum):
@@ -36,49 +43,82 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
+# Bounds shared by AnalysisSpec and AnalysisOverrides: a request can only ask for what a
+# rollout can hold (finite, in range) and the store can write and read back.
+MAX_STEPS = 100
+MAX_STEP_INTERVAL_S = 86_400.0  # one day per step
+MAX_MIN_REQUESTS = 10**9
+MAX_P99_MS = 3_600_000.0  # one hour
+MAX_P99_RATIO = 1_000.0
+MAX_LIMIT = 1_000
+
+# JSON numbers only: strict refuses "5", true and 5.5 for an int (lax pydantic takes them);
+# allow_inf_nan refuses NaN and +-Infinity however they are spelled.
+STRICT_FINITE = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _integral(value: Any) -> Any:
+    """``10.0`` is an integer in JSON Schema (and to schemathesis); strict pydantic would
+    refuse it. Strings, booleans and ``10.5`` still fail as ``int_type``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integral = BeforeValidator(_integral)  # after the bounds, or they leave the JSON Schema
+Percent = Annotated[int, Field(ge=1, le=100), Integral]
+Steps = Annotated[list[Percent], Field(min_length=1, max_length=MAX_STEPS)]
+StepInterval = Annotated[float, Field(gt=0, le=MAX_STEP_INTERVAL_S)]
+MinRequests = Annotated[int, Field(ge=1, le=MAX_MIN_REQUESTS), Integral]
+Rate = Annotated[float, Field(ge=0, le=1)]
+P99Ms = Annotated[float, Field(gt=0, le=MAX_P99_MS)]
+P99Ratio = Annotated[float, Field(gt=0, le=MAX_P99_RATIO)]
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT), Integral]
+
+
+def _check_steps(steps: list[int]) -> list[int]:
+    if any(b <= a for a, b in itertools.pairwise(steps)):
+        raise ValueError("steps must increase")
+    return steps
+
+
 class AnalysisSpec(BaseModel):
     """How a candidate is judged. Every field can be overridden per rollout."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(**STRICT_FINITE, use_attribute_docstrings=True)
 
-    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100])
+    steps: Steps = Field(default_factory=lambda: [10, 25, 50, 100])
     """Canary traffic percentages, in order; the last one is reached before promotion."""
-    step_interval_s: float = Field(30.0, gt=0)
+    step_interval_s: StepInterval = 30.0
     """How long each step collects metrics before it is judged."""
-    min_requests: int = Field(50, ge=1)
+    min_requests: MinRequests = 50
     """Canary requests a step needs; fewer makes the step inconclusive (and extended)."""
-    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_error_rate: Rate = 0.01
     """Highest canary server-error rate (HTTP 5xx, gRPC INTERNAL/UNAVAILABLE/...)."""
-    max_error_rate_increase: float = Field(0.01, ge=0, le=1)
+    max_error_rate_increase: Rate = 0.01
     """How much the canary's error rate may exceed stable's in the same window."""
-    max_p99_ms: float = Field(250.0, gt=0)
+    max_p99_ms: P99Ms = 250.0
     """Highest canary latency p99 in milliseconds."""
-    max_p99_ratio: float = Field(3.0, gt=0)
+    max_p99_ratio: P99Ratio = 3.0
     """Highest canary p99 as a multiple of stable's p99 in the same window."""
-    max_drift: float = Field(0.1, ge=0, le=1)
+    max_drift: Rate = 0.1
     """Highest Jensen-Shannon divergence (base 2, 0..1) between the predicted-class
     distributions of canary and stable."""
-    failure_limit: int = Field(2, ge=1)
+    failure_limit: Limit = 2
     """Failed analyses that trigger a rollback."""
-    inconclusive_limit: int = Field(5, ge=1)
+    inconclusive_limit: Limit = 5
     """Extensions of a step for lack of data before the rollout is rolled back."""
-    error_limit: int = Field(5, ge=1)
+    error_limit: Limit = 5
     """Consecutive analyses with the metrics backend unreachable before a rollback."""
-    accuracy_threshold: float = Field(0.9, ge=0, le=1)
+    accuracy_threshold: Rate = 0.9
     """Offline and live-replay accuracy must both reach this."""
-    accuracy_tolerance: float = Field(0.05, ge=0, le=1)
+    accuracy_tolerance: Rate = 0.05
     """Largest allowed gap between offline and live-replay accuracy."""
 
     @field_validator("steps")
     @classmethod
-    def _steps_increase_to_at_most_100(cls, steps: list[int]) -> list[int]:
-        if not steps:
-            raise ValueError("at least one step is needed")
-        if any(not 0 < s <= 100 for s in steps):
-            raise ValueError("each step is a percentage in 1..100")
-        if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError("steps must increase")
-        return steps
+    def _steps_increase(cls, steps: list[int]) -> list[int]:
+        return _check_steps(steps)
 
 
 def steps_from_weights(step_weight: int, max_weight: int) -> list[int]:
@@ -88,22 +128,65 @@ def steps_from_weights(step_weight: int, max_weight: int) -> list[int]:
     return list(range(step_weight, max_weight + 1, step_weight))
 
 
-class Candidate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# A URI or path as the backends use it: bounded, no control characters (C0, DEL, C1),
+# and never a lone surrogate (the pattern check refuses those: JSON cannot store them).
+LOCATION_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+MAX_LOCATION_LENGTH = 2048
+MAX_VERSION_DIGITS = 18  # fits an int64 and a file name
+MAX_METRICS = 64
+METRIC_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
-    version: str = Field(pattern=r"^[0-9]+$", description="model version to roll out")
-    artifact_uri: str = Field(
+Location = Annotated[
+    str, Field(min_length=1, max_length=MAX_LOCATION_LENGTH, pattern=LOCATION_PATTERN)
+]
+MetricName = Annotated[str, Field(min_length=1, max_length=64, pattern=METRIC_NAME_PATTERN)]
+
+
+def _offline_metrics_schema(schema: dict[str, Any]) -> None:
+    """Say in the OpenAPI schema what the validator enforces: named keys, finite numbers,
+    ``accuracy`` required and in [0, 1] (pydantic would describe the key rule as
+    ``patternProperties``, which lets any other key through)."""
+    for key in ("patternProperties", "propertyNames", "additionalProperties"):
+        schema.pop(key, None)
+    schema.update(
+        type="object",
+        propertyNames={
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "pattern": METRIC_NAME_PATTERN,
+        },
+        additionalProperties={"type": "number"},
+        properties={"accuracy": {"type": "number", "minimum": 0, "maximum": 1}},
+        required=["accuracy"],
+        minProperties=1,
+        maxProperties=MAX_METRICS,
+    )
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(**STRICT_FINITE)
+
+    version: str = Field(
+        pattern=r"^[0-9]+$",
         min_length=1,
-        description="where the artifact is: a local registry path (local backend) or a "
-        "storage URI (kserve backend)",
+        max_length=MAX_VERSION_DIGITS,
+        description="model version to roll out: digits",
     )
-    offline_metrics: dict[str, float] = Field(
-        default_factory=dict, description="metrics from the pipeline; 'accuracy' is required"
+    artifact_uri: Location = Field(
+        description="where the artifact is: a directory inside the gate's registry (local "
+        "backend) or a storage URI under an allowed prefix (kserve backend)"
     )
-    holdout_uri: str | None = Field(
+    offline_metrics: dict[MetricName, float] = Field(
+        max_length=MAX_METRICS,
+        description="metrics from the pipeline, finite numbers; 'accuracy' (0..1) is required",
+        json_schema_extra=_offline_metrics_schema,
+    )
+    holdout_uri: Location | None = Field(
         None,
-        description="labelled held-out CSV for the live replay (a path or http(s) URL); "
-        "default: holdout.csv inside artifact_uri",
+        description="labelled held-out CSV for the live replay: the artifact's own "
+        "holdout.csv or a location under an operator-allowed prefix; default: holdout.csv "
+        "inside artifact_uri",
     )
 
     @field_validator("offline_metrics")
@@ -111,42 +194,66 @@ class Candidate(BaseModel):
     def _has_accuracy(cls, metrics: dict[str, float]) -> dict[str, float]:
         if "accuracy" not in metrics:
             raise ValueError("offline_metrics must include 'accuracy'")
+        if not 0 <= metrics["accuracy"] <= 1:
+            raise ValueError("offline_metrics.accuracy must be in [0, 1]")
         return metrics
 
 
 class AnalysisOverrides(BaseModel):
-    """Partial :class:`AnalysisSpec`; ``step_weight``/``max_weight`` build ``steps``."""
+    """Partial :class:`AnalysisSpec` with the same bounds; ``step_weight``/``max_weight``
+    build ``steps``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**STRICT_FINITE)
 
-    steps: list[int] | None = None
-    step_weight: int | None = Field(None, ge=1, le=100)
-    max_weight: int | None = Field(None, ge=1, le=100)
-    step_interval_s: float | None = None
-    min_requests: int | None = None
-    max_error_rate: float | None = None
-    max_error_rate_increase: float | None = None
-    max_p99_ms: float | None = None
-    max_p99_ratio: float | None = None
-    max_drift: float | None = None
-    failure_limit: int | None = None
-    inconclusive_limit: int | None = None
-    error_limit: int | None = None
-    accuracy_threshold: float | None = None
-    accuracy_tolerance: float | None = None
+    steps: Steps | None = None
+    step_weight: Percent | None = None
+    max_weight: Percent | None = None
+    step_interval_s: StepInterval | None = None
+    min_requests: MinRequests | None = None
+    max_error_rate: Rate | None = None
+    max_error_rate_increase: Rate | None = None
+    max_p99_ms: P99Ms | None = None
+    max_p99_ratio: P99Ratio | None = None
+    max_drift: Rate | None = None
+    failure_limit: Limit | None = None
+    inconclusive_limit: Limit | None = None
+    error_limit: Limit | None = None
+    accuracy_threshold: Rate | None = None
+    accuracy_tolerance: Rate | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase(cls, steps: list[int] | None) -> list[int] | None:
+        return None if steps is None else _check_steps(steps)
 
     @model_validator(mode="after")
     def _one_way_to_give_steps(self) -> AnalysisOverrides:
-        if self.steps is not None and (self.step_weight or self.max_weight):
+        weights = self.step_weight is not None or self.max_weight is not None
+        if self.steps is not None and weights:
             raise ValueError("give either steps or step_weight/max_weight, not both")
+        if weights and self.step_weight_or_default > self.max_weight_or_default:
+            raise ValueError(
+                f"step_weight ({self.step_weight_or_default}) must not exceed max_weight "
+                f"({self.max_weight_or_default})"
+            )
         return self
+
+    @property
+    def step_weight_or_default(self) -> int:
+        return self.step_weight if self.step_weight is not None else 10
+
+    @property
+    def max_weight_or_default(self) -> int:
+        return self.max_weight if self.max_weight is not None else 100
 
     def apply(self, base: AnalysisSpec) -> AnalysisSpec:
         values: dict[str, Any] = base.model_dump()
         given = self.model_dump(exclude_none=True)
-        step_weight = given.pop("step_weight", None)
-        max_weight = given.pop("max_weight", None)
-        if step_weight or max_weight:
-            given["steps"] = steps_from_weights(step_weight or 10, max_weight or 100)
+        given.pop("step_weight", None)
+        given.pop("max_weight", None)
+        if self.step_weight is not None or self.max_weight is not None:
+            given["steps"] = steps_from_weights(
+                self.step_weight_or_default, self.max_weight_or_default
+            )
         values.update(given)
         return AnalysisSpec.model_validate(values)

@@ -24,10 +24,10 @@ import asyncio
 import copy
 from typing import Any
 
-from gate.decide import RolloutState
-from gate.metrics import Targets
+from gate.core.state import RolloutState
+from gate.providers.base import Targets
 from gate.store import SQLiteStore, Stable
-from gate.traffic import TrafficBackend, TrafficError
+from gate.traffic.base import Readiness, TrafficBackend, TrafficError
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 VERSION_ANNOTATION = "irisgate.io/model-version"
@@ -35,6 +35,8 @@ STORAGE_ENV = "STORAGE_URI"
 
 
 class KServeTrafficBackend(TrafficBackend):
+    """One Kubernetes API, both seams: KServe splits traffic and deploys revisions."""
+
     name = "kserve"
 
     def __init__(
@@ -43,13 +45,11 @@ class KServeTrafficBackend(TrafficBackend):
         namespace: str,
         services: dict[str, list[str]],
         store: SQLiteStore,
-        ready_timeout_s: float = 600.0,
     ) -> None:
         self.api = api  # kubernetes.client.CustomObjectsApi
         self.namespace = namespace
         self.services = services
         self.store = store
-        self.ready_timeout_s = ready_timeout_s
 
     @classmethod
     def from_settings(cls, settings: Any, store: SQLiteStore) -> KServeTrafficBackend:
@@ -121,43 +121,58 @@ class KServeTrafficBackend(TrafficBackend):
             await self._patch(name, patch)
 
     # --- interface ---------------------------------------------------------------------------
-    async def ensure_stable(self, model: str) -> None:
+    async def ensure_stable(self, model: str) -> Stable | None:
+        found = None
         for name in self._names(model):
             service = await self._get(name)
-            if self.store.stable(model) is None:
+            if self.store.stable(model) is None and found is None:
                 version = (service["metadata"].get("annotations") or {}).get(VERSION_ANNOTATION)
                 if version:
-                    self.store.set_stable(
-                        Stable(
-                            model=model, version=version, artifact_uri=_storage_uri(service) or ""
-                        )
+                    found = Stable(
+                        model=model, version=version, artifact_uri=_storage_uri(service) or ""
                     )
+                    self.store.set_stable(found)
+        return found or self.store.stable(model)
 
-    async def start_candidate(self, state: RolloutState) -> dict[str, Any]:
-        urls: dict[str, str] = {}
+    async def ensure_stable_route(self, stable: Stable) -> None:
+        """KServe routes to the previous revision by itself."""
+
+    def plan_candidate(self, state: RolloutState) -> dict[str, Any]:
+        return {"services": self._names(state.model)}
+
+    async def start_candidate(self, state: RolloutState) -> None:
         for name in self._names(state.model):
             service = await self._get(name)
             if _storage_uri(service) != state.candidate.artifact_uri:
                 await self._patch(name, _candidate_patch(service, state))
-            urls[name] = await self._wait_for_latest(name)
-        return {"latest_urls": urls}
 
-    async def _wait_for_latest(self, name: str) -> str:
-        """The tag URL of the newest revision, once KServe reports it ready."""
-        deadline = asyncio.get_running_loop().time() + self.ready_timeout_s
-        while asyncio.get_running_loop().time() < deadline:
-            predictor = _predictor_status(await self._get(name))
+    async def candidate_ready(self, state: RolloutState) -> Readiness:
+        """Ready once every service's newest revision is ready with a 'latest' tag URL."""
+        urls: dict[str, str] = {}
+        for name in self._names(state.model):
+            service = await self._get(name)
+            if _storage_uri(service) != state.candidate.artifact_uri:
+                await self.start_candidate(state)  # a restarted gate: patch it again
+                return Readiness(False, f"InferenceService {name}: candidate not deployed yet")
+            predictor = _predictor_status(service)
             latest = predictor.get("latestCreatedRevision")
-            if latest and latest == predictor.get("latestReadyRevision"):
-                for entry in predictor.get("traffic") or []:
-                    if entry.get("tag") == "latest" and entry.get("url"):
-                        return str(entry["url"])
-            await asyncio.sleep(2.0)
-        raise TrafficError(
-            f"InferenceService {name}: the candidate revision is not ready "
-            f"with a 'latest' tag URL after {self.ready_timeout_s} s (is tag "
-            "routing enabled?)"
-        )
+            if not latest or latest != predictor.get("latestReadyRevision"):
+                return Readiness(False, f"InferenceService {name}: revision {latest} not ready")
+            url = next(
+                (
+                    str(entry["url"])
+                    for entry in predictor.get("traffic") or []
+                    if entry.get("tag") == "latest" and entry.get("url")
+                ),
+                None,
+            )
+            if url is None:
+                return Readiness(
+                    False,
+                    f"InferenceService {name}: no 'latest' tag URL (is tag routing enabled?)",
+                )
+            urls[name] = url
+        return Readiness(True, facts={"latest_urls": urls})
 
     def candidate_url(self, state: RolloutState) -> str:
         urls: dict[str, str] = state.backend_state.get("latest_urls", {})
@@ -187,16 +202,20 @@ class KServeTrafficBackend(TrafficBackend):
                 "spec": {"predictor": {"canaryTrafficPercent": None}},
             },
         )
-        self.store.set_stable(
-            Stable(
-                model=state.model,
-                version=state.candidate.version,
-                artifact_uri=state.candidate.artifact_uri,
-            )
+
+    def promoted_stable(self, state: RolloutState) -> Stable:
+        return Stable(
+            model=state.model,
+            version=state.candidate.version,
+            artifact_uri=state.candidate.artifact_uri,
         )
 
     async def rollback(self, state: RolloutState) -> None:
         await self._patch_all(state.model, {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
+
+    async def retire(self) -> list[str]:
+        """KServe keeps revisions itself; a rolled-back one takes no traffic."""
+        return []
 
     def metrics_targets(self, state: RolloutState) -> Targets:
         stable = self.store.stable(state.model)

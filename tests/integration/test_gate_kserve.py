@@ -12,10 +12,10 @@ import pytest
 from kubernetes import client
 
 from gate.controller import RolloutController
-from gate.kserve_traffic import KServeTrafficBackend
-from gate.spec import AnalysisSpec, Candidate, Phase
+from gate.core.spec import AnalysisSpec, Candidate, Phase
 from gate.store import SQLiteStore, Stable
-from gate.traffic import TrafficError
+from gate.traffic.base import TrafficError
+from gate.traffic.kserve import KServeTrafficBackend
 from tests.gate_fakes import FakeClock, FakeProvider, candidate_transport, write_holdout
 from tests.kserve_standin import StandIn, crd_path, inference_service
 
@@ -40,7 +40,7 @@ def standin() -> Iterator[StandIn]:
 
 def backend_for(standin: StandIn, store: SQLiteStore) -> KServeTrafficBackend:
     api = client.CustomObjectsApi(client.ApiClient(client.Configuration(host=standin.url)))
-    return KServeTrafficBackend(api, "models", {"iris": SERVICES}, store, ready_timeout_s=10)
+    return KServeTrafficBackend(api, "models", {"iris": SERVICES}, store)
 
 
 def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: Path) -> None:
@@ -55,6 +55,7 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
     holdout = write_holdout(tmp_path / "holdout")
     controller = RolloutController(
         store,
+        backend,
         backend,
         FakeProvider(),
         spec,
@@ -75,6 +76,7 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         clock.advance(advance)
         return asyncio.run(controller.tick(state.id)).phase
 
+    assert tick() is Phase.VALIDATING  # candidate revision requested, not waited for
     assert tick() is Phase.PROGRESSING
     for name in SERVICES:
         predictor = standin.objects[name]["spec"]["predictor"]
@@ -110,9 +112,8 @@ def test_services_that_disagree_are_reconciled(standin: StandIn, tmp_path: Path)
 
     backend = backend_for(standin, SQLiteStore(tmp_path / "gate.db"))
     rollout = rollout_state()
-    rollout = rollout.model_copy(
-        update={"backend_state": asyncio.run(backend.start_candidate(rollout))}
-    )
+    rollout = rollout.model_copy(update={"backend_state": backend.plan_candidate(rollout)})
+    asyncio.run(backend.start_candidate(rollout))
     assert asyncio.run(backend.get_weight(rollout)) == 0
     asyncio.run(backend._patch("iris-grpc", {"spec": {"predictor": {"canaryTrafficPercent": 30}}}))
     assert asyncio.run(backend.get_weight(rollout)) == -1  # the controller converges them

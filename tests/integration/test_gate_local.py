@@ -40,7 +40,7 @@ def test_healthy_canary_is_promoted(tmp_path: Path) -> None:
             detail = stack.wait_phase(rollout, {"succeeded", "rolled_back", "failed"})
         assert detail["phase"] == "succeeded", detail["message"]
         assert steps_taken(detail) == [25, 100]
-        gate_pass = detail["decisions"][1]
+        gate_pass = next(d for d in detail["decisions"] if d["action"] == "step")
         assert gate_pass["evidence"]["live_accuracy"] >= 0.9
         assert gate_pass["evidence"]["replayed_rows"] == 45
         passes = judged(detail, "pass")
@@ -144,7 +144,7 @@ def test_second_rollout_for_the_same_model_is_refused_while_one_is_active(
                 "model": "iris",
                 "candidate": {
                     "version": "2",
-                    "artifact_uri": "/x",
+                    "artifact_uri": str(stack.registry / "iris" / "2"),
                     "offline_metrics": {"accuracy": 0.95},
                 },
             },

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gate.analysis import WindowMeasurement
-from gate.metrics import MetricsUnavailable, PrometheusProvider, Targets
+from gate.core.analysis import WindowMeasurement
+from gate.providers.base import MetricsUnavailable, Targets
+from gate.providers.prometheus import PrometheusProvider
 from tests.gate_stack import build_registry
 from tests.helpers import (
     Predictor,

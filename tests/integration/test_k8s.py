@@ -219,7 +219,7 @@ def metric_problems(docs: Docs) -> list[str]:
         for group in rule_set["spec"]["groups"]:
             for rule in group["rules"]:
                 used |= set(re.findall(r"irisgate_[a-z_]+", rule["expr"]))
-    from gate.metrics import DEFAULT_QUERIES
+    from gate.providers.prometheus import DEFAULT_QUERIES
 
     for query in DEFAULT_QUERIES.values():
         used |= set(re.findall(r"irisgate_[a-z_]+", query))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gate.analysis import RoleWindow, WindowMeasurement, analyze, js_divergence
-from gate.metrics import histogram_quantile
-from gate.spec import AnalysisSpec, Outcome
+from gate.core.analysis import RoleWindow, WindowMeasurement, analyze, js_divergence
+from gate.core.spec import AnalysisSpec, Outcome
+from gate.providers.base import histogram_quantile
 
 SPEC = AnalysisSpec(
     min_requests=50,

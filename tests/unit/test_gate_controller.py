@@ -9,8 +9,11 @@ import httpx
 import pytest
 
 from gate.controller import RolloutController
-from gate.spec import AnalysisOverrides, AnalysisSpec, Candidate, Phase
+from gate.core.analysis import WindowMeasurement
+from gate.core.decide import CommandError
+from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Phase
 from gate.store import SQLiteStore
+from gate.traffic.base import TrafficError
 from tests.gate_fakes import (
     FakeBackend,
     FakeClock,
@@ -45,7 +48,14 @@ class Harness:
         """A fresh controller over the same store: what a restarted gate is."""
         http = httpx.AsyncClient(transport=candidate_transport(self.wrong))
         return RolloutController(
-            self.store, self.backend, self.provider, SPEC, clock=self.clock, http=http
+            self.store,
+            self.backend,
+            self.backend,
+            self.provider,
+            SPEC,
+            clock=self.clock,
+            http=http,
+            candidate_timeout_s=60,
         )
 
     def create(self, accuracy: float = 0.95) -> str:
@@ -58,6 +68,11 @@ class Harness:
         self.clock.advance(advance)
         return asyncio.run(self.controller.tick(rollout_id)).phase
 
+    def validate(self, rollout_id: str) -> Phase:
+        """Two ticks: the candidate is started (intent persisted first), then judged."""
+        assert self.tick(rollout_id) is Phase.VALIDATING
+        return self.tick(rollout_id)
+
     def actions(self, rollout_id: str) -> list[tuple[str, str | None, int]]:
         return [(d.action, d.outcome, d.canary_weight) for d in self.store.decisions(rollout_id)]
 
@@ -65,7 +80,7 @@ class Harness:
 def test_healthy_canary_walks_every_step_then_promotes(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
-    assert h.tick(rollout) is Phase.PROGRESSING  # accuracy gate passed, first step applied
+    assert h.validate(rollout) is Phase.PROGRESSING  # accuracy gate passed, first step applied
     assert h.backend.weight == 10
     assert h.tick(rollout, advance=10) is Phase.PROGRESSING  # window still open
     assert h.provider.measured == 0
@@ -77,6 +92,7 @@ def test_healthy_canary_walks_every_step_then_promotes(tmp_path: Path) -> None:
     assert h.backend.promoted == 1
     assert h.actions(rollout) == [
         ("create", None, 0),
+        ("candidate-started", None, 0),
         ("step", "pass", 10),
         ("step", "pass", 50),
         ("step", "pass", 100),
@@ -91,10 +107,10 @@ def test_healthy_canary_walks_every_step_then_promotes(tmp_path: Path) -> None:
 def test_skewed_candidate_fails_the_accuracy_gate_and_never_gets_traffic(tmp_path: Path) -> None:
     h = Harness(tmp_path, wrong_candidate=True)
     rollout = h.create()
-    assert h.tick(rollout) is Phase.FAILED
+    assert h.validate(rollout) is Phase.FAILED
     state = h.controller.get(rollout)
     assert "live replay accuracy 0.3333 is below the threshold" in state.message
-    assert h.backend.weights_set == [] and h.backend.rolled_back == 1
+    assert h.backend.weights_set == [] and h.backend.retired == 1
     evidence = h.store.decisions(rollout)[-1].evidence
     assert evidence["live_accuracy"] == pytest.approx(1 / 3)
     assert evidence["replayed_rows"] == 6
@@ -103,14 +119,14 @@ def test_skewed_candidate_fails_the_accuracy_gate_and_never_gets_traffic(tmp_pat
 def test_weak_offline_accuracy_fails_the_gate(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create(accuracy=0.7)
-    assert h.tick(rollout) is Phase.FAILED
+    assert h.validate(rollout) is Phase.FAILED
     assert "offline accuracy 0.7000 is below" in h.controller.get(rollout).message
 
 
 def test_failures_reach_the_limit_and_roll_back(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
-    h.tick(rollout)
+    h.validate(rollout)
     h.provider.script = [healthy(errors=20), healthy(errors=20)]
     assert h.tick(rollout, advance=31) is Phase.PROGRESSING  # first failure: retry the step
     assert h.backend.weight == 10
@@ -126,7 +142,7 @@ def test_failures_reach_the_limit_and_roll_back(tmp_path: Path) -> None:
 def test_no_data_extends_then_rolls_back_never_passes(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
-    h.tick(rollout)
+    h.validate(rollout)
     h.provider.default = healthy(requests=3)
     for _ in range(2):
         assert h.tick(rollout, advance=31) is Phase.PROGRESSING
@@ -138,17 +154,17 @@ def test_no_data_extends_then_rolls_back_never_passes(tmp_path: Path) -> None:
 def test_metrics_backend_down_has_its_own_limit(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
-    h.tick(rollout)
+    h.validate(rollout)
     h.provider.script = [None, None]
     assert h.tick(rollout, advance=31) is Phase.PROGRESSING
     assert h.tick(rollout, advance=11) is Phase.ROLLED_BACK
-    assert "metrics error limit reached (2/2)" in h.controller.get(rollout).message
+    assert "error limit reached (2/2): metrics" in h.controller.get(rollout).message
 
 
 def test_restart_resumes_without_repeating_or_skipping(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
-    h.tick(rollout)
+    h.validate(rollout)
     h.tick(rollout, advance=31)  # now at 50 %
     h.controller = h.new_controller()  # the gate restarted
     assert h.tick(rollout) is Phase.PROGRESSING
@@ -163,7 +179,7 @@ def test_restart_resumes_without_repeating_or_skipping(tmp_path: Path) -> None:
 def test_crash_between_persist_and_apply_is_reconciled(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
-    h.tick(rollout)
+    h.validate(rollout)
     h.tick(rollout, advance=31)  # persisted and applied 50 %
     h.backend.weight = 10  # as if the gate died before the router heard about 50 %
     h.controller = h.new_controller()
@@ -178,19 +194,99 @@ def test_crash_between_persist_and_apply_is_reconciled(tmp_path: Path) -> None:
     )
 
 
-def test_infrastructure_errors_during_validation_are_retried(tmp_path: Path) -> None:
+def test_infrastructure_errors_during_validation_are_retried_after_a_back_off(
+    tmp_path: Path,
+) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
     h.backend.unreachable = True
     assert h.tick(rollout) is Phase.VALIDATING
+    decision = h.store.decisions(rollout)[-1]
+    assert (decision.action, decision.outcome) == ("retry-validation", "error")
+    assert decision.evidence["exception"] == "TrafficError"
     h.backend.unreachable = False
-    assert h.tick(rollout) is Phase.PROGRESSING
+    assert h.tick(rollout) is Phase.VALIDATING  # back-off: not retried at once
+    assert [a for a, _, _ in h.actions(rollout)][-1] == "retry-validation"
+    assert h.tick(rollout, advance=1) is Phase.PROGRESSING
+
+
+def test_a_candidate_that_never_gets_ready_fails_at_its_deadline_without_blocking(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.backend.ready_after = None
+    rollout = h.create()
+    assert h.validate(rollout) is Phase.VALIDATING  # each tick returns at once
+    assert h.tick(rollout, advance=59) is Phase.VALIDATING
+    assert [a for a, _, _ in h.actions(rollout)] == ["create", "candidate-started"]
+    assert h.tick(rollout, advance=2) is Phase.FAILED
+    assert "not ready yet (fake) by the deadline" in h.controller.get(rollout).message
+    assert h.backend.weights_set == [] and h.backend.retired == 1
+
+
+def test_a_candidate_whose_process_exited_fails_at_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.backend.exited = True
+    rollout = h.create()
+    assert h.validate(rollout) is Phase.FAILED
+    decision = h.store.decisions(rollout)[-1]
+    assert (decision.action, decision.outcome) == ("fail", "fail")
+    assert "predictor exited with 3" in decision.reason
+
+
+class Exploding(FakeProvider):
+    async def measure(self, *args: object, **kwargs: object) -> WindowMeasurement:
+        raise OverflowError("date value out of range")
+
+
+def test_any_exception_in_a_tick_is_an_error_decision_with_a_limit(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.provider = Exploding()
+    h.controller = h.new_controller()
+    rollout = h.create()
+    h.validate(rollout)
+    assert h.tick(rollout, advance=31) is Phase.PROGRESSING
+    decision = h.store.decisions(rollout)[-1]
+    assert (decision.action, decision.outcome) == ("retry-analysis", "error")
+    assert decision.evidence == {
+        "exception": "OverflowError",
+        "message": "date value out of range",
+    }
+    assert h.tick(rollout, advance=11) is Phase.ROLLED_BACK  # error_limit is 2
+    assert "error limit reached (2/2): OverflowError" in h.controller.get(rollout).message
+
+
+def test_a_promotion_that_keeps_failing_rolls_back_at_the_error_limit(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.validate(rollout)
+    h.backend.unreachable = True
+    state = asyncio.run(h.controller.command(rollout, "promote"))
+    assert state.phase is Phase.PROMOTING and state.errors == 1  # the request itself is fine
+    h.backend.unreachable = False
+
+    async def promote_fails(state: object) -> None:
+        raise TrafficError("router refused (fake)")
+
+    h.backend.promote = promote_fails  # type: ignore[method-assign]
+    assert h.tick(rollout, advance=1) is Phase.ROLLED_BACK
+    assert [a for a, _, _ in h.actions(rollout)][-2:] == ["rollback", "rolled-back"]
+
+
+def test_commands_after_the_end_are_conflicts(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.validate(rollout)
+    asyncio.run(h.controller.command(rollout, "abort"))
+    with pytest.raises(CommandError, match="is aborted; nothing to pause"):
+        asyncio.run(h.controller.command(rollout, "pause"))
+    assert CommandError("x").status == 409
 
 
 def test_manual_commands(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
-    h.tick(rollout)
+    h.validate(rollout)
     asyncio.run(h.controller.command(rollout, "pause"))
     measured = h.provider.measured
     h.tick(rollout, advance=100)
@@ -200,7 +296,7 @@ def test_manual_commands(tmp_path: Path) -> None:
     assert state.phase is Phase.SUCCEEDED and h.backend.promoted == 1
 
     second = h.create()
-    h.tick(second)
+    h.validate(second)
     assert asyncio.run(h.controller.command(second, "abort")).phase is Phase.ABORTED
     assert h.backend.weight == 0
 

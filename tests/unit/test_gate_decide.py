@@ -6,17 +6,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gate.analysis import RoleWindow, Verdict, WindowMeasurement
-from gate.decide import (
+from gate.core.analysis import RoleWindow, Verdict, WindowMeasurement
+from gate.core.decide import (
+    Action,
+    Command,
     CommandError,
     RolloutState,
+    ValidationVerdict,
     after_analysis,
-    begin_canary,
+    after_error,
+    after_validation,
+    candidate_started,
     command,
-    fail_validation,
     finish,
 )
-from gate.spec import AnalysisSpec, Candidate, Outcome, Phase
+from gate.core.spec import AnalysisSpec, Candidate, Outcome, Phase
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = AnalysisSpec(
@@ -54,20 +58,77 @@ def progressing(step: int = 0, **changes: object) -> RolloutState:
     ).start_window(NOW)
 
 
+def validating(**changes: object) -> RolloutState:
+    return candidate_started(state(**changes), {"canary": {"http": "x"}}, NOW, 60).state
+
+
 def test_accuracy_gate_pass_starts_first_step_and_fail_ends_without_traffic() -> None:
-    started = begin_canary(state(), NOW, "ok")
+    started = after_validation(
+        validating(), ValidationVerdict(outcome=Outcome.PASS, reason="ok"), NOW
+    )
+    assert started is not None
     assert (started.state.phase, started.state.canary_weight, started.action) == (
         Phase.PROGRESSING,
         10,
-        "step",
+        Action.STEP,
     )
     assert started.state.step_deadline == NOW + timedelta(seconds=30)
-    failed = fail_validation(state(), NOW, "too weak")
-    assert (failed.state.phase, failed.state.canary_weight, failed.event) == (
+    failed = after_validation(
+        validating(), ValidationVerdict(outcome=Outcome.FAIL, reason="too weak"), NOW
+    )
+    assert failed is not None
+    assert (failed.state.phase, failed.state.canary_weight, failed.event, failed.action) == (
         Phase.FAILED,
         0,
         "failure",
+        Action.FAIL,
     )
+
+
+def test_a_candidate_not_ready_is_waited_for_until_its_deadline() -> None:
+    waiting = validating()
+    assert waiting.candidate_deadline == NOW + timedelta(seconds=60)
+    not_ready = ValidationVerdict(outcome=Outcome.INCONCLUSIVE, reason="not ready")
+    assert after_validation(waiting, not_ready, NOW + timedelta(seconds=59)) is None
+    late = after_validation(waiting, not_ready, NOW + timedelta(seconds=60))
+    assert late is not None and late.state.phase is Phase.FAILED
+    assert "not ready by the deadline" in late.state.message
+
+
+def test_accuracy_gate_errors_retry_after_a_back_off_up_to_the_limit() -> None:
+    error = ValidationVerdict(outcome=Outcome.ERROR, reason="router down")
+    first = after_validation(validating(), error, NOW)
+    assert first is not None and first.action is Action.RETRY_VALIDATION
+    assert first.state.not_before == NOW + timedelta(seconds=1)
+    second = after_validation(first.state, error, NOW)
+    assert second is not None and second.state.phase is Phase.FAILED  # error_limit is 2
+    assert "error limit reached (2/2): router down" in second.state.message
+
+
+@pytest.mark.parametrize(
+    ("phase", "errors", "action", "next_phase"),
+    [
+        (Phase.VALIDATING, 0, Action.RETRY_VALIDATION, Phase.VALIDATING),
+        (Phase.VALIDATING, 1, Action.FAIL, Phase.FAILED),
+        (Phase.PROGRESSING, 0, Action.RETRY_ANALYSIS, Phase.PROGRESSING),
+        (Phase.PROGRESSING, 1, Action.ROLLBACK, Phase.ROLLING_BACK),
+        (Phase.PROMOTING, 0, Action.RETRY, Phase.PROMOTING),
+        (Phase.PROMOTING, 1, Action.ROLLBACK, Phase.ROLLING_BACK),
+        # a rollback is never given up: traffic must leave a candidate judged bad
+        (Phase.ROLLING_BACK, 0, Action.RETRY, Phase.ROLLING_BACK),
+        (Phase.ROLLING_BACK, 7, Action.RETRY, Phase.ROLLING_BACK),
+    ],
+)
+def test_an_error_anywhere_counts_against_the_error_limit(
+    phase: Phase, errors: int, action: Action, next_phase: Phase
+) -> None:
+    before = progressing(0, errors=errors).model_copy(update={"phase": phase})
+    transition = after_error(before, "OverflowError: boom", NOW)
+    assert (transition.action, transition.state.phase) == (action, next_phase)
+    assert transition.state.errors == errors + 1
+    assert "OverflowError: boom" in transition.state.message
+    if action is Action.RETRY:
+        assert transition.state.not_before == NOW + timedelta(seconds=min(2.0**errors, 30))
 
 
 @pytest.mark.parametrize(
@@ -150,30 +211,30 @@ def test_finish(phase: Phase, final: Phase, action: str, event: str) -> None:
 
 
 def test_commands() -> None:
-    paused = command(progressing(1), "pause", NOW).state
+    paused = command(progressing(1), Command.PAUSE, NOW).state
     assert paused.paused
     with pytest.raises(CommandError, match="already paused"):
-        command(paused, "pause", NOW)
+        command(paused, Command.PAUSE, NOW)
     later = NOW + timedelta(seconds=99)
-    resumed = command(paused, "resume", later).state
+    resumed = command(paused, Command.RESUME, later).state
     assert not resumed.paused and resumed.window_start == later
     with pytest.raises(CommandError, match="not paused"):
-        command(resumed, "resume", NOW)
-    promoted = command(progressing(0), "promote", NOW).state
+        command(resumed, Command.RESUME, NOW)
+    promoted = command(progressing(0), Command.PROMOTE, NOW).state
     assert promoted.phase is Phase.PROMOTING
     with pytest.raises(CommandError, match="only a progressing canary"):
-        command(state(), "promote", NOW)
-    aborted = command(progressing(1), "abort", NOW).state
+        command(state(), Command.PROMOTE, NOW)
+    aborted = command(progressing(1), Command.ABORT, NOW).state
     assert (aborted.phase, aborted.aborted, aborted.canary_weight) == (Phase.ROLLING_BACK, True, 0)
     assert finish(aborted, NOW).state.phase is Phase.ABORTED
     with pytest.raises(CommandError, match="succeeded"):
-        command(state(phase=Phase.SUCCEEDED), "abort", NOW)
-    with pytest.raises(CommandError, match="unknown command"):
-        command(progressing(0), "explode", NOW)
+        command(state(phase=Phase.SUCCEEDED), Command.ABORT, NOW)
+    with pytest.raises(ValueError, match="is not a valid Command"):
+        command(progressing(0), Command("explode"), NOW)
 
 
 def test_spec_validation_and_overrides() -> None:
-    from gate.spec import AnalysisOverrides
+    from gate.core.spec import AnalysisOverrides
 
     with pytest.raises(ValueError, match="steps must increase"):
         AnalysisSpec(steps=[50, 10])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gate.metrics import PrometheusProvider, parse_counters, window_delta
+from gate.providers.prometheus import PrometheusProvider
+from gate.providers.scrape import parse_counters, window_delta
 from predictor.metrics import PredictorMetrics
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gate.decide import RolloutState
+from gate.core.decide import RolloutState
+from gate.core.spec import AnalysisSpec, Candidate, Phase
 from gate.notify import WebhookNotifier, slack_message
-from gate.spec import AnalysisSpec, Candidate, Phase
 from gate.store import ActiveRolloutExists, SQLiteStore, Stable
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -122,3 +122,24 @@ def test_slack_payload_shape(tmp_path: Path) -> None:
     assert set(message) == {"text", "attachments", "irisgate"}
     assert message["attachments"][0]["color"] == "danger"
     assert message["irisgate"]["rollout_id"] == "a"
+
+
+def test_an_unreadable_row_is_quarantined_not_a_failed_listing(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = SQLiteStore(path)
+    store.create(rollout("good"))
+    store.create(rollout("bad", model="other"))
+    # a row written by an older gate, or edited by hand, that no longer validates
+    store._db.execute(
+        "UPDATE rollouts SET state = json_set(state, '$.candidate.offline_metrics', "
+        "json('{}')) WHERE id = 'bad'"
+    )
+    assert [r.id for r in store.rollouts()] == ["good"]
+    assert store.get("bad") is None
+    [quarantined] = store.quarantined()
+    assert (quarantined.rollout_id, quarantined.model) == ("bad", "other")
+    assert "offline_metrics" in quarantined.reason
+    assert [r.id for r in store.rollouts(active_only=True)] == ["good"]
+    store.create(rollout("again", model="other"))  # the model is free again
+    store.close()
+    assert SQLiteStore(path).instance == store.instance  # one identity per database

@@ -1,0 +1,1 @@
+"""Where canary and stable measurements come from: a seam and its implementations."""
