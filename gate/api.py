@@ -1,30 +1,49 @@
-"""The gate's HTTP API: an app factory, one router for rollouts, health and metrics."""
+"""The gate's HTTP API: the rollout routes, health and metrics, and the one error handler
+for the gate's error family. The app is built by :mod:`gate.app`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
-import json
 import logging
-from collections.abc import AsyncIterator
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from gate.confine import confine_candidate
 from gate.controller import RolloutController, RolloutNotFound
-from gate.decide import CommandError
-from gate.metrics import MetricsProvider, make_provider
-from gate.notify import WebhookNotifier
-from gate.observability import GateMetrics
-from gate.schemas import DecisionPublic, ErrorPublic, RolloutCreate, RolloutDetail, RolloutPublic
+from gate.core.decide import Command, CommandError
+from gate.core.errors import Conflict, GateError, NotFound
+from gate.schemas import (
+    DecisionPublic,
+    ErrorPublic,
+    RolloutCreate,
+    RolloutDetail,
+    RolloutPublic,
+    ValidationErrorPublic,
+    ValidationIssue,
+)
 from gate.settings import GateSettings
-from gate.store import ActiveRolloutExists, SQLiteStore, Stable
-from gate.traffic import TrafficBackend, TrafficError, make_backend
+from gate.store import ActiveRolloutExists, Quarantined
 
 logger = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="GATE_API_TOKEN")
@@ -36,6 +55,23 @@ def get_controller(request: Request) -> RolloutController:
 
 
 ControllerDep = Annotated[RolloutController, Depends(get_controller)]
+
+
+def get_settings(request: Request) -> GateSettings:
+    settings: GateSettings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[GateSettings, Depends(get_settings)]
+RolloutId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="rollout id, as returned by POST /v1/rollouts",
+    ),
+]
 
 
 def require_token(
@@ -54,22 +90,53 @@ def require_token(
 
 
 TokenDep = Depends(require_token)
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorPublic},
-    404: {"model": ErrorPublic},
-    409: {"model": ErrorPublic},
+
+# Every status a route can answer is listed on it (schemathesis holds the API to this).
+Responses = dict[int | str, dict[str, Any]]
+UNAUTHORIZED: Responses = {
+    401: {"model": ErrorPublic, "description": "missing or wrong bearer token"}
 }
+NOT_FOUND: Responses = {404: {"model": ErrorPublic, "description": "no such rollout"}}
+CONFLICT: Responses = {
+    409: {"model": ErrorPublic, "description": "not possible in the rollout's current state"}
+}
+INVALID: Responses = {
+    422: {"model": ValidationErrorPublic, "description": "the request does not match the schema"}
+}
+INVALID_OR_REFUSED: Responses = {
+    422: {
+        "model": ValidationErrorPublic | ErrorPublic,
+        "description": "the request does not match the schema (a list of problems), or a "
+        "well-formed field is not allowed here, e.g. an artifact outside the registry "
+        "(one message naming the field)",
+    }
+}
+UNREADABLE: Responses = {
+    400: {"model": ErrorPublic, "description": "the body cannot be read (e.g. not UTF-8)"}
+}
+COMMAND_RESPONSES: Responses = {**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID}
 
-rollouts = APIRouter(prefix="/v1/rollouts", tags=["rollouts"], responses=ERRORS)
+rollouts = APIRouter(prefix="/v1/rollouts", tags=["rollouts"])
 
 
-@rollouts.post("", status_code=status.HTTP_201_CREATED, dependencies=[TokenDep])
-def create_rollout(body: RolloutCreate, controller: ControllerDep) -> RolloutPublic:
-    """Start a rollout: accuracy gate, then canary steps. One active rollout per model."""
+@rollouts.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[TokenDep],
+    responses={**UNREADABLE, **UNAUTHORIZED, **CONFLICT, **INVALID_OR_REFUSED},
+)
+def create_rollout(
+    body: RolloutCreate, controller: ControllerDep, settings: SettingsDep
+) -> RolloutPublic:
+    """Start a rollout: accuracy gate, then canary steps. One active rollout per model.
+
+    The artifact must come from the operator's registry (or allowed storage) and the
+    held-out set from the artifact itself or an allowed prefix (422 otherwise)."""
+    confine_candidate(body.candidate, settings)
     try:
         state = controller.create(body.model, body.candidate, body.analysis)
     except ActiveRolloutExists as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        raise Conflict(str(exc)) from exc
     except ValidationError as exc:  # overrides valid alone, invalid on top of the defaults
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -79,53 +146,66 @@ def create_rollout(body: RolloutCreate, controller: ControllerDep) -> RolloutPub
     return RolloutPublic.of(state)
 
 
-@rollouts.get("")
-def list_rollouts(controller: ControllerDep, active: bool = False) -> list[RolloutPublic]:
+@rollouts.get("", responses=INVALID)
+def list_rollouts(
+    controller: ControllerDep,
+    active: Annotated[bool, Query(description="only rollouts still in progress")] = False,
+) -> list[RolloutPublic]:
     return [RolloutPublic.of(s) for s in controller.store.rollouts(active_only=active)]
 
 
-@rollouts.get("/{rollout_id}")
-def get_rollout(rollout_id: str, controller: ControllerDep) -> RolloutDetail:
+quarantine = APIRouter(prefix="/v1/quarantine", tags=["rollouts"])
+
+
+@quarantine.get("")
+def list_quarantined(controller: ControllerDep) -> list[Quarantined]:
+    """Stored rollouts that could not be read back, with the reason: kept, never ticked,
+    never a failed listing."""
+    return controller.store.quarantined()
+
+
+@rollouts.get("/{rollout_id}", responses={**NOT_FOUND, **INVALID})
+def get_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutDetail:
     """The rollout with its whole decision history and the evidence for each decision."""
     try:
         state = controller.get(rollout_id)
     except RolloutNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no rollout {rollout_id}") from exc
+        raise NotFound(f"no rollout {rollout_id}") from exc
     decisions = [DecisionPublic.of(d) for d in controller.store.decisions(rollout_id)]
     return RolloutDetail(
         **RolloutPublic.of(state).model_dump(), analysis=state.spec, decisions=decisions
     )
 
 
-async def _command(controller: RolloutController, rollout_id: str, name: str) -> RolloutPublic:
+async def _command(controller: RolloutController, rollout_id: str, name: Command) -> RolloutPublic:
     try:
         return RolloutPublic.of(await controller.command(rollout_id, name))
     except RolloutNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no rollout {rollout_id}") from exc
+        raise NotFound(f"no rollout {rollout_id}") from exc
     except CommandError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        raise Conflict(str(exc)) from exc
 
 
-@rollouts.post("/{rollout_id}/pause", dependencies=[TokenDep])
-async def pause_rollout(rollout_id: str, controller: ControllerDep) -> RolloutPublic:
-    return await _command(controller, rollout_id, "pause")
+@rollouts.post("/{rollout_id}/pause", dependencies=[TokenDep], responses=COMMAND_RESPONSES)
+async def pause_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutPublic:
+    return await _command(controller, rollout_id, Command.PAUSE)
 
 
-@rollouts.post("/{rollout_id}/resume", dependencies=[TokenDep])
-async def resume_rollout(rollout_id: str, controller: ControllerDep) -> RolloutPublic:
-    return await _command(controller, rollout_id, "resume")
+@rollouts.post("/{rollout_id}/resume", dependencies=[TokenDep], responses=COMMAND_RESPONSES)
+async def resume_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutPublic:
+    return await _command(controller, rollout_id, Command.RESUME)
 
 
-@rollouts.post("/{rollout_id}/promote", dependencies=[TokenDep])
-async def promote_rollout(rollout_id: str, controller: ControllerDep) -> RolloutPublic:
+@rollouts.post("/{rollout_id}/promote", dependencies=[TokenDep], responses=COMMAND_RESPONSES)
+async def promote_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutPublic:
     """Skip the remaining steps and promote the candidate now."""
-    return await _command(controller, rollout_id, "promote")
+    return await _command(controller, rollout_id, Command.PROMOTE)
 
 
-@rollouts.post("/{rollout_id}/abort", dependencies=[TokenDep])
-async def abort_rollout(rollout_id: str, controller: ControllerDep) -> RolloutPublic:
+@rollouts.post("/{rollout_id}/abort", dependencies=[TokenDep], responses=COMMAND_RESPONSES)
+async def abort_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutPublic:
     """Roll back now: canary weight 0, candidate removed."""
-    return await _command(controller, rollout_id, "abort")
+    return await _command(controller, rollout_id, Command.ABORT)
 
 
 operations = APIRouter(tags=["operations"])
@@ -136,110 +216,91 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@operations.get("/readyz")
+@operations.get(
+    "/readyz",
+    responses={503: {"description": "not ready, with the reason", "model": dict[str, str]}},
+)
 def readyz(request: Request, response: Response) -> dict[str, str]:
-    """Ready once the stable predictor is known to serve."""
+    """Ready once the stable predictors serve and the controller loop is ticking."""
     problem: str = request.app.state.not_ready
+    controller: RolloutController = request.app.state.controller
+    settings: GateSettings = request.app.state.settings
+    stale_after = max(5 * settings.tick_interval_s, 10.0)
+    if not problem and (
+        controller.last_loop is None or time.monotonic() - controller.last_loop > stale_after
+    ):
+        problem = f"the controller loop has not completed a pass in {stale_after:g} s"
     if problem:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return {"status": "not ready", "reason": problem}
     return {"status": "ready"}
 
 
-@operations.get("/metrics")
+@operations.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition"}},
+)
 def metrics(request: Request) -> Response:
     registry: CollectorRegistry = request.app.state.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def register_initial_stable(settings: GateSettings, store: SQLiteStore) -> None:
-    """Local backend: record the stable the operator named, if none is recorded yet."""
-    if settings.stable_model_dir is None or store.stable(settings.model_name) is not None:
-        return
-    metadata = json.loads((settings.stable_model_dir / "model.json").read_text())
-    store.set_stable(
-        Stable(
-            model=settings.model_name,
-            version=str(metadata["version"]),
-            artifact_uri=str(settings.stable_model_dir.resolve()),
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """One handler for the gate's error family (its own status, ``{"detail": message}``),
+    and FastAPI's 422 body made safe to render whatever the request held."""
+    app.add_exception_handler(GateError, _gate_error_response)
+    app.add_exception_handler(RequestValidationError, _validation_error_response)
+    app.add_exception_handler(StarletteHTTPException, _http_error_response)
+
+
+async def _gate_error_response(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, GateError):  # registered for GateError only
+        raise exc
+    return JSONResponse(ErrorPublic(detail=exc.detail).model_dump(), status_code=exc.status)
+
+
+async def _validation_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's body without ``input`` and ``ctx``: FastAPI's own handler echoes the
+    input, and a NaN or a lone surrogate in it made the 422 itself fail (a 500), while a
+    1 MB field came back whole. Locations name the field (dict keys come from the client:
+    cut and made encodable)."""
+    if not isinstance(exc, RequestValidationError):  # registered for it only
+        raise exc
+    issues = [
+        ValidationIssue(
+            loc=[_printable(part) if isinstance(part, str) else part for part in error["loc"]],
+            msg=_printable(str(error["msg"]), 500),
+            type=str(error["type"]),
         )
-    )
+        for error in exc.errors()
+    ]
+    body = ValidationErrorPublic(detail=issues)
+    return JSONResponse(body.model_dump(), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
-async def _bring_up_stable(
-    app: FastAPI, backend: TrafficBackend, model: str, stop: asyncio.Event
-) -> None:
-    while not stop.is_set():
-        try:
-            await backend.ensure_stable(model)
-        except TrafficError as exc:
-            app.state.not_ready = f"stable not serving yet: {exc}"
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            continue
-        app.state.not_ready = ""
-        return
-
-
-def create_app(
-    settings: GateSettings,
-    backend: TrafficBackend | None = None,
-    provider: MetricsProvider | None = None,
-) -> FastAPI:
-    """Everything is built here, from settings: unknown backend names fail now.
-
-    ``backend`` and ``provider`` replace the configured ones (tests pass fakes).
-    """
-    store = SQLiteStore(settings.db_path)
-    registry = CollectorRegistry()
-    gate_metrics = GateMetrics(registry)
-    backend = backend or make_backend(settings, store)
-    provider = provider or make_provider(
-        settings.metrics_provider, settings.prometheus_url, settings.prometheus_queries
-    )
-    controller = RolloutController(
-        store, backend, provider, settings.analysis_defaults(), gate_metrics
-    )
-    notifier = WebhookNotifier(
-        settings.webhook_urls, store, gate_metrics, max_passes=settings.webhook_max_passes
-    )
-    if settings.traffic_backend == "local":
-        register_initial_stable(settings, store)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(controller.run(settings.tick_interval_s, stop)),
-            asyncio.create_task(notifier.run(settings.webhook_interval_s, stop)),
-        ]
-        if store.stable(settings.model_name) is not None or settings.traffic_backend != "local":
-            tasks.append(
-                asyncio.create_task(_bring_up_stable(app, backend, settings.model_name, stop))
+async def _http_error_response(request: Request, exc: Exception) -> Response:
+    """FastAPI's own, except that a 405 lists every method of the path in ``Allow``:
+    Starlette names only the first route it matched (``POST`` for ``/v1/rollouts``)."""
+    if not isinstance(exc, StarletteHTTPException):  # registered for it only
+        raise exc
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        allowed = [
+            method
+            for method in HTTP_METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] is Match.FULL
+                for route in request.app.router.routes
             )
-        else:
-            app.state.not_ready = f"no stable version of {settings.model_name} recorded"
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await controller.aclose()
-            await notifier.aclose()
-            await provider.aclose()
-            await backend.aclose()
-            store.close()
+        ]
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+    return await http_exception_handler(request, exc)
 
-    app = FastAPI(
-        title="irisgate gate",
-        version="0.1.0",
-        lifespan=lifespan,
-        description="Accuracy gate and progressive canary analysis.",
-    )
-    app.state.settings = settings
-    app.state.controller = controller
-    app.state.registry = registry
-    app.state.not_ready = "starting"
-    app.include_router(rollouts)
-    app.include_router(operations)
-    return app
+
+def _printable(text: str, limit: int = 100) -> str:
+    cut = text if len(text) <= limit else f"{text[:limit]}..."
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -6,15 +6,19 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gate.decide import RolloutState
-from gate.spec import AnalysisOverrides, AnalysisSpec, Candidate
+from gate.core.decide import RolloutState
+from gate.core.spec import STRICT_FINITE, AnalysisOverrides, AnalysisSpec, Candidate
 from gate.store import Decision, DecisionEntry
 
 
 class RolloutCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**STRICT_FINITE)
 
-    model: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    model: str = Field(
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        max_length=63,
+        description="model name (a DNS label)",
+    )
     candidate: Candidate
     analysis: AnalysisOverrides | None = None
 
@@ -69,4 +73,21 @@ class RolloutDetail(RolloutPublic):
 
 
 class ErrorPublic(BaseModel):
+    """Every error the gate itself answers with (401, 404, 409, and 422 for a refused
+    candidate): one message naming the field or the thing."""
+
     detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One problem in a request, as FastAPI reports it: where (``loc``), what, which rule."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorPublic(BaseModel):
+    """FastAPI's 422 body for a request that does not match its schema."""
+
+    detail: list[ValidationIssue]
