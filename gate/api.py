@@ -132,9 +132,9 @@ def create_rollout(
 
     The artifact must come from the operator's registry (or allowed storage) and the
     held-out set from the artifact itself or an allowed prefix (422 otherwise)."""
-    confine_candidate(body.candidate, settings)
+    candidate = confine_candidate(body.candidate, settings)
     try:
-        state = controller.create(body.model, body.candidate, body.analysis)
+        state = controller.create(body.model, candidate, body.analysis)
     except ActiveRolloutExists as exc:
         raise Conflict(str(exc)) from exc
     except ValidationError as exc:  # overrides valid alone, invalid on top of the defaults

@@ -39,6 +39,7 @@ def register_initial_stables(settings: GateSettings, store: SQLiteStore) -> None
                     model=model,
                     version=str(metadata["version"]),
                     artifact_uri=str(directory.resolve()),
+                    digest=f"sha256:{metadata['sha256']}" if "sha256" in metadata else None,
                 )
             )
 

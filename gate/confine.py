@@ -17,6 +17,7 @@ Every refusal is a :class:`gate.core.errors.Refused` naming the field (HTTP 422)
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -27,25 +28,45 @@ from gate.settings import GateSettings
 
 ARTIFACT = "candidate.artifact_uri"
 HOLDOUT = "candidate.holdout_uri"
+DIGEST = "candidate.digest"
+MANIFEST_FILE = "model.json"
 HOLDOUT_FILE = "holdout.csv"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-def confine_candidate(candidate: Candidate, settings: GateSettings) -> None:
+def confine_candidate(candidate: Candidate, settings: GateSettings) -> Candidate:
     """Refuse a candidate whose artifact or held-out set lies outside what the operator
-    allowed. Reads the file system (local backend), nothing over the network."""
+    allowed, and return it with its model digest pinned. Reads the file system (local
+    backend), nothing over the network."""
     if settings.traffic_backend == "local":
         artifact = _local_artifact(candidate.artifact_uri, settings)
         if candidate.holdout_uri is not None:
             _local_holdout(candidate.holdout_uri, artifact, settings)
-    else:
-        _storage_artifact(candidate.artifact_uri, settings)
-        if candidate.holdout_uri is not None:
-            own = f"{candidate.artifact_uri.rstrip('/')}/{HOLDOUT_FILE}"
-            if candidate.holdout_uri != own and not _under_any_prefix(
-                candidate.holdout_uri, settings.holdout_allowed_prefixes
-            ):
-                raise Refused(HOLDOUT, _holdout_rule())
+        return candidate.model_copy(update={"digest": _local_digest(candidate, artifact)})
+    _storage_artifact(candidate.artifact_uri, settings)
+    if candidate.holdout_uri is not None:
+        own = f"{candidate.artifact_uri.rstrip('/')}/{HOLDOUT_FILE}"
+        if candidate.holdout_uri != own and not _under_any_prefix(
+            candidate.holdout_uri, settings.holdout_allowed_prefixes
+        ):
+            raise Refused(HOLDOUT, _holdout_rule())
+    if candidate.digest is None:
+        raise Refused(DIGEST, "required by the kserve backend (the pipeline sends it)")
+    return candidate
+
+
+def _local_digest(candidate: Candidate, artifact: Path) -> str:
+    """The model file's digest as the artifact's manifest names it. The predictor checks
+    the manifest's signature and these bytes itself; pinning here means a file swapped
+    after the rollout was created is refused too."""
+    try:
+        manifest = json.loads((artifact / MANIFEST_FILE).read_bytes())
+        recorded = f"sha256:{manifest['sha256']}"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise Refused(ARTIFACT, f"has no readable {MANIFEST_FILE} naming its digest") from exc
+    if candidate.digest is not None and candidate.digest != recorded:
+        raise Refused(DIGEST, f"differs from the artifact's manifest ({recorded})")
+    return recorded
 
 
 def registry_of(settings: GateSettings) -> Path | None:

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS stables (
     version TEXT NOT NULL,
     artifact_uri TEXT NOT NULL,
     endpoint TEXT,
+    digest TEXT,
     updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
@@ -113,6 +114,7 @@ class Stable(BaseModel):
     version: str
     artifact_uri: str
     endpoint: dict[str, Any] | None = None  # backend-specific: where it serves (local: pid, ports)
+    digest: str | None = None  # "sha256:<hex>" of the model file it must serve
 
 
 class Quarantined(BaseModel):
@@ -149,6 +151,9 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(stables)")}
+            if "digest" not in columns:  # a database from before digests were pinned
+                self._db.execute("ALTER TABLE stables ADD COLUMN digest TEXT")
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?)",
                 (uuid.uuid4().hex[:16],),
@@ -312,7 +317,8 @@ class SQLiteStore:
     def stable(self, model: str) -> Stable | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT model, version, artifact_uri, endpoint FROM stables WHERE model = ?",
+                "SELECT model, version, artifact_uri, endpoint, digest FROM stables "
+                "WHERE model = ?",
                 (model,),
             ).fetchone()
         if row is None:
@@ -327,15 +333,17 @@ class SQLiteStore:
     @staticmethod
     def _set_stable(db: sqlite3.Connection, stable: Stable) -> None:
         db.execute(
-            "INSERT INTO stables (model, version, artifact_uri, endpoint, updated_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+            "INSERT INTO stables (model, version, artifact_uri, endpoint, digest, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
             "version = excluded.version, artifact_uri = excluded.artifact_uri, "
-            "endpoint = excluded.endpoint, updated_at = excluded.updated_at",
+            "endpoint = excluded.endpoint, digest = excluded.digest, "
+            "updated_at = excluded.updated_at",
             (
                 stable.model,
                 stable.version,
                 stable.artifact_uri,
                 json.dumps(stable.endpoint) if stable.endpoint is not None else None,
+                stable.digest,
                 _now(),
             ),
         )

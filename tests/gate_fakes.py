@@ -27,7 +27,10 @@ HOLDOUT = [
 
 
 def write_holdout(directory: Path) -> Path:
+    """An artifact directory as the gate sees it: its held-out split and a manifest
+    naming the model file's digest (the gate reads nothing else of it)."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.json").write_text(json.dumps({"sha256": "ab" * 32}))
     lines = ["sepal_length,sepal_width,petal_length,petal_width,species"]
     lines += [",".join(str(v) for v in row) + f",{label}" for row, label in HOLDOUT]
     (directory / "holdout.csv").write_text("\n".join(lines) + "\n")

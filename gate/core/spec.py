@@ -188,6 +188,13 @@ class Candidate(BaseModel):
         "holdout.csv or a location under an operator-allowed prefix; default: holdout.csv "
         "inside artifact_uri",
     )
+    digest: str | None = Field(
+        None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256 of the model file, as the pipeline registered it: the gate pins "
+        "it and the candidate predictor refuses any other bytes. Local backend: read from "
+        "the artifact's signed manifest when left out; kserve backend: required",
+    )
 
     @field_validator("offline_metrics")
     @classmethod

@@ -176,7 +176,7 @@ class LocalDeployer(Deployer):
             endpoint = self._plan(model, stable.version, stable.artifact_uri, "stable")
             stable = stable.model_copy(update={"endpoint": endpoint})
             self.store.set_stable(stable)  # intent first
-        self._launch(model, endpoint, ())
+        self._launch(model, endpoint, _pinned(stable.digest))
         if await self._ready(endpoint):
             return stable
         problem = self._exited(endpoint)
@@ -197,7 +197,7 @@ class LocalDeployer(Deployer):
                 f"candidate artifact {state.candidate.artifact_uri} is not a local directory"
             )
         extra = self.settings.predictor_args_by_model.get(state.model, self.settings.predictor_args)
-        self._launch(state.model, endpoint, extra)
+        self._launch(state.model, endpoint, (*_pinned(state.candidate.digest), *extra))
 
     async def candidate_ready(self, state: RolloutState) -> Readiness:
         endpoint = state.backend_state.get("canary")
@@ -225,6 +225,7 @@ class LocalDeployer(Deployer):
             version=state.candidate.version,
             artifact_uri=state.candidate.artifact_uri,
             endpoint={**canary, "role": "stable"},
+            digest=state.candidate.digest,
         )
 
     async def retire(self) -> list[str]:
@@ -267,6 +268,11 @@ class LocalDeployer(Deployer):
         for process in self._launched.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0)
+
+
+def _pinned(digest: str | None) -> tuple[str, ...]:
+    """The predictor refuses any model file but the one with this digest."""
+    return ("--model_digest", digest) if digest else ()
 
 
 def _last_line(path: str) -> str:

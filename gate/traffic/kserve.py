@@ -32,6 +32,7 @@ from gate.traffic.base import Readiness, TrafficBackend, TrafficError
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 VERSION_ANNOTATION = "irisgate.io/model-version"
 STORAGE_ENV = "STORAGE_URI"
+DIGEST_ENV = "PREDICTOR_MODEL_DIGEST"
 
 
 class KServeTrafficBackend(TrafficBackend):
@@ -208,6 +209,7 @@ class KServeTrafficBackend(TrafficBackend):
             model=state.model,
             version=state.candidate.version,
             artifact_uri=state.candidate.artifact_uri,
+            digest=state.candidate.digest,
         )
 
     async def rollback(self, state: RolloutState) -> None:
@@ -247,8 +249,12 @@ def _storage_uri(service: dict[str, Any]) -> str | None:
 def _candidate_patch(service: dict[str, Any], state: RolloutState) -> dict[str, Any]:
     """Merge patch: containers is a list, so it is sent whole with the env changed."""
     containers = copy.deepcopy(service["spec"]["predictor"]["containers"])
-    env = [v for v in containers[0].get("env") or [] if v.get("name") != STORAGE_ENV]
-    containers[0]["env"] = [*env, {"name": STORAGE_ENV, "value": state.candidate.artifact_uri}]
+    ours = {STORAGE_ENV, DIGEST_ENV}
+    env = [v for v in containers[0].get("env") or [] if v.get("name") not in ours]
+    env.append({"name": STORAGE_ENV, "value": state.candidate.artifact_uri})
+    if state.candidate.digest:  # the predictor refuses any other model file
+        env.append({"name": DIGEST_ENV, "value": state.candidate.digest})
+    containers[0]["env"] = env
     return {"spec": {"predictor": {"canaryTrafficPercent": 0, "containers": containers}}}
 
 

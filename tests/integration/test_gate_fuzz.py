@@ -11,7 +11,7 @@ schema-valid request to succeed, but some rules cannot be written in JSON Schema
 artifact must lie in the operator's registry (only the file system can say), steps must
 increase, ``steps`` excludes ``step_weight``. A schema-valid request may be refused only
 by such a rule, and only in its documented shape: a confinement refusal naming
-``candidate.artifact_uri``/``candidate.holdout_uri``, or a validation body whose every
+``candidate.artifact_uri``/``holdout_uri``/``digest``, or a validation body whose every
 issue is a ``value_error`` (a cross-field rule). Anything else is reported as before.
 This module is also the SCHEMATHESIS_HOOKS module that registers that check.
 """
@@ -40,7 +40,7 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 MAX_EXAMPLES = 200  # per operation and phase: ~3,100 cases in ~30 s on 2 cores
 MIN_CASES = 1_000
 SEED = 20261201
-DOCUMENTED_REFUSALS = ("candidate.artifact_uri: ", "candidate.holdout_uri: ")
+DOCUMENTED_REFUSALS = ("candidate.artifact_uri: ", "candidate.holdout_uri: ", "candidate.digest: ")
 CHECK = "positive_data_acceptance_or_documented_refusal"
 
 

@@ -21,6 +21,7 @@ from tests.kserve_standin import StandIn, crd_path, inference_service
 
 pytestmark = pytest.mark.integration
 SERVICES = ["iris-rest", "iris-grpc"]
+DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.fixture
@@ -69,6 +70,7 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
             artifact_uri="gs://models/iris/2",
             offline_metrics={"accuracy": 0.97},
             holdout_uri=str(holdout / "holdout.csv"),
+            digest=DIGEST,
         ),
     )
 
@@ -82,7 +84,8 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         predictor = standin.objects[name]["spec"]["predictor"]
         assert predictor["canaryTrafficPercent"] == 10
         assert predictor["containers"][0]["env"] == [
-            {"name": "STORAGE_URI", "value": "gs://models/iris/2"}
+            {"name": "STORAGE_URI", "value": "gs://models/iris/2"},
+            {"name": "PREDICTOR_MODEL_DIGEST", "value": DIGEST},  # pinned: nothing else loads
         ]
         traffic = standin.objects[name]["status"]["components"]["predictor"]["traffic"]
         assert [(t["latestRevision"], t["percent"]) for t in traffic] == [(True, 10), (False, 90)]
@@ -97,7 +100,9 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         assert "canaryTrafficPercent" not in service["spec"]["predictor"]
         assert service["metadata"]["annotations"]["irisgate.io/model-version"] == "2"
         assert service["status"]["components"]["predictor"]["traffic"][0]["percent"] == 100
-    assert store.stable("iris").version == "2"  # type: ignore[union-attr]
+    assert store.stable("iris") == Stable(
+        model="iris", version="2", artifact_uri="gs://models/iris/2", digest=DIGEST
+    )
     weights = [
         p["spec"]["predictor"].get("canaryTrafficPercent", "absent")
         for name, p in standin.patches

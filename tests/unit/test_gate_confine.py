@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,18 @@ def settings(**changes: Any) -> GateSettings:
     return GateSettings(api_token=TOKEN, **changes)
 
 
-def candidate(artifact_uri: str, holdout_uri: str | None = None) -> Candidate:
+DIGEST = "sha256:" + "ab" * 32
+
+
+def candidate(
+    artifact_uri: str, holdout_uri: str | None = None, digest: str | None = DIGEST
+) -> Candidate:
     return Candidate(
         version="2",
         artifact_uri=artifact_uri,
         offline_metrics={"accuracy": 0.97},
         holdout_uri=holdout_uri,
+        digest=digest,
     )
 
 
@@ -34,15 +41,20 @@ def registry(tmp_path: Path) -> Path:
     for version in ("1", "2"):
         (root / "iris" / version).mkdir(parents=True)
         (root / "iris" / version / "holdout.csv").write_text("sepal_length\n")
+        (root / "iris" / version / "model.json").write_text(json.dumps({"sha256": "ab" * 32}))
     (tmp_path / "registry-evil" / "iris" / "2").mkdir(parents=True)  # shares the prefix
     return root
 
 
 def refused(
-    field: str, artifact_uri: str, config: GateSettings, holdout_uri: str | None = None
+    field: str,
+    artifact_uri: str,
+    config: GateSettings,
+    holdout_uri: str | None = None,
+    digest: str | None = DIGEST,
 ) -> str:
     with pytest.raises(Refused) as caught:
-        confine_candidate(candidate(artifact_uri, holdout_uri), config)
+        confine_candidate(candidate(artifact_uri, holdout_uri, digest), config)
     assert caught.value.field == field
     assert caught.value.status == 422
     assert str(caught.value).startswith(f"{field}: ")
@@ -232,3 +244,20 @@ def test_kserve_holdouts_are_the_artifacts_own_or_allowed() -> None:
     )
     for holdout in ("gs://models/iris/1/holdout.csv", "http://127.0.0.1:9/x", "/etc/passwd"):
         refused("candidate.holdout_uri", "gs://models/iris/2", config, holdout)
+
+
+def test_the_local_backend_pins_the_digest_its_manifest_names(registry: Path) -> None:
+    config = settings(registry_dir=registry)
+    unpinned = candidate(str(registry / "iris" / "2"), digest=None)
+    assert confine_candidate(unpinned, config).digest == DIGEST
+    assert confine_candidate(candidate(str(registry / "iris" / "2")), config).digest == DIGEST
+    other = "sha256:" + "cd" * 32
+    detail = refused("candidate.digest", str(registry / "iris" / "2"), config, digest=other)
+    assert "differs from the artifact's manifest" in detail
+    (registry / "iris" / "1" / "model.json").unlink()
+    assert "model.json" in refused("candidate.artifact_uri", str(registry / "iris" / "1"), config)
+
+
+def test_the_kserve_backend_requires_a_digest() -> None:
+    config = kserve(kserve_storage_prefixes=["gs://models/iris/"])
+    assert "required" in refused("candidate.digest", "gs://models/iris/2", config, digest=None)
