@@ -25,9 +25,29 @@ DEFAULT_IMAGE = "irisgate-pipeline:0.1.0"
 # the base image, so pip finds them satisfied; the list documents and enforces it.
 STEP_REQUIREMENTS: dict[str, list[str]] = {
     "preprocess": ["pandas>=2.1", "scikit-learn==1.9.1"],
-    "train": ["pandas>=2.1", "scikit-learn==1.9.1", "joblib>=1.3", "pydantic>=2.7"],
-    "evaluate": ["pandas>=2.1", "scikit-learn==1.9.1", "joblib>=1.3", "pydantic>=2.7"],
-    "deploy": ["pandas>=2.1", "scikit-learn==1.9.1", "pydantic>=2.7", "httpx>=0.27"],
+    # skops + cryptography: the artifact contract (safe model format, signed manifest).
+    "train": [
+        "pandas>=2.1",
+        "scikit-learn==1.9.1",
+        "pydantic>=2.7",
+        "skops==0.16.0",
+        "cryptography>=42",
+    ],
+    "evaluate": [
+        "pandas>=2.1",
+        "scikit-learn==1.9.1",
+        "pydantic>=2.7",
+        "skops==0.16.0",
+        "cryptography>=42",
+    ],
+    "deploy": [
+        "pandas>=2.1",
+        "scikit-learn==1.9.1",
+        "pydantic>=2.7",
+        "httpx>=0.27",
+        "skops==0.16.0",
+        "cryptography>=42",
+    ],
     "reject": ["pydantic>=2.7"],
 }
 

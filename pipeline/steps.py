@@ -257,6 +257,7 @@ def register_model(
         "outcome": "deployed",
         "name": metadata.name,
         "version": metadata.version,
+        "digest": metadata.digest,  # sha256:<hex> of the model file; the gate pins it
         "path": str(target),
         "accuracy": metrics.get("accuracy"),
         "holdout": str(target / HOLDOUT_FILE),
@@ -282,6 +283,7 @@ def hand_to_gate(
         "candidate": {
             "version": record["version"],
             "artifact_uri": record["path"],
+            "digest": record["digest"],
             "offline_metrics": dict(metrics),
             "holdout_uri": record["holdout"],
         },

@@ -15,8 +15,10 @@ from predictor.artifact import ArtifactError
 from predictor.processes import shared_metrics_dir
 from predictor.settings import PredictorSettings
 
-EXIT_BAD_ARTIFACT = 3
-EXIT_BAD_SETTINGS = 2
+# Exit codes, one per class of failure (README, "Trust model"):
+EXIT_BAD_SETTINGS = 2  # a flag or PREDICTOR_* value is invalid
+EXIT_BAD_ARTIFACT = 3  # the artifact is refused: signature, keys, digest, types, versions
+EXIT_PORT_BUSY = 4  # a REST or gRPC port cannot be bound
 
 
 def _bool(text: str) -> bool:
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     # KServe's own flag names are kept so KServe users' manifests keep working.
     add("--model_name")
     add("--model_dir")
+    add("--trusted_keys")
+    add("--model_digest")
+    add("--allow_pickle", type=_bool, nargs="?", const=True)
     add("--http_port", type=int)
     add("--grpc_port", type=int)
     add("--enable_grpc", type=_bool)
@@ -57,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_max_wait_ms", type=float)
     add("--fast_path", type=_bool)
     add("--max_message_mb", type=int)
+    add("--max_body_mb", type=float)
+    add("--max_json_depth", type=int)
     add("--fault_error_rate", type=float)
     add("--fault_latency_ms", type=float)
     add("--fault_seed", type=int)
@@ -88,9 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Before prometheus_client is imported: several processes share metrics through files.
         with shared_metrics_dir(settings.process_count()):
-            from predictor.app import serve  # imported late: kserve takes ~1.5 s to import
+            # imported late: kserve takes ~1.5 s to import
+            from predictor.app import PortBusyError, serve
 
-            serve(settings)
+            try:
+                serve(settings)
+            except PortBusyError as exc:
+                logging.getLogger("predictor").error("cannot serve: %s", exc)
+                print(f"predictor: cannot serve: {exc}", file=sys.stderr)
+                return EXIT_PORT_BUSY
     except ArtifactError as exc:
         logging.getLogger("predictor").error("refusing to start: %s", exc)
         print(f"predictor: refusing to start: {exc}", file=sys.stderr)

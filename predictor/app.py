@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from typing import Any
 
 from kserve import logging as kserve_logging
 
+from predictor import signing
 from predictor.artifact import ArtifactError
 from predictor.faults import FaultInjector
 from predictor.model import IrisModel
@@ -32,6 +34,52 @@ def configure_logging(level: str) -> None:
         logging.getLogger("predictor").propagate = False
 
 
+class PortBusyError(Exception):
+    """A port the predictor must listen on cannot be bound; ``str()`` is one line."""
+
+
+def trusted_keys(settings: PredictorSettings) -> list[signing.TrustedKey]:
+    """The configured public keys, else the local development key; none is an error."""
+    path = settings.trusted_keys
+    if path is None:
+        path = signing.dev_public_key_path()
+        if not path.is_file():
+            raise ArtifactError(
+                settings.model_dir,
+                "no trusted public keys: set --trusted_keys / PREDICTOR_TRUSTED_KEYS",
+            )
+        logger.warning("trusting the local development key %s (no --trusted_keys given)", path)
+    try:
+        keys = signing.read_trusted_keys(path)
+    except signing.SigningError as exc:
+        raise ArtifactError(path, str(exc).removeprefix(f"{path}: ")) from exc
+    logger.info("trusted signing keys: %s", ", ".join(key.name for key in keys))
+    return keys
+
+
+def check_ports_free(settings: PredictorSettings, *, reuse_port: bool) -> None:
+    """Bind each port once before announcing anything, so a busy port is one clear line
+    and its own exit code (the servers bind again a moment later)."""
+    ports = [("REST", settings.http_port)]
+    if settings.enable_grpc:
+        ports.append(("gRPC", settings.grpc_port))
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    for protocol, port in ports:
+        if port == 0:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                sock.bind((settings.host, port))
+            except OSError as exc:
+                raise PortBusyError(
+                    f"cannot bind {protocol} to {settings.host}:{port}: "
+                    f"{exc.strerror or exc} (is another server running?)"
+                ) from exc
+
+
 def build_model(settings: PredictorSettings) -> IrisModel:
     """Load and verify the artifact; raises ArtifactError before anything listens."""
     faults = FaultInjector(
@@ -46,6 +94,9 @@ def build_model(settings: PredictorSettings) -> IrisModel:
         batch_max_rows=settings.batch_max_rows,
         batch_max_wait_ms=settings.batch_max_wait_ms,
         fast_path=settings.fast_path,
+        trusted_keys=trusted_keys(settings),
+        expected_digest=settings.model_digest,
+        allow_pickle=settings.allow_pickle,
     )
     model.load()
     faults.announce()
@@ -57,6 +108,7 @@ def serve(settings: PredictorSettings) -> None:
     configure_logging(settings.log_level)
     model = build_model(settings)  # a bad artifact stops everything before anything listens
     count = settings.process_count()
+    check_ports_free(settings, reuse_port=count > 1)
     siblings = None
     if count > 1:
         siblings = ProcessGroup(serve_sibling, (settings.model_dump(mode="json"),), count)
@@ -104,6 +156,8 @@ def _serve_here(
         metrics=model.metrics,
         access_log=settings.access_log,
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+        max_json_depth=settings.max_json_depth,
         reuse_port=reuse_port,
         siblings=siblings,
         http_port=settings.http_port,
@@ -113,4 +167,7 @@ def _serve_here(
         enable_latency_logging=False,
         grace_period=settings.grace_period,
     )
-    server.start([model])
+    try:
+        server.start([model])
+    except OSError as exc:  # gRPC's bind, if the port was taken after check_ports_free
+        raise PortBusyError(str(exc)) from exc

@@ -8,6 +8,7 @@ in :mod:`predictor.inputs`; this class only adapts KServe's types to it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from predictor.inputs import (
     matrix_from_v1,
 )
 from predictor.metrics import PredictorMetrics
+from predictor.signing import TrustedKey
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class Prediction:
 
 
 class IrisModel(Model):  # type: ignore[misc]
-    """Serves one artifact directory. ``load()`` verifies before it unpickles."""
+    """Serves one artifact directory. ``load()`` verifies before it deserializes."""
 
     def __init__(
         self,
@@ -57,6 +59,9 @@ class IrisModel(Model):  # type: ignore[misc]
         batch_max_rows: int = 0,
         batch_max_wait_ms: float = 0.0,
         fast_path: bool = True,
+        trusted_keys: Sequence[TrustedKey] | None = None,
+        expected_digest: str | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
@@ -71,10 +76,19 @@ class IrisModel(Model):  # type: ignore[misc]
         self.batcher: Batcher | None = None
         self.use_fast_path = fast_path
         self.fast_path: FastPath | None = None
+        # None: the writer's own key (tests, local tools); the predictor passes its keys.
+        self.trusted_keys = trusted_keys
+        self.expected_digest = expected_digest
+        self.allow_pickle = allow_pickle
 
     # --- lifecycle -------------------------------------------------------------------
     def load(self) -> bool:
-        estimator, metadata = load_artifact(self.model_dir)
+        estimator, metadata = load_artifact(
+            self.model_dir,
+            trusted_keys=self.trusted_keys,
+            expected_digest=self.expected_digest,
+            allow_pickle=self.allow_pickle,
+        )
         self._estimator, self.metadata = estimator, metadata
         if self.use_fast_path:
             self._compile_fast_path()
@@ -91,9 +105,10 @@ class IrisModel(Model):  # type: ignore[misc]
                 in_thread=self.fast_path is None,
             )
         logger.info(
-            "loaded %s version %s (sha256 %s..., scikit-learn %s) as %s",
+            "loaded %s version %s (%s sha256 %s..., signature verified, scikit-learn %s) as %s",
             metadata.name,
             metadata.version,
+            metadata.format,
             metadata.sha256[:12],
             metadata.sklearn_version,
             self.role,

@@ -19,7 +19,17 @@ class PredictorSettings(BaseSettings):
     model_name: str = "iris"
     """Name in the URL paths (``/v1/models/<name>:predict``) and in metric labels."""
     model_dir: Path = Path("/mnt/models")
-    """Artifact directory (``model.joblib`` + ``model.json``); KServe mounts storageUri here."""
+    """Artifact directory (model file, ``model.json``, ``model.json.sig``); KServe mounts
+    storageUri here."""
+    trusted_keys: Path | None = None
+    """Public keys whose signature on ``model.json`` is accepted: a file, one base64 raw
+    Ed25519 key per line (``# comments`` allowed). Unset: ``.irisgate/keys/dev.pub`` if it
+    exists (the local development key), else nothing is trusted and nothing is served."""
+    model_digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    """Pinned model file digest (``sha256:<hex>``); a different model file is refused."""
+    allow_pickle: bool = False
+    """Load pickle (format ``joblib``) artifacts. A pickle runs code when loaded: only for
+    artifacts you would run as a program. Logged as a warning."""
     host: str = "127.0.0.1"
     """Address REST and gRPC bind to. Loopback by default; containers pass 0.0.0.0."""
     http_port: int = Field(8080, ge=0, le=65535)
@@ -45,6 +55,11 @@ class PredictorSettings(BaseSettings):
     """Predict with array maths checked equal to scikit-learn at load; else scikit-learn."""
     max_message_mb: int = Field(16, ge=1)
     """Largest gRPC message accepted or sent, in MiB."""
+    max_body_mb: float = Field(1.0, gt=0.0, le=1024.0)
+    """Largest REST inference body accepted, in MiB; more is a 413, refused from the
+    Content-Length header (or while a chunked body streams in) before it is read."""
+    max_json_depth: int = Field(32, ge=4, le=512)
+    """Deepest JSON nesting accepted in an inference body; deeper is a 400."""
     fault_error_rate: float = Field(0.0, ge=0.0, le=1.0)
     """Fraction of requests failed on purpose (500 / UNAVAILABLE). For rollback rehearsals."""
     fault_latency_ms: float = Field(0.0, ge=0.0)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.steps import TrainParams, build_estimator
-from predictor.artifact import fingerprint_dataset, write_artifact
+from predictor.artifact import ModelFormat, fingerprint_dataset, write_artifact
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -38,8 +39,15 @@ def train_iris(classifier: str = "logreg") -> tuple[Pipeline, np.ndarray, np.nda
 
 
 def make_artifact(
-    out_dir: Path, version: str = "1", name: str = "iris", classifier: str = "logreg"
+    out_dir: Path,
+    version: str = "1",
+    name: str = "iris",
+    classifier: str = "logreg",
+    *,
+    signing_key: Ed25519PrivateKey | None = None,
+    model_format: ModelFormat = "skops",
 ) -> Path:
+    """A signed artifact; ``signing_key`` defaults to the writer's (the dev key in tests)."""
     model, features, labels = train_iris(classifier)
     write_artifact(
         model,
@@ -50,6 +58,8 @@ def make_artifact(
         class_names=IRIS_CLASSES,
         training_data_fingerprint=fingerprint_dataset(features, labels),
         metrics={"accuracy": float(model.score(features, labels))},
+        signing_key=signing_key,
+        model_format=model_format,
     )
     return out_dir
 

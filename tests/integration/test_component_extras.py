@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from predictor.signing import dev_public_key_path
 from tests.helpers import (
     REPO_ROOT,
     free_port,
@@ -107,6 +108,9 @@ def test_predictor_image_contents_serve(tmp_path: Path, outside: Path) -> None:
             str(http_port),
             "--grpc_port",
             str(grpc_port),
+            # as a container gets it mounted: the key the test artifact was signed with
+            "--trusted_keys",
+            str(dev_public_key_path().resolve()),
         ],
         tmp_path / "predictor.log",
         env={"PYTHONPATH": ""},

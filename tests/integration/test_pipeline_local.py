@@ -56,14 +56,14 @@ def test_good_model_is_deployed_and_served(tmp_path: Path) -> None:
         assert answer.json() == {"predictions": [0]}
 
     # a second run is a new version; the first is untouched
-    first_hash = sha256_file(version_dir / "model.joblib")
+    first_hash = sha256_file(version_dir / "model.skops")
     code, second, stderr = run_pipeline(
         "--registry", str(registry), "--classifier", "forest", "--n-estimators", "30"
     )
     assert code == 0, stderr
     assert second["version"] == "2"
     assert registry_versions(registry, "iris") == ["1", "2"]
-    assert sha256_file(version_dir / "model.joblib") == first_hash
+    assert sha256_file(version_dir / "model.skops") == first_hash
     assert verify_artifact(version_dir).version == "1"
     assert verify_artifact(registry / "iris" / "2").version == "2"
 

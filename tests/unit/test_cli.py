@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import joblib
+import numpy as np
 import pytest
 
 from predictor.__main__ import EXIT_BAD_SETTINGS, load_settings, main
-from predictor.artifact import verify_artifact
+from predictor.artifact import MODEL_FILE, load_artifact, verify_artifact
 from predictor.package import main as package_main
-from tests.helpers import REPO_ROOT, train_iris
+from tests.helpers import IRIS_CLASSES, IRIS_FEATURES, REPO_ROOT, train_iris
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,6 +29,22 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_setting_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--fault_error_rate", "2"]) == EXIT_BAD_SETTINGS
     assert "fault_error_rate" in capsys.readouterr().err
+    assert main(["--model_digest", "md5:abc"]) == EXIT_BAD_SETTINGS
+    assert "model_digest" in capsys.readouterr().err
+
+
+def test_trust_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = "sha256:" + "a" * 64
+    settings = load_settings(["--allow_pickle", "--model_digest", digest, "--trusted_keys", "k"])
+    assert (settings.allow_pickle, settings.model_digest) == (True, digest)
+    assert str(settings.trusted_keys) == "k"
+    assert load_settings(["--allow_pickle", "false"]).allow_pickle is False
+    monkeypatch.setenv("PREDICTOR_ALLOW_PICKLE", "true")
+    monkeypatch.setenv("PREDICTOR_TRUSTED_KEYS", "/etc/irisgate/keys/trusted.pub")
+    settings = load_settings([])
+    assert settings.allow_pickle is True
+    assert str(settings.trusted_keys) == "/etc/irisgate/keys/trusted.pub"
+    assert load_settings([]).model_digest is None
 
 
 def test_package_turns_a_notebook_model_into_a_verified_artifact(tmp_path: Path) -> None:
@@ -54,6 +71,8 @@ def test_package_turns_a_notebook_model_into_a_verified_artifact(tmp_path: Path)
     )
     metadata = verify_artifact(out)
     assert (metadata.version, metadata.metrics) == ("4", {"accuracy": 0.97})
+    assert (metadata.format, metadata.class_names) == ("skops", IRIS_CLASSES)
+    assert (out / MODEL_FILE).is_file() and not (out / "model.joblib").exists()
     assert metadata.training_data_fingerprint.startswith("unknown:sha256:")
     assert (
         package_main(
@@ -88,3 +107,52 @@ def test_artifact_module_does_not_import_kserve() -> None:
         "sys.exit(1 if 'kserve' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
+
+
+def _holdout_csv(path: Path, features: np.ndarray, labels: list[str]) -> Path:
+    lines = [",".join([*IRIS_FEATURES, "species"])]
+    lines += [
+        ",".join([*(str(v) for v in row), label])
+        for row, label in zip(features, labels, strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_package_string_labels_and_holdout(tmp_path: Path) -> None:
+    """The notebook case: fitted on names; class ids 0..N-1 map to classes_ in order."""
+    model, features, ids = train_iris("forest")
+    names = [["virginica", "setosa", "versicolor"][i] for i in ids]  # not alphabetical ids
+    model.fit(features, names)
+    notebook_file = tmp_path / "nb.joblib"
+    joblib.dump(model, notebook_file)
+    holdout = _holdout_csv(tmp_path / "held.csv", features[::10], names[::10])
+    out = tmp_path / "artifact"
+    argv = ["--model", str(notebook_file), "--name", "nb", "--version", "1", "--out", str(out)]
+    assert package_main([*argv, "--holdout", str(holdout)]) == 0
+    estimator, metadata = load_artifact(out)
+    assert metadata.class_names == sorted(set(names)) == list(model.classes_)
+    assert estimator.classes_.tolist() == [0, 1, 2]
+    rows = np.vstack([features, np.random.default_rng(1).normal(0, 4, (100, 4))])
+    assert np.array_equal(estimator.predict_proba(rows), model.predict_proba(rows))
+    labels = [metadata.class_names[i] for i in estimator.predict(rows)]
+    assert labels == model.predict(rows).tolist()
+    written = (out / "holdout.csv").read_text().splitlines()
+    assert written[0] == ",".join([*IRIS_FEATURES, "species"])
+    assert len(written) == 1 + len(names[::10])
+    first_id = int(written[1].split(",")[-1])
+    assert metadata.class_names[first_id] == names[0]
+
+
+def test_package_refuses_a_bad_holdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, features, _ = train_iris()
+    joblib.dump(model, tmp_path / "m.joblib")
+    argv = ["--model", str(tmp_path / "m.joblib"), "--name", "iris", "--version", "1"]
+    no_label = tmp_path / "no_label.csv"
+    no_label.write_text(",".join(IRIS_FEATURES) + "\n1,2,3,4\n")
+    assert package_main([*argv, "--out", str(tmp_path / "a"), "--holdout", str(no_label)]) == 1
+    assert "missing column 'species'" in capsys.readouterr().err
+    unknown = _holdout_csv(tmp_path / "unknown.csv", features[:2], ["setosa", "daisy"])
+    assert package_main([*argv, "--out", str(tmp_path / "b"), "--holdout", str(unknown)]) == 1
+    assert "line 3: unknown class 'daisy'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

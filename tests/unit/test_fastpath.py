@@ -141,6 +141,7 @@ def test_the_model_serves_scikit_learn_when_there_is_no_fast_path(
         feature_names=IRIS_FEATURES,
         class_names=IRIS_CLASSES,
         training_data_fingerprint=fingerprint_dataset(IRIS_X, IRIS_Y),
+        model_format="joblib",  # outside skops' reviewed types: a pickle, loaded by opt-in
     )
     registry = CollectorRegistry()
     for fast_path in (True, False):
@@ -150,6 +151,7 @@ def test_the_model_serves_scikit_learn_when_there_is_no_fast_path(
             max_rows=200,
             batch_max_rows=64,
             fast_path=fast_path,
+            allow_pickle=True,
             metrics=PredictorMetrics("iris", "1", "stable", registry=registry)
             if fast_path
             else PredictorMetrics("iris", "1", "canary", registry=CollectorRegistry()),

@@ -109,7 +109,7 @@ def test_fault_rate_is_a_fraction() -> None:
 
 def test_load_refuses_tampered_artifact(tmp_path: Path) -> None:
     directory = make_artifact(tmp_path / "a")
-    (directory / "model.joblib").write_bytes(b"garbage")
+    (directory / "model.skops").write_bytes(b"garbage")
     model = IrisModel(
         "iris",
         directory,
