@@ -3,7 +3,10 @@
 Pure functions over plain Python and numpy values: the v1 body, and a v2 tensor described
 by datatype, shape and data (JSON list, gRPC contents or raw bytes already decoded by
 KServe). Both protocols end in :func:`check_matrix`, so a mistake gets the same message
-whichever way it arrived.
+whichever way it arrived. Before any of that, :func:`check_json_text` and
+:func:`binary_tensor_slices` judge the raw bytes of a REST body, so that no parser ever
+sees a text it would choke on (too deep for a recursive parser, not UTF-8) or a binary
+layout that does not add up.
 """
 
 from __future__ import annotations
@@ -18,6 +21,81 @@ from predictor.errors import PredictorError, Reason
 
 SUPPORTED_DATATYPES = {"FP32": np.float32, "FP64": np.float64}
 OUTPUT_NAMES = ("predict", "predict_proba", "label")
+
+# Bytes that matter for nesting: brackets, and quotes (brackets inside strings don't count).
+_NESTING = np.zeros(256, dtype=bool)
+_NESTING[list(b'[]{}"')] = True
+_STEP = np.zeros(256, dtype=np.int32)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+_QUOTE = ord('"')
+
+
+def json_nesting_depth(text: bytes) -> int:
+    """How deep a JSON text nests arrays and objects, without parsing it.
+
+    Vectorised over the bytes (a few ns per byte, linear whatever the input): escape pairs
+    are removed first (``\\\\`` then ``\\"``, left to right, as a parser reads them),
+    then every remaining quote toggles "inside a string", and brackets outside strings
+    step the depth. On an invalid text the figure may differ from what a parser would
+    reach, but only after the point where that parser stops with an error."""
+    unescaped = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    codes = np.frombuffer(unescaped, dtype=np.uint8)
+    marks = codes[_NESTING[codes]]
+    if marks.size == 0:
+        return 0
+    steps = _STEP[marks]
+    steps[(np.cumsum(marks == _QUOTE, dtype=np.int64) & 1) == 1] = 0
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def check_json_text(text: bytes, max_depth: int) -> None:
+    """A JSON body is UTF-8 (RFC 8259) and nests at most ``max_depth`` levels.
+
+    Checked before parsing: the standard library's parser (FastAPI's, and ours for NaN)
+    recurses, and a deep enough text ends in RecursionError, a 500 or a dropped connection."""
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PredictorError(
+            Reason.INVALID_ENCODING, f"request body is not valid UTF-8 (byte {exc.start})"
+        ) from None
+    if text.count(b"[") + text.count(b"{") <= max_depth:  # cannot nest deeper: skip the scan
+        return
+    depth = json_nesting_depth(text)
+    if depth > max_depth:
+        raise PredictorError(
+            Reason.TOO_DEEPLY_NESTED,
+            f"request body nests {depth} levels deep; the maximum is {max_depth}",
+        )
+
+
+def binary_tensor_slices(sizes: Sequence[Any], start: int, end: int) -> list[slice]:
+    """Where each binary tensor lies in a REST body (the binary-data extension): the
+    declared ``binary_data_size`` values must be whole numbers that tile the bytes after the
+    JSON header exactly, no byte missing and none left over."""
+    slices = []
+    offset = start
+    for index, size in enumerate(sizes):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise PredictorError(
+                Reason.BINARY_SIZE_MISMATCH,
+                f"input {index}: binary_data_size must be a whole number of bytes, got {size!r}",
+            )
+        if offset + size > end:
+            raise PredictorError(
+                Reason.BINARY_SIZE_MISMATCH,
+                f"input {index}: binary_data_size {size} runs past the end of the body "
+                f"({end - offset} bytes left)",
+            )
+        slices.append(slice(offset, offset + size))
+        offset += size
+    if offset != end:
+        raise PredictorError(
+            Reason.BINARY_SIZE_MISMATCH,
+            f"the body has {end - offset} bytes after the declared binary tensors",
+        )
+    return slices
 
 
 def check_matrix(matrix: np.ndarray, n_features: int, max_rows: int) -> np.ndarray:

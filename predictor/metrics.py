@@ -54,6 +54,7 @@ _REST_CODES = (
     ("200", "success"),
     ("400", "client_error"),
     ("404", "client_error"),
+    ("413", "client_error"),
     ("500", "server_error"),
     ("503", "server_error"),
 )
@@ -61,6 +62,7 @@ _GRPC_CODES = (
     ("OK", "success"),
     ("INVALID_ARGUMENT", "client_error"),
     ("NOT_FOUND", "client_error"),
+    ("RESOURCE_EXHAUSTED", "client_error"),
     ("UNAVAILABLE", "server_error"),
     ("INTERNAL", "server_error"),
 )

@@ -3,6 +3,9 @@
 - binds to a chosen host (KServe 0.21 always binds 0.0.0.0 / [::]);
 - maps every failure through :mod:`predictor.errors`, on REST and gRPC alike, so a client
   mistake is never a 500 and the two protocols report it with the same message;
+- refuses hostile bodies before anything parses them: over the size limit (from the
+  Content-Length header, or while a chunked body streams in), nested too deep, not UTF-8,
+  binary tensors whose sizes do not tile the body (:class:`RequestGuardMiddleware`);
 - counts requests, latency and errors by protocol for the gate;
 - drops KServe's per-request log lines (access log, timing trace), which cost about a
   quarter of the throughput.
@@ -18,8 +21,9 @@ import gc
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent import futures
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -28,6 +32,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from google.protobuf.message import DecodeError
 from grpc import aio
 from kserve import ModelServer
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
@@ -49,14 +54,16 @@ from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 from kserve.utils.utils import to_headers
 from prometheus_client import exposition
+from starlette.exceptions import HTTPException
 
 from predictor.errors import (
+    ClientErrorLog,
     PredictorError,
     Reason,
     outcome_of_grpc,
     outcome_of_http,
 )
-from predictor.inputs import SUPPORTED_DATATYPES
+from predictor.inputs import SUPPORTED_DATATYPES, binary_tensor_slices, check_json_text
 from predictor.metrics import PredictorMetrics, exposition_registry
 from predictor.processes import ProcessGroup
 
@@ -67,6 +74,27 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+MIB = 1024 * 1024
+# JSON parts larger than this are checked on a worker thread (numpy releases the GIL for
+# most of the scan), so the event loop keeps serving small requests meanwhile.
+CHECK_OFF_LOOP_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one inference request may cost before anything parses it."""
+
+    max_body_bytes: int = 1 * MIB
+    max_json_depth: int = 32
+    max_message_bytes: int = 16 * MIB  # gRPC
+
+
+def refuse_payload(what: str, limit: int, size: int | None = None) -> PredictorError:
+    measured = f" of {size} bytes" if size is not None else ""
+    return PredictorError(
+        Reason.PAYLOAD_TOO_LARGE, f"{what}{measured} is over the limit of {limit} bytes"
+    )
 
 
 def as_predictor_error(exc: BaseException) -> PredictorError:
@@ -79,6 +107,9 @@ def as_predictor_error(exc: BaseException) -> PredictorError:
         return PredictorError(Reason.MODEL_NOT_READY, str(exc))
     if isinstance(exc, InvalidInput):  # raised by KServe's own decoding
         return PredictorError(Reason.MALFORMED_REQUEST, str(exc))
+    if isinstance(exc, HTTPException) and exc.status_code < 500:  # Starlette / FastAPI's own
+        reason = Reason.PAYLOAD_TOO_LARGE if exc.status_code == 413 else Reason.MALFORMED_REQUEST
+        return PredictorError(reason, str(exc.detail))
     return PredictorError(Reason.INTERNAL, "internal error")
 
 
@@ -117,12 +148,27 @@ def parse_v1_json(body: bytes) -> Any:
 # --- v2 decoding that defers tensor data to the model ----------------------------------
 
 
+def json_header_length(value: str | None, body_length: int) -> int:
+    """The binary-data extension's JSON header length; no header: the whole body is JSON
+    (clients such as tritonclient send JSON-only requests without a Content-Type)."""
+    if value is None:
+        return body_length
+    if not value.isdigit() or int(value) > body_length:
+        raise PredictorError(
+            Reason.BINARY_SIZE_MISMATCH,
+            f"'{INFERENCE_HEADER}' must be the byte length of the JSON header "
+            f"(at most {body_length}), got {value!r}",
+        )
+    return int(value)
+
+
 def request_from_rest_bytes(body: bytes, json_length: int, model_name: str) -> InferRequest:
-    """Binary-tensor REST requests, decoded without reshaping so the model judges shapes."""
+    """Binary-tensor REST requests, decoded without reshaping so the model judges shapes.
+    The declared binary sizes must account for every byte after the JSON header."""
     try:
         header = orjson.loads(body[:json_length])
         inputs = []
-        offset = json_length
+        binary = []
         for spec in header["inputs"]:
             params = spec.get("parameters") or {}
             tensor = InferInput(
@@ -133,10 +179,13 @@ def request_from_rest_bytes(body: bytes, json_length: int, model_name: str) -> I
                 parameters=params,
             )
             if spec.get("data") is None:
-                size = int(params["binary_data_size"])
-                tensor._raw_data = body[offset : offset + size]
-                offset += size
+                binary.append((tensor, params["binary_data_size"]))
             inputs.append(tensor)
+        sizes = [size for _, size in binary]
+        for (tensor, _), where in zip(
+            binary, binary_tensor_slices(sizes, json_length, len(body)), strict=True
+        ):
+            tensor._raw_data = body[where]
         outputs = [
             RequestedOutput(name=o["name"], parameters=o.get("parameters"))
             for o in header.get("outputs") or []
@@ -194,16 +243,8 @@ class IrisDataPlane(DataPlane):  # type: ignore[misc]
         self, body: Any, headers: dict[str, str], model_name: str
     ) -> InferRequest:
         if isinstance(body, bytes):
-            # No header means the whole body is JSON: clients such as tritonclient send
-            # JSON-only requests without a Content-Type.
-            length = headers.get(INFERENCE_HEADER, str(len(body)))
-            if not length.isdigit() or int(length) > len(body):
-                raise PredictorError(
-                    Reason.MALFORMED_REQUEST,
-                    f"'{INFERENCE_HEADER}' must be the byte length of the JSON header "
-                    f"(at most {len(body)}), got {length!r}",
-                )
-            return request_from_rest_bytes(body, int(length), model_name)
+            length = json_header_length(headers.get(INFERENCE_HEADER), len(body))
+            return request_from_rest_bytes(body, length, model_name)
         request: InferRequest = InferRequest.from_inference_request(body, model_name)
         return request
 
@@ -240,6 +281,100 @@ class InferenceMetricsMiddleware:
             )
 
 
+class RequestGuardMiddleware:
+    """Judges an inference body's bytes before FastAPI or KServe parse any of it.
+
+    - over ``max_body_bytes``: 413 from the Content-Length header, before a byte of the
+      body is read (with ``connection: close``, so the rest is never read either); a
+      chunked body is counted as it streams in and refused as soon as it passes the limit;
+    - the JSON part (v1: the body; v2: up to ``inference-header-content-length``) must be
+      UTF-8 and nest at most ``max_json_depth`` levels (:func:`check_json_text`).
+
+    Refusals use the error table like every other failure: same body, counted as client
+    errors, logged at INFO at most (rate-limited). Sits inside
+    :class:`InferenceMetricsMiddleware`, which records the status."""
+
+    def __init__(
+        self,
+        app: Any,
+        metrics: PredictorMetrics,
+        limits: RequestLimits,
+        client_errors: ClientErrorLog,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.limits = limits
+        self.client_errors = client_errors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        protocol = _protocol_of(scope["path"]) if scope["type"] == "http" else None
+        if protocol is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await self._read_body(headers, receive)
+            if body is None:  # the client went away mid-body: nobody to answer
+                return
+            await self._check_json(protocol, headers, body)
+        except PredictorError as error:
+            await self._refuse(scope, protocol, error, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: disconnect notices
+
+        await self.app(scope, replay, send)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
+        limit = self.limits.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise refuse_payload("request body", limit, int(declared))
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise refuse_payload("request body", limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _check_json(self, protocol: str, headers: dict[str, str], body: bytes) -> None:
+        text = body
+        if protocol == "rest-v2":
+            text = body[: json_header_length(headers.get(INFERENCE_HEADER), len(body))]
+        depth = self.limits.max_json_depth
+        if len(text) > CHECK_OFF_LOOP_BYTES:
+            await asyncio.to_thread(check_json_text, text, depth)
+        else:
+            check_json_text(text, depth)
+
+    async def _refuse(self, scope: Scope, protocol: str, error: PredictorError, send: Send) -> None:
+        self.metrics.count_error(protocol, error.reason.kind.reason)
+        self.client_errors(scope["path"], error)
+        content = orjson.dumps({"error": error.message})
+        response_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+        ]
+        if error.reason is Reason.PAYLOAD_TOO_LARGE:
+            response_headers.append((b"connection", b"close"))  # the rest is never read
+        start = {"type": "http.response.start", "status": error.http_status}
+        await send({**start, "headers": response_headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A listening socket several processes can bind: the kernel spreads connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -262,6 +397,8 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
         metrics: PredictorMetrics,
         access_log: bool,
         reuse_port: bool,
+        limits: RequestLimits,
+        client_errors: ClientErrorLog,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -269,6 +406,8 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
         self.config.access_log = access_log
         self.metrics = metrics
         self.reuse_port = reuse_port
+        self.limits = limits
+        self.client_errors = client_errors
 
     async def start(self) -> None:
         self.create_application()
@@ -288,6 +427,13 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
         if not self.config.access_log:
             access.handlers.clear()
             access.propagate = False
+        # Added first, so it runs inside the metrics middleware, which counts its refusals.
+        app.add_middleware(
+            RequestGuardMiddleware,
+            metrics=self.metrics,
+            limits=self.limits,
+            client_errors=self.client_errors,
+        )
         app.add_middleware(InferenceMetricsMiddleware, metrics=self.metrics)
 
     def _register_endpoints(self, app: FastAPI) -> None:
@@ -305,15 +451,21 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
 
     def _add_exception_handlers(self, app: FastAPI) -> None:
         metrics = self.metrics
+        client_errors = self.client_errors
 
         async def handle(request: Request, exc: Exception) -> JSONResponse:
             error = as_predictor_error(exc)
             if error.reason is Reason.INTERNAL:
                 logger.error("internal error on %s", request.url.path, exc_info=exc)
+            elif error.reason.is_client_error:
+                client_errors(request.url.path, error)
             protocol = _protocol_of(request.url.path)
             if protocol is not None:
                 metrics.count_error(protocol, error.reason.kind.reason)
-            return JSONResponse({"error": error.message}, status_code=error.http_status)
+            status = error.http_status
+            if isinstance(exc, HTTPException) and exc.status_code < 500:
+                status = exc.status_code  # 404 for an unknown path, 405, ...: kept
+            return JSONResponse({"error": error.message}, status_code=status)
 
         async def handle_validation(request: Request, exc: Exception) -> JSONResponse:
             assert isinstance(exc, RequestValidationError)
@@ -321,7 +473,14 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
                 request, PredictorError(Reason.MALFORMED_REQUEST, describe_validation_error(exc))
             )
 
-        for exc_class in (PredictorError, InvalidInput, ModelNotFound, ModelNotReady, Exception):
+        for exc_class in (
+            PredictorError,
+            InvalidInput,
+            ModelNotFound,
+            ModelNotReady,
+            HTTPException,
+            Exception,
+        ):
             app.add_exception_handler(exc_class, handle)
         app.add_exception_handler(RequestValidationError, handle_validation)
 
@@ -329,33 +488,97 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
 # --- gRPC --------------------------------------------------------------------------------
 
 
+def decode_infer_request(raw: bytes) -> pb.ModelInferRequest | PredictorError:
+    """ModelInfer's request deserializer. A message that is not a valid ModelInferRequest
+    (bad wire format, a string field that is not UTF-8) becomes an error value for the
+    servicer to report like any other client mistake; gRPC's own handling of a raising
+    deserializer would answer INTERNAL and log a traceback."""
+    try:
+        request: pb.ModelInferRequest = pb.ModelInferRequest.FromString(raw)
+    except DecodeError as exc:
+        return PredictorError(
+            Reason.MALFORMED_REQUEST, f"request is not a valid ModelInferRequest: {exc}"
+        )
+    return request
+
+
+GRPC_SERVICE = "inference.GRPCInferenceService"
+
+
+class _CapturedHandlers:
+    """Stands in for a server to collect the generated code's method handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers.update(handlers)
+
+
 class IrisServicer(InferenceServicer):  # type: ignore[misc]
-    def __init__(self, data_plane: DataPlane, extension: Any, metrics: PredictorMetrics) -> None:
+    def __init__(
+        self,
+        data_plane: DataPlane,
+        extension: Any,
+        metrics: PredictorMetrics,
+        max_message_bytes: int,
+        client_errors: ClientErrorLog,
+    ) -> None:
         super().__init__(data_plane, extension)
         self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
+        self.client_errors = client_errors
 
-    async def ModelInfer(
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """KServe's generated handlers, with ModelInfer served as client-streaming though
+        clients call it unary (the wire is the same): a request over
+        ``grpc.max_receive_message_length`` is refused by gRPC core with
+        RESOURCE_EXHAUSTED before it is read, and a unary method would never run for it.
+        Reading its one message itself, the servicer sees the refusal as "no message" and
+        counts it like every other client error."""
+        captured = _CapturedHandlers()
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, captured)
+        handlers = dict(captured.handlers)
+        handlers["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+            self.ModelInferStream,
+            request_deserializer=decode_infer_request,
+            response_serializer=pb.ModelInferResponse.SerializeToString,
+        )
+        return handlers
+
+    async def ModelInferStream(
         self,
-        request: pb.ModelInferRequest,
+        requests: AsyncIterator[pb.ModelInferRequest | PredictorError],
         context: aio.ServicerContext,
     ) -> pb.ModelInferResponse:
         start = perf_counter()
         code = "OK"
         try:
-            self.validate_grpc_request(request)
-            infer_request = request_from_grpc(request)
-            response, _ = await self._data_plane.infer(
-                request=infer_request,
-                headers=to_headers(context),
-                model_name=request.model_name,
-            )
-            assert isinstance(response, InferResponse)
-            message: pb.ModelInferResponse = response.to_grpc()
-            return message
+            request = await anext(aiter(requests), None)  # a unary call: one message
+            if request is None:
+                # The call is over: cancelled by the client, or refused by gRPC core for
+                # its size (RESOURCE_EXHAUSTED, already sent). Count it; nothing to send.
+                code = "CANCELLED"
+                if not context.cancelled():
+                    error = refuse_payload("request message", self.max_message_bytes)
+                    code = error.grpc_status
+                    self.metrics.count_error("grpc", error.reason.kind.reason)
+                    self.client_errors("grpc ModelInfer", error)
+                return pb.ModelInferResponse()
+            if isinstance(request, PredictorError):
+                raise request
+            return await self.ModelInfer(request, context)
         except Exception as exc:
             error = as_predictor_error(exc)
             if error.reason is Reason.INTERNAL:
                 logger.error("internal error in ModelInfer", exc_info=exc)
+            elif error.reason.is_client_error:
+                self.client_errors("grpc ModelInfer", error)
             code = error.grpc_status
             self.metrics.count_error("grpc", error.reason.kind.reason)
             await context.abort(grpc.StatusCode[code], error.message)
@@ -364,6 +587,35 @@ class IrisServicer(InferenceServicer):  # type: ignore[misc]
             self.metrics.observe_request(
                 "grpc", code, outcome_of_grpc(code), perf_counter() - start
             )
+
+    async def ModelInfer(
+        self,
+        request: pb.ModelInferRequest,
+        context: aio.ServicerContext,
+    ) -> pb.ModelInferResponse:
+        self.validate_grpc_request(request)
+        infer_request = request_from_grpc(request)
+        response, _ = await self._data_plane.infer(
+            request=infer_request,
+            headers=to_headers(context),
+            model_name=request.model_name,
+        )
+        assert isinstance(response, InferResponse)
+        message: pb.ModelInferResponse = response.to_grpc()
+        return message
+
+
+class QuietExceptionToStatusInterceptor(ExceptionToStatusInterceptor):  # type: ignore[misc]
+    """KServe's interceptor logs every exception with a traceback at ERROR, including the
+    AbortError that ``context.abort`` raises after our servicer has already answered with
+    the right status: one traceback per bad request. An abort is passed through quietly."""
+
+    async def handle_exception(
+        self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str
+    ) -> None:
+        if isinstance(ex, aio.AbortError):
+            raise ex
+        await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 
 class IrisGRPCServer:
@@ -379,18 +631,20 @@ class IrisGRPCServer:
         grace_period: int,
         max_message_bytes: int,
         reuse_port: bool,
+        client_errors: ClientErrorLog,
     ) -> None:
         self.reuse_port = reuse_port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._data_plane, self._extension, self._metrics = data_plane, extension, metrics
         self._grace_period = grace_period
         self._max_message_bytes = max_message_bytes
+        self._client_errors = client_errors
         self._server: aio.Server | None = None
 
     async def start(self, max_workers: int) -> None:
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(ExceptionToStatusInterceptor(),),
+            interceptors=(QuietExceptionToStatusInterceptor(),),
             options=[
                 ("grpc.max_send_message_length", self._max_message_bytes),
                 ("grpc.max_receive_message_length", self._max_message_bytes),
@@ -399,9 +653,18 @@ class IrisGRPCServer:
                 ("grpc.so_reuseport", int(self.reuse_port)),
             ],
         )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            IrisServicer(self._data_plane, self._extension, self._metrics), self._server
+        servicer = IrisServicer(
+            self._data_plane,
+            self._extension,
+            self._metrics,
+            self._max_message_bytes,
+            self._client_errors,
         )
+        handlers = servicer.method_handlers()
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers),)
+        )
+        self._server.add_registered_method_handlers(GRPC_SERVICE, handlers)
         if self._server.add_insecure_port(self.address) == 0:
             raise OSError(f"cannot bind gRPC to {self.address}")
         logger.info("gRPC server listening on %s", self.address)
@@ -438,6 +701,8 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
         metrics: PredictorMetrics,
         access_log: bool,
         max_message_bytes: int,
+        max_body_bytes: int = RequestLimits.max_body_bytes,
+        max_json_depth: int = RequestLimits.max_json_depth,
         reuse_port: bool = False,
         siblings: ProcessGroup | None = None,
         **kwargs: Any,
@@ -447,6 +712,8 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
         self.metrics = metrics
         self.access_log = access_log
         self.max_message_bytes = max_message_bytes
+        self.limits = RequestLimits(max_body_bytes, max_json_depth, max_message_bytes)
+        self.client_errors = ClientErrorLog(logger)
         self.reuse_port = reuse_port
         self.siblings = siblings
         self.dataplane = IrisDataPlane(model_registry=self.registered_models)
@@ -465,6 +732,8 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
             metrics=self.metrics,
             access_log=self.access_log,
             reuse_port=self.reuse_port,
+            limits=self.limits,
+            client_errors=self.client_errors,
         )
 
     def start(self, models: list[Any]) -> None:
@@ -481,6 +750,7 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
                 self.grace_period,
                 self.max_message_bytes,
                 self.reuse_port,
+                self.client_errors,
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
         if self.siblings is not None:

@@ -536,7 +536,7 @@ def test_metrics_count_requests_errors_and_classes(
 
 def test_tampered_artifact_refused_at_start(tmp_path: Path) -> None:
     artifact = make_artifact(tmp_path / "iris-1")
-    with (artifact / "model.joblib").open("ab") as handle:
+    with (artifact / "model.skops").open("ab") as handle:
         handle.write(b"\0")
     running = start_process(
         [
@@ -554,7 +554,7 @@ def test_tampered_artifact_refused_at_start(tmp_path: Path) -> None:
     assert running.process.wait(60) == 3
     output = running.output()
     assert "refusing to start" in output
-    assert "model.joblib: sha256 mismatch" in output
+    assert "model.skops: sha256 mismatch" in output
 
 
 def test_fault_injection_and_canary_role(artifact: Path, tmp_path: Path) -> None:
