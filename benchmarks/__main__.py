@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import joblib
 import sklearn
 from sklearn.datasets import load_iris
 
@@ -31,7 +33,7 @@ from benchmarks.generators import GeneratorMissing, require_generators, run_h2lo
 from benchmarks.mlserver import ensure_venv
 from benchmarks.report import Sample, evaluate_goals, markdown, summarize, to_json
 from pipeline.steps import CLASSES, FEATURES, TrainParams, build_estimator
-from predictor.artifact import fingerprint_dataset, write_artifact
+from predictor.artifact import SIGNATURE_FILE, fingerprint_dataset, write_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("forest", "logreg")
@@ -94,13 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PEER_MODEL_FILE = "model.joblib"
+
+
 def make_artifacts(folder: Path, models: Sequence[str]) -> dict[str, Path]:
     """The models the pipeline would train, fitted on all of Iris, as verified artifacts."""
     features, labels = load_iris(return_X_y=True)
     paths = {}
     for model in models:
         path = folder / model
-        if not (path / "model.json").exists():
+        complete = all((path / name).exists() for name in (SIGNATURE_FILE, PEER_MODEL_FILE))
+        if not complete:  # new, or written by an older version of the artifact contract
+            shutil.rmtree(path, ignore_errors=True)
             estimator = build_estimator(TrainParams(classifier=model)).fit(features, labels)
             write_artifact(
                 estimator,
@@ -112,6 +119,9 @@ def make_artifacts(folder: Path, models: Sequence[str]) -> dict[str, Path]:
                 training_data_fingerprint=fingerprint_dataset(features, labels),
                 metrics={"train_accuracy": float(estimator.score(features, labels))},
             )
+            # The peers load the same fitted estimator the way their docs show, from a
+            # joblib file; irisgate's predictor reads only the signed file its manifest names.
+            joblib.dump(estimator, path / PEER_MODEL_FILE)
         paths[model] = path
     return paths
 
