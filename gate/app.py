@@ -55,8 +55,9 @@ async def _bring_up_stables(
                 stable = await deployer.ensure_stable(model)
                 if stable is not None:
                     await router.ensure_stable_route(stable)
-            except TrafficError as exc:
-                app.state.not_ready = f"stable of {model} not serving yet: {exc}"
+            except Exception as exc:  # e.g. the Kubernetes API unreachable: retried
+                reason = exc if isinstance(exc, TrafficError) else f"{type(exc).__name__}: {exc}"
+                app.state.not_ready = f"stable of {model} not serving yet: {reason}"
                 continue
             waiting.remove(model)
         if waiting:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
 import pickle
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,36 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from predictor import signing
 from predictor.artifact import METADATA_FILE, MODEL_FILE, PICKLE_MODEL_FILE, SIGNATURE_FILE
 from tests.helpers import REPO_ROOT, free_port, make_artifact, run_predictor
+from tests.payloads import PickleBomb, SkopsBomb
 
 pytestmark = pytest.mark.integration
 
 EXIT_BAD_ARTIFACT = 3
 EXIT_PORT_BUSY = 4
 REFUSAL = "predictor: refusing to start: "
-
-
-class PickleBomb:
-    """Unpickling this touches the marker file: proof that attacker code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[pathlib.Path]]:
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
-class SkopsBomb:
-    """A type nobody reviewed: building it (``__setstate__``) touches the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"marker": self.marker}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        pathlib.Path(state["marker"]).touch()
-        self.__dict__.update(state)
 
 
 @pytest.fixture
@@ -165,7 +140,7 @@ def test_skops_file_with_an_untrusted_type_is_refused_by_name(
     _rewrite_manifest(signed, payload, release_key)
     _assert_refused(
         _predictor(signed, "--trusted_keys", str(trusted_keys)),
-        f"untrusted types in model file: {__name__}.SkopsBomb",
+        f"untrusted types in model file: {SkopsBomb.__module__}.SkopsBomb",
         marker,
     )
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
 import pickle
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,32 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from predictor import signing
 from predictor.artifact import METADATA_FILE, SIGNATURE_FILE
 from tests.gate_stack import AUTH, LocalStack, build_registry, offline_accuracy
+from tests.payloads import PickleBomb, SkopsBomb
 
 pytestmark = pytest.mark.integration
-
-
-class PickleBomb:
-    """Unpickling this touches the marker file: proof that attacker code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[pathlib.Path]]:
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
-class SkopsBomb:
-    """A type nobody reviewed: building it (``__setstate__``) touches the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"marker": self.marker}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        pathlib.Path(state["marker"]).touch()
-        self.__dict__.update(state)
 
 
 def model_file(version_dir: Path) -> Path:
