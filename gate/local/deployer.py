@@ -62,7 +62,6 @@ class LocalDeployer(Deployer):
         self.store = store
         self._client = httpx.AsyncClient(timeout=READY_PROBE_TIMEOUT_S)
         self._launched: dict[str, subprocess.Popen[bytes]] = {}
-        self._adopted: set[str] = set()  # started before a restart, found by marker
         settings.run_dir.mkdir(parents=True, exist_ok=True)
 
     # --- processes ---------------------------------------------------------------------------
@@ -89,12 +88,8 @@ class LocalDeployer(Deployer):
         running = self._launched.get(process_id)
         if running is not None and running.poll() is None:
             return
-        if running is None:
-            if process_id in self._adopted and self._pids(self._marker(process_id)):
-                return
-            if process_id not in self._adopted and self._pids(self._marker(process_id)):
-                self._adopted.add(process_id)  # started before a restart, still serving
-                return
+        if running is None and process_id in self._ours():
+            return  # started before a restart, still serving
         command = [
             self.settings.python,
             "-m",
@@ -125,19 +120,6 @@ class LocalDeployer(Deployer):
                 start_new_session=True,
                 env=environment,
             )
-
-    def _pids(self, marker: str) -> list[int]:
-        """Live processes whose environment carries exactly this marker."""
-        found = []
-        for process in psutil.process_iter(["pid", "environ", "status"]):
-            with contextlib.suppress(psutil.Error):
-                environment = process.info.get("environ") or {}
-                if (
-                    environment.get(MARKER) == marker
-                    and process.info.get("status") != psutil.STATUS_ZOMBIE
-                ):
-                    found.append(int(process.info["pid"]))
-        return found
 
     def _ours(self) -> dict[str, list[int]]:
         """process id -> pids, for every live process this store's gate started."""
