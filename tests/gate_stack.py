@@ -253,13 +253,14 @@ class LocalStack:
             self.gate.log,
         )
 
-    def create(self, version: str, **analysis: Any) -> str:
-        version_dir = self.registry / "iris" / version
-        response = httpx.post(
+    def post_rollout(self, version: str, *, model: str = "iris", **analysis: Any) -> httpx.Response:
+        """POST a rollout of a registry version, its offline accuracy from its manifest."""
+        version_dir = self.registry / model / version
+        return httpx.post(
             f"{self.gate_url}/v1/rollouts",
             headers=AUTH,
             json={
-                "model": "iris",
+                "model": model,
                 "candidate": {
                     "version": version,
                     "artifact_uri": str(version_dir),
@@ -269,6 +270,9 @@ class LocalStack:
             },
             timeout=10,
         )
+
+    def create(self, version: str, *, model: str = "iris", **analysis: Any) -> str:
+        response = self.post_rollout(version, model=model, **analysis)
         assert response.status_code == 201, response.text
         rollout_id: str = response.json()["id"]
         return rollout_id

@@ -20,7 +20,7 @@ from tests.helpers import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
-FAST = {"step_interval_s": 2.0, "min_requests": 20, "failure_limit": 2}
+FAST: dict[str, Any] = {"step_interval_s": 2.0, "min_requests": 20, "failure_limit": 2}
 
 
 def steps_taken(detail: dict[str, Any]) -> list[int]:

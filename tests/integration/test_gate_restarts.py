@@ -27,7 +27,6 @@ from tests.gate_stack import (
     LocalStack,
     add_model,
     build_registry,
-    offline_accuracy,
     processes_mentioning,
 )
 
@@ -101,27 +100,10 @@ class Load:
 
 def create(stack: LocalStack, version: str, *, model: str = "iris", **analysis: Any) -> str | None:
     """POST a rollout; None if the gate died answering (a crash right after create)."""
-    version_dir = stack.registry / model / version
     try:
-        response = httpx.post(
-            f"{stack.gate_url}/v1/rollouts",
-            headers=AUTH,
-            json={
-                "model": model,
-                "candidate": {
-                    "version": version,
-                    "artifact_uri": str(version_dir),
-                    "offline_metrics": {"accuracy": offline_accuracy(version_dir)},
-                },
-                "analysis": analysis,
-            },
-            timeout=10,
-        )
+        return stack.create(version, model=model, **analysis)
     except httpx.HTTPError:
         return None
-    assert response.status_code == 201, response.text
-    rollout_id: str = response.json()["id"]
-    return rollout_id
 
 
 def wait_dead(stack: LocalStack, timeout: float = 90) -> int:

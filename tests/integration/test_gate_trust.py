@@ -15,14 +15,13 @@ import shutil
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import skops.io
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from predictor import signing
 from predictor.artifact import METADATA_FILE, SIGNATURE_FILE
-from tests.gate_stack import AUTH, LocalStack, build_registry, offline_accuracy
+from tests.gate_stack import LocalStack, build_registry
 from tests.payloads import PickleBomb, SkopsBomb
 
 pytestmark = pytest.mark.integration
@@ -44,23 +43,7 @@ def resign(version_dir: Path, key: Ed25519PrivateKey) -> None:
 
 
 def create(stack: LocalStack, version_dir: Path) -> str:
-    response = httpx.post(
-        f"{stack.gate_url}/v1/rollouts",
-        headers=AUTH,
-        json={
-            "model": "iris",
-            "candidate": {
-                "version": version_dir.name,
-                "artifact_uri": str(version_dir),
-                "offline_metrics": {"accuracy": offline_accuracy(version_dir)},
-            },
-            "analysis": {"steps": [50, 100], "step_interval_s": 1.5, "min_requests": 10},
-        },
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    rollout_id: str = response.json()["id"]
-    return rollout_id
+    return stack.create(version_dir.name, steps=[50, 100], step_interval_s=1.5, min_requests=10)
 
 
 @pytest.mark.parametrize(
