@@ -553,14 +553,16 @@ class IrisServicer(InferenceServicer):  # type: ignore[misc]
 
     async def ModelInferStream(
         self,
-        requests: AsyncIterator[pb.ModelInferRequest | PredictorError],
+        _requests: AsyncIterator[pb.ModelInferRequest | PredictorError],  # read via context
         context: aio.ServicerContext,
     ) -> pb.ModelInferResponse:
         start = perf_counter()
         code = "OK"
         try:
-            request = await anext(aiter(requests), None)  # a unary call: one message
-            if request is None:
+            # One message: a unary call. ``context.read()``, not ``anext(aiter(requests))``:
+            # the async generator behind the iterator cost ~5 % of gRPC req/s.
+            request = await context.read()
+            if request is aio.EOF:
                 # The call is over: cancelled by the client, or refused by gRPC core for
                 # its size (RESOURCE_EXHAUSTED, already sent). Count it; nothing to send.
                 code = "CANCELLED"
