@@ -10,6 +10,7 @@ is passed on unchanged.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -35,6 +36,7 @@ GRPC_NOT_CONNECTED = re.compile(
     re.IGNORECASE,
 )
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
+MAX_CACHED_METHODS = 64  # method names come from clients: the cache is bounded
 GRPC_MODEL_METHODS = {f"{GRPC_SERVICE}{m}" for m in ("ModelInfer", "ModelMetadata", "ModelReady")}
 
 
@@ -57,10 +59,18 @@ class GrpcPassthrough(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def __init__(self, routes: Routes) -> None:
         self.routes = routes
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = details.method
+        handler = self._handlers.get(method)
+        if handler is None:  # one handler per method, built once (this runs for every call)
+            handler = grpc.unary_unary_rpc_method_handler(self._forwarder(method))
+            if len(self._handlers) < MAX_CACHED_METHODS:
+                self._handlers[method] = handler
+        return handler
 
+    def _forwarder(self, method: str) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
         async def forward(request: bytes, context: aio.ServicerContext) -> bytes:
             try:
                 return await self._forward(method, request, context)
@@ -68,7 +78,7 @@ class GrpcPassthrough(grpc.GenericRpcHandler):  # type: ignore[misc]
                 await context.abort(failure.code, failure.details)
                 raise  # abort raises; this line is never reached
 
-        return grpc.unary_unary_rpc_method_handler(forward)
+        return forward
 
     def _table(self, method: str, request: bytes) -> RouteTable:
         if method in GRPC_MODEL_METHODS:
@@ -120,7 +130,7 @@ async def _grpc_call(
 ) -> bytes:
     backend.requests += 1
     try:
-        reply: bytes = await backend.channel.unary_unary(method)(
+        reply: bytes = await backend.call(method)(
             request, metadata=metadata, timeout=context.time_remaining()
         )
     except aio.AioRpcError as exc:

@@ -1,54 +1,70 @@
-"""The router's client-facing REST port: an ASGI app that forwards to a model's backend.
+"""The router's client-facing REST port: a streaming HTTP/1.1 reverse proxy on asyncio.
 
-The model comes from the path; inference calls (``:predict``, ``/infer``) take the
-weighted pick, everything else goes to the model's stable. A canary call that cannot
-connect is retried once on stable (inference has no side effects) and counted as a canary
-error; an answer from a running canary, even a 5xx, is passed on unchanged. Bodies are
-forwarded as raw bytes (no re-encoding); hop-by-hop headers are not forwarded, and the
-upstream's ``date`` and ``server`` headers are passed on exactly once.
+Built for the request path (see issue "the embedded default's router at the predictor's
+speed"): an asyncio ``Protocol`` per client connection parsed by httptools (the C parser
+uvicorn uses), keep-alive connection pools per backend (:mod:`gate.local.upstream`),
+bodies streamed in both directions as they arrive with back-pressure each way, and no
+per-request logging or per-request objects beyond one :class:`ProxyExchange`.
+
+Routing: the model comes from the path; inference calls (``:predict``, ``/infer``) take the
+weighted pick, everything else goes to the model's stable. A canary call that cannot get an
+answer head (no connection, or the connection closed first) is retried once on stable
+(inference has no side effects) and counted as a canary error, as long as the body seen so
+far is small enough to have been kept (:data:`REPLAY_LIMIT_BYTES`); a request sent on a
+pooled keep-alive connection the backend had just closed is retried once on a new one. An
+answer from a running backend, even a 5xx, is passed on unchanged. Hop-by-hop headers are
+not forwarded; the upstream's ``date`` and ``server`` are passed on, ``date`` added if absent.
+
+Hostile clients cost little: request line and headers are bounded (414, 431), a head must
+arrive within :data:`HEAD_TIMEOUT_S`, idle keep-alive connections close after
+:data:`KEEPALIVE_S`, bodies over :data:`MAX_PROXY_BODY_BYTES` are refused (413), protocol
+upgrades and malformed requests get 400 and a closed connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import http
 import json
+import logging
 import time
-from typing import Any
+from collections import deque
+from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
-import httpx
+import httptools
 
-from gate.local.asgi import Receive, Scope, Send, respond
-from gate.local.route_table import Backend, Routes, rest_target, shown
+from gate.local.route_table import Backend, Routes, RouteTable, rest_target, shown
+from gate.local.upstream import UpstreamConnection, UpstreamError
 
-HOP_BY_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"transfer-encoding",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"proxy-authorization",
-    b"proxy-authenticate",
-    b"host",
-    b"content-length",
-}
-ONCE = (b"date", b"server")  # a response carries the upstream's, exactly once
-MAX_PROXY_BODY_BYTES = 64 * 1024 * 1024
-JSON = [(b"content-type", b"application/json")]
-
-# Raised by ``AsyncClient.send(..., stream=True)`` before any response head arrived, i.e.
-# the backend is not there: "All connection attempts failed" (ConnectError) for a dead
-# port, "Server disconnected without sending a response." (RemoteProtocolError) for a
-# request in flight when it died. A malformed head from a running server would also be a
-# RemoteProtocolError; predictors do not send those.
-NOT_CONNECTED = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.RemoteProtocolError,
-    httpx.ReadError,
-    httpx.WriteError,
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"host",
+        b"content-length",
+        b"expect",
+    }
 )
+MAX_PROXY_BODY_BYTES = 64 * 1024 * 1024
+REPLAY_LIMIT_BYTES = 1024 * 1024  # a request body kept for a retry on stable, at most
+HOLD_BUFFER_BYTES = 1024 * 1024  # body buffered while connecting before reading pauses
+MAX_TARGET_BYTES = 16 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 100
+MAX_PIPELINED = 16
+HEAD_TIMEOUT_S = 30.0
+KEEPALIVE_S = 75.0
+UPSTREAM_TIMEOUT_S = 60.0
+logger = logging.getLogger("gate.local.router")
 
 
 class _HttpDate:
@@ -67,114 +83,533 @@ class _HttpDate:
 
 
 http_date = _HttpDate()
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
-class NotConnected(Exception):
-    """The backend never answered: no connection, or it closed before a response head."""
+class Refused(Exception):
+    """A request this proxy answers itself and then closes the connection."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
-class HttpProxy:
-    """The client-facing REST port (ASGI)."""
+def _json_response(status: int, payload: dict[str, Any], close: bool) -> bytes:
+    body = json.dumps(payload).encode()
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+        status,
+        _REASONS.get(status, b""),
+        len(body),
+    )
+    head += b"date: " + http_date() + b"\r\n"
+    if close:
+        head += b"connection: close\r\n"
+    return head + b"\r\n" + body
 
-    def __init__(self, routes: Routes) -> None:
-        self.routes = routes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+class ProxyExchange:
+    """One client request on its way to a backend and its answer on the way back."""
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        method: bytes,
+        target: bytes,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.target = target  # path and query, raw as the client sent them
+        self.path = path  # percent-decoded, for routing
+        self.keep_alive = keep_alive
+        self.chunked_in = False
+        length: bytes | None = None
+        forwarded: list[bytes] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = value
+            elif lower == b"transfer-encoding":
+                self.chunked_in = b"chunked" in value.lower()
+            if lower not in HOP_BY_HOP:
+                forwarded.append(name + b": " + value + b"\r\n")
+        if self.chunked_in:
+            forwarded.append(b"transfer-encoding: chunked\r\n")
+        elif length is not None:
+            forwarded.append(b"content-length: " + length + b"\r\n")
+        self.forwarded = b"".join(forwarded)
+        self.chunks: list[bytes] = []  # body bytes (as forwarded) not sent yet or kept for a retry
+        self.kept_bytes = 0
+        self.body_bytes = 0
+        self.body_done = False
+        self.replayable = True
+        self.upstream: UpstreamConnection | None = None
+        self.table: RouteTable | None = None
+        self.backend: Backend | None = None
+        self.role = "stable"
+        self.fresh = False  # the upstream connection was opened for this exchange
+        self.answered = False
+        self.finished = False
+        self.out_chunked = False
+        self.close_after = not keep_alive
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- the request ---------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Route the request (its head is complete; its body may still be coming)."""
+        if self.path == "/router" or self.path.startswith("/router/"):
+            self.answer_locally(404, {"error": "not found"})  # the admin API has its own port
             return
-        path: str = scope["path"]
-        if path == "/router" or path.startswith("/router/"):  # the admin API has its own port
-            await _respond_json(send, 404, {"error": "not found"})
-            return
-        body = await _read_body(receive)
-        if body is None:
-            await _respond_json(send, 413, {"error": "request body too large"})
-            return
-        model, inference = rest_target(path)
-        table = self.routes.first() if model is None else self.routes.get(model)
+        routes = self.client.proxy.routes
+        model, inference = rest_target(self.path)
+        table = routes.first() if model is None else routes.get(model)
         if table is None:
-            if model is None or not self.routes.tables:
-                await _respond_json(send, 503, {"error": "no backend configured"})
+            if model is None or not routes.tables:
+                self.answer_locally(503, {"error": "no backend configured"})
             else:
                 error = f"Model with name {shown(model)} does not exist."
-                await _respond_json(send, 404, {"error": error})
+                self.answer_locally(404, {"error": error})
             return
         role, backend = table.pick(inference)
         if backend is None:
-            await _respond_json(send, 503, {"error": "no backend configured"})
+            self.answer_locally(503, {"error": "no backend configured"})
             return
-        raw_path: bytes = scope.get("raw_path") or path.encode()
-        query: bytes = scope["query_string"]
-        target = (raw_path + (b"?" + query if query else b"")).decode("latin-1")
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
-        request = (scope["method"], target, headers, body)
-        try:
-            answer = await self._exchange(backend, role, request)
-        except NotConnected as exc:
-            backend.errors += 1
-            fallback = table.fallback(role)
-            if fallback is None:
-                await _respond_json(send, 502, {"error": f"upstream: {exc}"})
-                return
-            backend.stable_retries += 1
-            try:
-                answer = await self._exchange(fallback, "stable", request)
-            except (NotConnected, httpx.HTTPError) as retry_exc:
-                fallback.errors += 1
-                await _respond_json(send, 502, {"error": f"upstream: {retry_exc}"})
-                return
-        except httpx.HTTPError as exc:
-            backend.errors += 1
-            await _respond_json(send, 502, {"error": f"upstream: {exc!r}"})
-            return
-        await respond(send, *answer)
+        self.table = table
+        self.send_to(backend, role)
 
-    @staticmethod
-    async def _exchange(
-        backend: Backend,
-        role: str,
-        request: tuple[str, str, list[tuple[bytes, bytes]], bytes],
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        method, target, headers, body = request
+    def send_to(self, backend: Backend, role: str) -> None:
+        self.backend, self.role = backend, role
         backend.requests += 1
-        outgoing = backend.http.build_request(method, target, headers=headers, content=body)
+        connection = backend.http.take_idle()
+        if connection is not None:
+            self.fresh = False
+            self.attach(connection)
+        else:
+            self.fresh = True
+            self.client.loop.create_task(self._connect(backend))
+
+    async def _connect(self, backend: Backend) -> None:
         try:
-            response = await backend.http.send(outgoing, stream=True)
-        except NOT_CONNECTED as exc:
-            backend.mark(False, role)
-            raise NotConnected(repr(exc)) from exc
+            connection = await backend.http.connect()
+        except UpstreamError as exc:
+            if backend is self.backend and not self.finished:
+                self.upstream_failed(exc, answered=False)
+            return
+        if backend is not self.backend or self.finished:  # the client left meanwhile
+            backend.http.release(connection)
+            return
+        self.attach(connection)
+
+    def attach(self, connection: UpstreamConnection) -> None:
+        assert self.backend is not None
+        self.upstream = connection
+        pool = self.backend.http
+        head = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (
+            self.method,
+            pool.prefix,
+            self.target,
+            pool.authority,
+            self.forwarded,
+        )
+        body = b"".join(self.chunks)
+        if not self.replayable:
+            self.chunks, self.kept_bytes = [], 0
+        connection.start(self, head, body, head_only=self.method == b"HEAD")
+        if self.client.write_paused:
+            connection.pause_reading()
+        self.client.release_hold("connecting")
+        self.timer = self.client.loop.call_later(UPSTREAM_TIMEOUT_S, self._timed_out)
+
+    def feed(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.body_bytes += len(data)
+        if self.body_bytes > MAX_PROXY_BODY_BYTES:
+            self.fail(413, f"request body over {MAX_PROXY_BODY_BYTES} bytes")
+            return
+        if self.chunked_in:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self._forward(data)
+
+    def feed_end(self) -> None:
+        self.body_done = True
+        if self.chunked_in and not self.finished:
+            self._forward(b"0\r\n\r\n")
+
+    def _forward(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(data)
+        if self.replayable or self.upstream is None:
+            self.chunks.append(data)
+            self.kept_bytes += len(data)
+            if self.kept_bytes > REPLAY_LIMIT_BYTES and self.replayable:
+                self.replayable = False
+                if self.upstream is not None:
+                    self.chunks, self.kept_bytes = [], 0
+            if self.upstream is None and self.kept_bytes > HOLD_BUFFER_BYTES:
+                self.client.hold("connecting")
+
+    # --- what the upstream connection reports ---------------------------------------------
+
+    def response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framed: bool
+    ) -> None:
+        backend = self.backend
+        assert backend is not None
+        self.answered = True
+        self._cancel_timer()
         if not backend.reachable:
-            backend.mark(True, role)
-        try:
-            content = b"".join([chunk async for chunk in response.aiter_raw()])
-        finally:
-            await response.aclose()
-        if response.status_code >= 500:
+            backend.mark(True, self.role)
+        if status >= 500:
             backend.errors += 1
-        kept: list[tuple[bytes, bytes]] = []
-        seen: set[bytes] = set()
-        for key, value in response.headers.raw:
-            name = key.lower()
-            if name in HOP_BY_HOP or (name in ONCE and name in seen):
+        self.chunks, self.kept_bytes = [], 0
+        if not self.body_done:  # answered before the whole body arrived: no reuse after
+            self.close_after = True
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b""))]
+        has_date = chunked = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
                 continue
-            seen.add(name)
-            kept.append((key, value))
-        if b"date" not in seen:
-            kept.append((b"date", http_date()))
-        return response.status_code, kept, content
+            if lower in HOP_BY_HOP and lower != b"content-length":
+                continue
+            if lower == b"date":
+                has_date = True
+            lines.append(name + b": " + value + b"\r\n")
+        if chunked or not framed:
+            if self.client.http11:
+                self.out_chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.close_after = True  # HTTP/1.0: the body ends with the connection
+        if not has_date:
+            lines.append(b"date: " + http_date() + b"\r\n")
+        if self.close_after:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        self.client.write(b"".join(lines))
+
+    def response_body(self, data: bytes) -> None:
+        if self.out_chunked:
+            self.client.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.client.write(data)
+
+    def response_end(self) -> None:
+        if self.out_chunked:
+            self.client.write(b"0\r\n\r\n")
+        self.upstream = None
+        self._finish()
+
+    def upstream_failed(self, error: UpstreamError, answered: bool) -> None:
+        backend, table = self.backend, self.table
+        self.upstream = None
+        self._cancel_timer()
+        if self.finished or backend is None or table is None:
+            return
+        if answered:  # part of the answer is out: nothing to do but cut the client off
+            backend.errors += 1
+            self.close_after = True
+            self._finish()
+            return
+        stale = not self.fresh  # a pooled connection the backend had just closed
+        if stale and self.replayable:
+            self.send_to(backend, self.role)
+            return
+        backend.errors += 1
+        backend.mark(False, self.role)
+        fallback = table.fallback(self.role)
+        if fallback is not None and self.replayable:
+            backend.stable_retries += 1
+            self.send_to(fallback, "stable")
+            return
+        self.fail(502, f"upstream: {error}")
+
+    def pause_body(self) -> None:
+        self.client.hold("upstream")
+
+    def resume_body(self) -> None:
+        self.client.release_hold("upstream")
+
+    # --- endings ---------------------------------------------------------------------------
+
+    def answer_locally(self, status: int, payload: dict[str, Any]) -> None:
+        if not self.body_done:
+            self.close_after = True
+        self.client.write(_json_response(status, payload, self.close_after))
+        self._finish()
+
+    def fail(self, status: int, message: str) -> None:
+        """End the exchange with an error of our own (or a cut connection if the backend
+        already started answering)."""
+        if self.finished:
+            return
+        if self.upstream is not None:
+            self.upstream.abandon()
+            self.upstream = None
+        if self.answered:
+            self.close_after = True
+            self._finish()
+        else:
+            self.answer_locally(status, {"error": message})
+
+    def client_gone(self) -> None:
+        self.finished = True
+        self._cancel_timer()
+        if self.upstream is not None:
+            self.upstream.abandon()
+            self.upstream = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.backend is not None:
+            self.backend.errors += 1
+        self.fail(504, f"upstream: no answer within {UPSTREAM_TIMEOUT_S:.0f} s")
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._cancel_timer()
+            self.client.exchange_done(self)
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    body = bytearray()
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        if len(body) > MAX_PROXY_BODY_BYTES:
-            return None
-        more = message.get("more_body", False)
-    return bytes(body)
+class ClientConnection(asyncio.Protocol):
+    """One client's connection: parses its requests and answers them in order."""
+
+    def __init__(self, proxy: HttpProxy) -> None:
+        self.proxy = proxy
+        self.loop = proxy.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.http11 = True
+        self.current: ProxyExchange | None = None  # being answered
+        self.receiving: ProxyExchange | None = None  # its body is arriving
+        self.queue: deque[ProxyExchange] = deque()  # pipelined, waiting their turn
+        self.closing = False
+        self.write_paused = False
+        self._holds: set[str] = set()
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._in_head = False
+        self._eof = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.proxy.connections.add(self)
+        self._set_timer(self.proxy.keepalive_s)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(Refused(400, "protocol upgrades are not supported"))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, Refused):
+                logger.error("proxy failure on a client request", exc_info=cause)
+                cause = Refused(500, "internal proxy error")
+            self._refuse(cause)
+        except httptools.HttpParserError as exc:
+            self._refuse(Refused(400, f"malformed request: {exc}"))
+
+    def eof_received(self) -> bool:
+        # A client that half-closes after its request still gets its answer.
+        self._eof = True
+        return self.current is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.proxy.connections.discard(self)
+        self._cancel_timer()
+        for exchange in (self.current, self.receiving, *self.queue):
+            if exchange is not None:
+                exchange.client_gone()
+        self.current = self.receiving = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.current is not None and self.current.upstream is not None:
+            self.current.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.current is not None and self.current.upstream is not None:
+            self.current.upstream.resume_reading()
+
+    # --- httptools callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_head = True
+        if self.current is None:
+            self._set_timer(self.proxy.head_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_TARGET_BYTES:
+            raise Refused(414, f"request target over {MAX_TARGET_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._header_bytes += len(name) + len(value)
+        if len(self._headers) > MAX_HEADERS or self._header_bytes > MAX_HEADER_BYTES:
+            raise Refused(431, f"over {MAX_HEADERS} headers or {MAX_HEADER_BYTES} bytes of them")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_timer()
+        self.http11 = self.parser.get_http_version() == "1.1"
+        try:
+            parsed = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError as exc:
+            raise Refused(400, "malformed request target") from exc
+        raw_path: bytes = parsed.path or b"/"
+        target = raw_path + (b"?" + parsed.query if parsed.query else b"")
+        path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        exchange = ProxyExchange(
+            self,
+            self.parser.get_method(),
+            target,
+            path,
+            self._headers,
+            self.parser.should_keep_alive(),
+        )
+        self.receiving = exchange
+        if self.current is None:
+            if any(
+                n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in self._headers
+            ):
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.current = exchange
+            exchange.begin()
+        else:
+            if len(self.queue) >= MAX_PIPELINED:
+                raise Refused(429, f"over {MAX_PIPELINED} pipelined requests")
+            self.queue.append(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        if self.receiving is not None:
+            self.receiving.feed(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.receiving = self.receiving, None
+        if exchange is None:
+            return
+        exchange.feed_end()
+        if self.current is not None:  # answer first, then read the next request
+            self.hold("busy")
+
+    # --- used by exchanges ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def hold(self, reason: str) -> None:
+        if not self._holds and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self._holds.add(reason)
+
+    def release_hold(self, reason: str) -> None:
+        if reason in self._holds:
+            self._holds.discard(reason)
+            if not self._holds and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def exchange_done(self, exchange: ProxyExchange) -> None:
+        if exchange is not self.current:
+            return
+        self.current = None
+        if exchange.close_after or self.closing or self._eof or self.proxy.stopping:
+            self._close()
+            return
+        self.release_hold("busy")
+        if self.queue:
+            self.current = self.queue.popleft()
+            self.current.begin()
+        elif self.receiving is None:
+            self._set_timer(self.proxy.keepalive_s)
+
+    def idle(self) -> bool:
+        return self.current is None and self.receiving is None
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _refuse(self, refused: Refused) -> None:
+        if self.current is None or not self.current.answered:
+            if self.current is not None:
+                self.current.client_gone()
+            self.write(_json_response(refused.status, {"error": refused.message}, close=True))
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def _set_timer(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._in_head and self.current is None:
+            self.write(_json_response(408, {"error": "request head not received in time"}, True))
+        self._close()
 
 
-async def _respond_json(send: Send, status: int, payload: dict[str, Any]) -> None:
-    await respond(send, status, [*JSON, (b"date", http_date())], json.dumps(payload).encode())
+class HttpProxy:
+    """The client-facing REST port: the protocol factory and its open connections."""
+
+    def __init__(
+        self,
+        routes: Routes,
+        loop: asyncio.AbstractEventLoop,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+        keepalive_s: float = KEEPALIVE_S,
+    ) -> None:
+        self.routes = routes
+        self.loop = loop
+        self.head_timeout_s = head_timeout_s
+        self.keepalive_s = keepalive_s
+        self.connections: set[ClientConnection] = set()
+        self.stopping = False
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop: idle connections close now, busy ones after their answer; whatever is
+        still open after ``grace_s`` is cut."""
+        self.stopping = True
+        deadline = self.loop.time() + grace_s
+        while self.connections and self.loop.time() < deadline:
+            for connection in list(self.connections):
+                if connection.idle():
+                    connection._close()
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()

@@ -22,9 +22,10 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from grpc import aio
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from gate.local.upstream import HttpPool
 
 logger = logging.getLogger("gate.local.router")
 
@@ -85,20 +86,26 @@ class Backend:
 
     spec: BackendSpec
     model: str
-    http: httpx.AsyncClient
+    http: HttpPool
     channel: aio.Channel
     requests: int = 0
     errors: int = 0
     stable_retries: int = 0  # canary requests that could not connect and went to stable
     reachable: bool = True  # only to log a change once, never per request
+    _calls: dict[str, aio.UnaryUnaryMultiCallable] = field(default_factory=dict)
 
     @classmethod
     def open(cls, spec: BackendSpec, model: str) -> Backend:
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=128)
-        client = httpx.AsyncClient(base_url=spec.http, limits=limits, timeout=60.0)
-        for name in list(client.headers):  # forward the client's headers, not httpx's
-            del client.headers[name]
-        return cls(spec, model, client, aio.insecure_channel(spec.grpc))
+        return cls(spec, model, HttpPool(spec.http), aio.insecure_channel(spec.grpc))
+
+    def call(self, method: str) -> aio.UnaryUnaryMultiCallable:
+        """The channel's callable for a method, made once (bounded: names come from clients)."""
+        call = self._calls.get(method)
+        if call is None:
+            call = self.channel.unary_unary(method)
+            if len(self._calls) < 64:
+                self._calls[method] = call
+        return call
 
     def mark(self, reachable: bool, role: str) -> None:
         if reachable != self.reachable:
@@ -110,7 +117,7 @@ class Backend:
                 logger.warning("%s cannot be reached", where)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        self.http.close()
         await self.channel.close()
 
     def describe(self, role: str) -> dict[str, Any]:

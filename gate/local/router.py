@@ -11,7 +11,10 @@ The admin API (:mod:`gate.local.admin`) listens on its own loopback port and nee
 ``Authorization: Bearer $ROUTER_ADMIN_TOKEN``. The pieces: :mod:`gate.local.http_proxy`,
 :mod:`gate.local.grpc_proxy` (byte-level, never decodes a message),
 :mod:`gate.local.route_table`; this module binds them and runs all three servers on one
-event loop.
+event loop (uvloop's when installed). The REST port is a streaming HTTP/1.1 proxy with
+keep-alive pools per backend and no per-request logging; a request line and headers
+must arrive within ``--head-timeout-s``, idle client connections close after
+``--keepalive-s``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import uvicorn
@@ -33,10 +36,11 @@ from pydantic import ValidationError
 
 from gate.local.admin import TOKEN_MIN_CHARS, AdminApp, validation_message
 from gate.local.grpc_proxy import GrpcPassthrough
-from gate.local.http_proxy import HttpProxy
+from gate.local.http_proxy import HEAD_TIMEOUT_S, KEEPALIVE_S, HttpProxy
 from gate.local.route_table import MODEL_NAME, BackendSpec, Routes, RoutesSpec
 
 logger = logging.getLogger("gate.local.router")
+GRACE_S = 10  # requests in flight at a stop signal get this long to finish
 
 
 class _Server(uvicorn.Server):
@@ -47,17 +51,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: Any, *, proxy: bool) -> uvicorn.Config:
+def _config(app: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         access_log=False,
         log_level="warning",
         lifespan="off",
         ws="none",
-        # the proxy passes the upstream's date and server on instead of adding its own
-        server_header=not proxy,
-        date_header=not proxy,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACE_S,
     )
 
 
@@ -67,29 +68,36 @@ async def serve(
     token: str,
     sockets: tuple[socket.socket, socket.socket],
     grpc_address: str,
+    timeouts: tuple[float, float] = (HEAD_TIMEOUT_S, KEEPALIVE_S),
 ) -> None:
-    proxy = _Server(_config(HttpProxy(routes), proxy=True))
-    admin = _Server(_config(AdminApp(routes, token), proxy=False))
+    loop = asyncio.get_running_loop()
+    http_sock, admin_sock = sockets
+    proxy = HttpProxy(routes, loop, *timeouts)
+    admin = _Server(_config(AdminApp(routes, token)))
     grpc_server = aio.server()
     grpc_server.add_generic_rpc_handlers((GrpcPassthrough(routes),))
     if grpc_server.add_insecure_port(grpc_address) == 0:
         raise OSError(f"cannot bind gRPC to {grpc_address}")
-    loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
+    await grpc_server.start()
+    http_server = await loop.create_server(proxy, sock=http_sock, backlog=2048)
+    stopped = asyncio.Event()
+    stopping: list[asyncio.Task[Any]] = []
 
     def stop() -> None:
         if stopping:  # a second signal: stop waiting for requests in flight
-            proxy.force_exit = admin.force_exit = True
+            admin.force_exit = True
+            stopped.set()
             return
-        proxy.should_exit = admin.should_exit = True
-        stopping.append(loop.create_task(grpc_server.stop(grace=10)))
+        admin.should_exit = True
+        http_server.close()  # no new connections; those open finish what they started
+        stopping.append(loop.create_task(grpc_server.stop(grace=GRACE_S)))
+        stopping.append(loop.create_task(proxy.drain(GRACE_S)))
+        stopping[-1].add_done_callback(lambda _: stopped.set())
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     if initial is not None:
         routes.apply(*initial)
-    await grpc_server.start()
-    http_sock, admin_sock = sockets
     logger.info(
         "router: REST %s, gRPC %s, admin %s",
         _address(http_sock),
@@ -98,7 +106,7 @@ async def serve(
     )
     try:
         await asyncio.gather(
-            proxy.serve(sockets=[http_sock]),
+            _closing(http_server, stopped),
             admin.serve(sockets=[admin_sock]),
             grpc_server.wait_for_termination(),
         )
@@ -107,6 +115,12 @@ async def serve(
             await grpc_server.stop(grace=None)
         await asyncio.gather(*stopping, return_exceptions=True)
         await routes.aclose()
+
+
+async def _closing(server: asyncio.Server, stopped: asyncio.Event) -> None:
+    """Serve until the connections are drained (or a second signal)."""
+    async with server:
+        await stopped.wait()
 
 
 def _address(sock: socket.socket) -> str:
@@ -130,6 +144,16 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (the gate's dependencies bring it on Linux and macOS): the
+    proxy's per-request cost is mostly the event loop's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gate.local.router",
@@ -150,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", default="iris", help="model the --stable-* routes belong to (default iris)"
     )
+    parser.add_argument(
+        "--head-timeout-s",
+        type=float,
+        default=HEAD_TIMEOUT_S,
+        help="a REST request's line and headers must arrive within this many seconds "
+        f"(default {HEAD_TIMEOUT_S:.0f})",
+    )
+    parser.add_argument(
+        "--keepalive-s",
+        type=float,
+        default=KEEPALIVE_S,
+        help="an idle client connection is closed after this many seconds "
+        f"(default {KEEPALIVE_S:.0f})",
+    )
     parser.add_argument("--stable-http", default="", help="initial stable's REST base URL")
     parser.add_argument("--stable-grpc", default="", help="initial stable's gRPC host:port")
     return parser
@@ -165,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if not (0 < args.head_timeout_s <= 3600 and 0 < args.keepalive_s <= 3600):
+        parser.error("--head-timeout-s and --keepalive-s must be within (0, 3600]")
     if not MODEL_NAME.match(args.model):
         parser.error(f"--model must match {MODEL_NAME.pattern}")
     initial = None
@@ -179,8 +219,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("httpx", "httpcore"):  # one INFO line per proxied request otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     grpc_host = f"[{args.host}]" if ":" in args.host else args.host
     try:
         http_sock = _bind(args.host, args.http_port)
@@ -194,7 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"router: cannot bind 127.0.0.1:{args.admin_port}: {exc}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(Routes(), initial, token, sockets, f"{grpc_host}:{args.grpc_port}"))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            timeouts = (args.head_timeout_s, args.keepalive_s)
+            grpc_address = f"{grpc_host}:{args.grpc_port}"
+            runner.run(serve(Routes(), initial, token, sockets, grpc_address, timeouts))
     except OSError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 1
