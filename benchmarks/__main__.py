@@ -59,8 +59,9 @@ def _csv(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmark irisgate's predictor against a plain KServe model, MLServer "
-        "with adaptive batching and a constant-returning KServe model (the floor).",
+        description="Benchmark irisgate's predictor, directly and through the local router, "
+        "against a plain KServe model, MLServer with adaptive batching and a "
+        "constant-returning KServe model (the floor).",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
@@ -141,8 +142,11 @@ def plan_servers(args: argparse.Namespace, run_dir: Path) -> list[servers.Server
     if "mlserver" in args.servers:
         venv = ensure_venv(args.mlserver_venv, run_dir / "mlserver-install.log")
     for model in args.models:
-        if "irisgate" in args.servers:
-            chosen.append(servers.irisgate(model, artifacts[model], run_dir, extra))
+        if "irisgate" in args.servers or "router" in args.servers:
+            predictor = servers.irisgate(model, artifacts[model], run_dir, extra)
+            chosen.append(predictor)
+            if "router" in args.servers:
+                chosen.append(servers.router(predictor, run_dir))
         if "kserve-plain" in args.servers:
             chosen.append(servers.kserve_plain(model, artifacts[model], run_dir))
         if venv is not None:

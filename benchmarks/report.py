@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SERVER_ORDER = ("irisgate", "mlserver", "kserve-plain", "kserve-constant")
+SERVER_ORDER = ("irisgate", "router", "mlserver", "kserve-plain", "kserve-constant")
 FLOOR = "kserve-constant"
+ROUTER, DIRECT = "router", "irisgate"  # the same predictor, through the router and not
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def evaluate_goals(
             None if lowest is None else lowest[0] >= 0.8,
         )
     )
+    goals += _router_goals(look, points, c)
     rss_ratios = []
     for key, rss in idle_rss.items():
         kind, model = key.split("/")
@@ -166,6 +168,43 @@ def evaluate_goals(
         )
     )
     return goals
+
+
+def _router_goals(look: Lookup, points: list[Point], c: int) -> list[Goal]:
+    """What the router may cost: req/s and p99 at the top concurrency, p50 at c=1."""
+    pairs = [
+        (p, look.get(DIRECT, p.model, p.protocol, p.concurrency))
+        for p in points
+        if p.server == ROUTER and p.protocol in ("rest-v2", "grpc")
+    ]
+    measured = [(r, d) for r, d in pairs if d is not None and d.rps > 0 and d.p99_ms > 0]
+    top = [(r, d) for r, d in measured if r.concurrency == c]
+    text = f"router vs direct, REST v2 and gRPC, c={c}: >= 80% req/s, p99 <= 1.5x, 0 errors"
+    if not top:
+        goals = [Goal(text, "not measured", None)]
+    else:
+        slowest = min(top, key=lambda rd: rd[0].rps / rd[1].rps)
+        widest = max(top, key=lambda rd: rd[0].p99_ms / rd[1].p99_ms)
+        errors = sum(r.errors for r, _ in measured)
+        rps_ratio = slowest[0].rps / slowest[1].rps
+        p99_ratio = widest[0].p99_ms / widest[1].p99_ms
+        goals = [
+            Goal(
+                text,
+                f"lowest {rps_ratio:.2f}x req/s ({slowest[0].protocol}, {slowest[0].model}); "
+                f"highest p99 {p99_ratio:.2f}x ({widest[0].protocol}, {widest[0].model}); "
+                f"{errors} errors",
+                rps_ratio >= 0.8 and p99_ratio <= 1.5 and errors == 0,
+            )
+        ]
+    single = [(r, d) for r, d in measured if r.concurrency == 1]
+    text = "router vs direct, REST v2 and gRPC, c=1: adds <= 0.5 ms to p50"
+    if not single:
+        return [*goals, Goal(text, "not measured", None)]
+    worst = max(single, key=lambda rd: rd[0].p50_ms - rd[1].p50_ms)
+    added = worst[0].p50_ms - worst[1].p50_ms
+    where = f"({worst[0].protocol}, {worst[0].model})"
+    return [*goals, Goal(text, f"worst {added:+.2f} ms {where}", added <= 0.5)]
 
 
 def _at_least(value: float | None, minimum: float) -> bool | None:
@@ -215,8 +254,8 @@ def markdown(
             f"## {PROTOCOL_TITLES[protocol]}",
             "",
             "| model | c | server | req/s | p50 ms | p99 ms | errors | CPU ms/req "
-            "| vs plain | vs MLServer | vs floor |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| vs plain | vs MLServer | vs floor | vs direct |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in rows:
             model = p.model if p.server != FLOOR else "(none)"
@@ -228,9 +267,9 @@ def markdown(
 
             lines.append(
                 f"| {model} | {p.concurrency} | {labels.get(p.server, p.server)} "
-                f"| {p.rps:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} "
+                f"| {p.rps:,.0f} | {p.p50_ms:.2f} | {p.p99_ms:.1f} | {p.errors} "
                 f"| {p.cpu_ms_per_request:.2f} | {ratio('kserve-plain')} | {ratio('mlserver')} "
-                f"| {ratio(FLOOR)} |"
+                f"| {ratio(FLOOR)} | {ratio(DIRECT) if p.server == ROUTER else ''} |"
             )
     lines += ["", "## Idle memory", "", "| server | model | RSS per process, MB |", "|---|---|---|"]
     for key, rss in sorted(idle_rss.items()):

@@ -1,8 +1,11 @@
 """The servers under test: how each starts, how we know it is ready, what it costs.
 
-Four kinds, all on 127.0.0.1 with ports picked free:
+Five kinds, all on 127.0.0.1 with ports picked free:
 
 - ``irisgate``: ``python -m predictor`` with its default settings;
+- ``router``: ``python -m gate.local.router`` in front of that same predictor (the path of
+  every local request in the embedded default), so "direct" and "through the router" are
+  the same predictor in the same run; its CPU figure is the router's own;
 - ``kserve-plain``: the docs-style KServe custom model (``benchmarks/plain_kserve.py``);
 - ``mlserver``: MLServer + mlserver-sklearn with adaptive batching (64 rows, 5 ms), from a
   venv of its own because its dependencies differ from ours (see :mod:`benchmarks.mlserver`);
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -35,9 +39,10 @@ HERE = Path(__file__).resolve().parent
 PROTOCOLS = ("rest-v1", "rest-v2", "grpc")
 EXPECTED_CLASS = 1  # the benchmark row is a versicolor
 
-SERVER_KINDS = ("irisgate", "kserve-plain", "mlserver", "kserve-constant")
+SERVER_KINDS = ("irisgate", "router", "kserve-plain", "mlserver", "kserve-constant")
 LABELS = {
     "irisgate": "irisgate predictor",
+    "router": "irisgate predictor via the router",
     "kserve-plain": "plain KServe model",
     "mlserver": "MLServer + batching",
     "kserve-constant": "KServe constant (floor)",
@@ -64,6 +69,7 @@ class Server:
     grpc_port: int
     log_path: Path
     protocols: tuple[str, ...] = PROTOCOLS
+    env: dict[str, str] | None = None  # added to this process's environment
     process: subprocess.Popen[bytes] | None = None
     grpc_answer_bytes: int = 0
     idle_rss_mb: list[float] = field(default_factory=list)
@@ -80,6 +86,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=HERE.parent,
+                env={**os.environ, **self.env} if self.env else None,
             )
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -206,6 +213,36 @@ def irisgate(model: str, artifact: Path, log_dir: Path, extra: list[str]) -> Ser
     program = ["-m", "predictor"]
     return _kserve_flags(
         "irisgate", model, program, ["--model_dir", str(artifact), *extra], log_dir
+    )
+
+
+def router(predictor: Server, log_dir: Path) -> Server:
+    """The local router with the predictor as its model's only (stable) backend."""
+    http, grpc_port, admin = free_port(), free_port(), free_port()
+    return Server(
+        "router",
+        predictor.model,
+        [
+            sys.executable,
+            "-m",
+            "gate.local.router",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc_port),
+            "--admin-port",
+            str(admin),
+            "--model",
+            MODEL_NAME,
+            "--stable-http",
+            f"http://127.0.0.1:{predictor.http_port}",
+            "--stable-grpc",
+            f"127.0.0.1:{predictor.grpc_port}",
+        ],
+        http,
+        grpc_port,
+        log_dir / f"router-{predictor.model}.log",
+        env={"ROUTER_ADMIN_TOKEN": secrets.token_urlsafe(24)},  # nobody uses its admin API
     )
 
 

@@ -49,7 +49,7 @@ def test_smoke_run_measures_every_server_and_protocol(tmp_path: Path) -> None:
     measured = {(p["server"], p["protocol"]) for p in report["points"]}
     assert measured == {
         (server, protocol)
-        for server in ("irisgate", "kserve-plain", "kserve-constant")
+        for server in ("irisgate", "router", "kserve-plain", "kserve-constant")
         for protocol in ("rest-v1", "rest-v2", "grpc")
     } | {("mlserver", "rest-v2"), ("mlserver", "grpc")}
     for point in report["points"]:

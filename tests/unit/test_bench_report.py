@@ -77,3 +77,52 @@ def test_errors_fail_the_no_error_goal_and_show_in_the_table() -> None:
     text = markdown(points, {}, list(goals.values()), meta, {})
     assert "| forest | 64 | irisgate | 900 |" in text
     assert "| no errors | 3 errors | **no** |" in text
+
+
+def _router_run(router_rps: float, router_p99: float, extra_p50_ms: float) -> list[Sample]:
+    samples = []
+    for protocol in ("rest-v2", "grpc"):
+        for c, rps, p99 in ((64, 2000.0, 40.0), (1, 1000.0, 2.0)):
+            direct = _sample("irisgate", "forest", protocol, rps, p99, c=c)
+            samples.append(direct)
+            slower = rps * router_rps if protocol == "grpc" else rps * 0.95
+            samples.append(
+                Sample(
+                    "router",
+                    "forest",
+                    protocol,
+                    c,
+                    1,
+                    int(slower * 5),
+                    0,
+                    5.0,
+                    slower,
+                    direct.p50_ms + (extra_p50_ms if c == 1 else 1.0),
+                    p99 * router_p99,
+                    0.2,
+                )
+            )
+    return samples
+
+
+def test_the_router_is_judged_against_the_same_predictor_direct() -> None:
+    ok = {g.text: g for g in evaluate_goals(summarize(_router_run(0.85, 1.2, 0.3)), {}, 64)}
+    top = ok["router vs direct, REST v2 and gRPC, c=64: >= 80% req/s, p99 <= 1.5x, 0 errors"]
+    assert top.met is True
+    assert top.measured == (
+        "lowest 0.85x req/s (grpc, forest); highest p99 1.20x (grpc, forest); 0 errors"
+    )
+    added = ok["router vs direct, REST v2 and gRPC, c=1: adds <= 0.5 ms to p50"]
+    assert (added.met, added.measured) == (True, "worst +0.30 ms (grpc, forest)")
+
+    bad = {g.text: g for g in evaluate_goals(summarize(_router_run(0.5, 1.2, 0.8)), {}, 64)}
+    assert bad[top.text].met is False and bad[top.text].measured.startswith("lowest 0.50x")
+    assert bad[added.text].met is False
+
+    wide = {g.text: g for g in evaluate_goals(summarize(_router_run(0.9, 1.6, 0.1)), {}, 64)}
+    assert wide[top.text].met is False and "highest p99 1.60x" in wide[top.text].measured
+
+    points = summarize(_router_run(0.85, 1.2, 0.3))
+    meta = {"when": "now", "machine": "m", "settings": "s", "rounds": 1}
+    text = markdown(points, {}, list(ok.values()), meta, {})
+    assert "| forest | 64 | router | 1,700 |" in text and text.count("| 0.85x |") == 1
