@@ -1,150 +1,941 @@
-"""The router's gRPC port: a byte-level pass-through, requests and replies never decoded.
+"""The router's gRPC port: an HTTP/2 proxy that moves frames, never decoding a message.
 
-``ModelInfer``, ``ModelMetadata`` and ``ModelReady`` are routed by the model name in
-field 1 of the raw request; other methods (``ServerLive`` ...) go to the first model's
-stable. An unknown model is NOT_FOUND. A canary ``ModelInfer`` that cannot connect is
-retried once on stable and counted as a canary error; a status sent by a running canary
-is passed on unchanged.
+Like the REST port (:mod:`gate.local.http_proxy`) it is an asyncio ``Protocol`` per
+connection: each client stream becomes a stream on a multiplexed connection to the chosen
+backend (:class:`GrpcPool`, one HTTP/2 connection per backend, more only when one is full
+or going away). Flow control is end to end: a peer's window is replenished only for bytes
+the other side has taken, so a slow party slows its sender instead of filling memory.
+
+``ModelInfer``, ``ModelMetadata`` and ``ModelReady`` are routed by the model name in field 1
+of the request message (read from the first bytes of the first message, decompressed
+first if the client compressed it); ``ModelInfer`` takes the weighted pick, other methods
+(``ServerLive`` ...) go to the first model's stable. An unknown model is NOT_FOUND, an
+unreadable message INVALID_ARGUMENT. A canary call that gets no answer head (no
+connection, or the connection closed or went away first) is sent again to stable and
+counted as a canary error, as long as the request seen so far was small enough to keep
+(:data:`REPLAY_LIMIT_BYTES`); a call sent on a pooled connection the backend had just
+closed is sent again once on a new one. A status sent by a running backend is passed on
+unchanged. Bounded: at most :data:`MAX_STREAMS` streams per client connection, header
+lists of :data:`MAX_HEADER_LIST_BYTES`, the connection preface within the head timeout.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+import asyncio
+import logging
+import zlib
+from collections import deque
+from typing import TYPE_CHECKING, cast
+from urllib.parse import quote
 
-import grpc
-from grpc import aio
+from gate.local import h2
+from gate.local.h2 import H2Error, HeaderReader, Headers, header
+from gate.local.names import MalformedMessage, grpc_model_name, shown
 
-from gate.local.route_table import (
-    Backend,
-    MalformedMessage,
-    Routes,
-    RouteTable,
-    grpc_model_name,
-    shown,
+if TYPE_CHECKING:
+    from gate.local.route_table import Backend, Routes, RouteTable
+
+logger = logging.getLogger("gate.local.router")
+
+GRPC_SERVICE = b"/inference.GRPCInferenceService/"
+INFER = GRPC_SERVICE + b"ModelInfer"
+GRPC_MODEL_METHODS = frozenset(
+    GRPC_SERVICE + m for m in (b"ModelInfer", b"ModelMetadata", b"ModelReady")
 )
 
-# What grpc-core says when a call never got an answer from a server (grpcio 1.85, seen
-# against a dead port and a SIGKILLed predictor): "failed to connect to all addresses;
-# ... Connection refused" and, for a call in flight, "Stream removed (Socket closed)".
-# An error a running server sends carries that server's own message (the predictor's
-# injected fault is UNAVAILABLE "injected fault ...") and is never retried.
-GRPC_NOT_CONNECTED = re.compile(
-    r"failed to connect|connection refused|connection reset|socket closed|broken pipe"
-    r"|connection aborted|endpoint closing",
-    re.IGNORECASE,
-)
-GRPC_SERVICE = "/inference.GRPCInferenceService/"
-MAX_CACHED_METHODS = 64  # method names come from clients: the cache is bounded
-GRPC_MODEL_METHODS = {f"{GRPC_SERVICE}{m}" for m in ("ModelInfer", "ModelMetadata", "ModelReady")}
+# gRPC status codes the router sends or reads
+OK, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL = 0, 3, 5, 14, 13
+CLIENT_MISTAKES = {b"0", b"3", b"5"}  # answers that are not a backend failure
+
+STREAM_WINDOW = 1 << 20  # what each peer may send us per stream before we replenish
+CONNECTION_WINDOW = 16 << 20
+MAX_STREAMS = 256
+MAX_HEADER_LIST_BYTES = 64 * 1024
+NAME_PREFIX_BYTES = 4096  # of the first message: enough to read the model name from
+REPLAY_LIMIT_BYTES = 1 << 20
+MAX_UNROUTED_BYTES = 4 << 20  # buffered before a call has a backend
+CONNECT_TIMEOUT_S = 5.0
+OUR_SETTINGS = {
+    h2.HEADER_TABLE_SIZE: 0,
+    h2.ENABLE_PUSH: 0,
+    h2.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+    h2.MAX_FRAME_SIZE: h2.DEFAULT_MAX_FRAME,
+    h2.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES,
+}
 
 
-class GrpcFailure(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
+class UpstreamError(Exception):
+    """A call got no answer head from its backend."""
 
 
-def grpc_not_connected(exc: aio.AioRpcError) -> bool:
-    """The call never reached a running server (safe to send elsewhere)."""
-    if exc.code() != grpc.StatusCode.UNAVAILABLE:
-        return False
-    return GRPC_NOT_CONNECTED.search(exc.details() or "") is not None
+class Outbox:
+    """Data for one stream in one direction, sent as the peer's windows allow; then the
+    trailers or an empty END_STREAM."""
+
+    __slots__ = ("chunks", "conn", "end", "finished", "on_sent", "stream", "trailer", "window")
+
+    def __init__(self, conn: Endpoint, stream: int, on_sent: Endpoint | None) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.window = conn.peer_initial_window
+        self.chunks: deque[bytes] = deque()
+        self.end = False
+        self.trailer: list[bytes] | None = None
+        self.finished = False
+        self.on_sent = on_sent  # the side whose window the sent bytes replenish
+
+    def push(self, data: bytes, end: bool) -> None:
+        if data:
+            self.chunks.append(data)
+        self.end = self.end or end
+        self.conn.pump(self)
+
+    def push_trailer(self, frames: list[bytes]) -> None:
+        self.trailer = frames
+        self.end = True
+        self.conn.pump(self)
 
 
-class GrpcPassthrough(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """Every unary method of every service, forwarded as raw bytes."""
+class Endpoint(asyncio.Protocol):
+    """One HTTP/2 connection, either side: frames in, frames out, windows both ways."""
 
-    def __init__(self, routes: Routes) -> None:
-        self.routes = routes
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.frames = h2.FrameReader(h2.DEFAULT_MAX_FRAME)
+        self.headers = HeaderReader(MAX_HEADER_LIST_BYTES)
+        self.peer_max_frame = h2.DEFAULT_MAX_FRAME
+        self.peer_initial_window = h2.DEFAULT_WINDOW
+        self.peer_max_streams = 2**31
+        self.send_window = h2.DEFAULT_WINDOW
+        self.outboxes: dict[int, Outbox] = {}
+        self.blocked: dict[int, Outbox] = {}
+        self.closed = False
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._continued: tuple[int, int, bytearray] | None = None  # stream, flags, block
+        self._credit_connection = 0
+        self._credit: dict[int, int] = {}
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method: str = details.method
-        handler = self._handlers.get(method)
-        if handler is None:  # one handler per method, built once (this runs for every call)
-            handler = grpc.unary_unary_rpc_method_handler(self._forwarder(method))
-            if len(self._handlers) < MAX_CACHED_METHODS:
-                self._handlers[method] = handler
-        return handler
+    # --- output ----------------------------------------------------------------------------
 
-    def _forwarder(self, method: str) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
-        async def forward(request: bytes, context: aio.ServicerContext) -> bytes:
-            try:
-                return await self._forward(method, request, context)
-            except GrpcFailure as failure:
-                await context.abort(failure.code, failure.details)
-                raise  # abort raises; this line is never reached
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
-        return forward
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and not self.closed:
+            out, self._out = self._out, []
+            self.transport.write(b"".join(out))
 
-    def _table(self, method: str, request: bytes) -> RouteTable:
-        if method in GRPC_MODEL_METHODS:
-            try:
-                model = grpc_model_name(request)
-            except MalformedMessage as exc:
-                raise GrpcFailure(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}"
-                ) from exc
-            table = self.routes.get(model)
-            if table is None and self.routes.tables:
-                raise GrpcFailure(
-                    grpc.StatusCode.NOT_FOUND, f"Model with name {shown(model)} does not exist."
-                )
-        else:
-            table = self.routes.first()
-        if table is None:
-            raise GrpcFailure(grpc.StatusCode.UNAVAILABLE, "no backend configured")
-        return table
+    def pump(self, box: Outbox) -> None:
+        """Send what the windows allow of one outbox."""
+        if box.finished or self.closed:
+            return
+        chunks = box.chunks
+        while chunks:
+            chunk = chunks[0]
+            size = min(len(chunk), self.send_window, box.window, self.peer_max_frame)
+            if size <= 0:
+                self.blocked[box.stream] = box
+                return
+            if size < len(chunk):
+                piece, chunks[0] = chunk[:size], chunk[size:]
+            else:
+                piece = chunks.popleft()
+            last = not chunks and box.end and box.trailer is None
+            self.write(h2.frame(h2.DATA, h2.END_STREAM if last else 0, box.stream, piece))
+            self.send_window -= size
+            box.window -= size
+            if box.on_sent is not None:
+                box.on_sent.replenish(box, size)
+            if last:
+                self._finished(box)
+                return
+        self.blocked.pop(box.stream, None)
+        if box.end:
+            if box.trailer is not None:
+                for piece in box.trailer:
+                    self.write(piece)
+            else:
+                self.write(h2.frame(h2.DATA, h2.END_STREAM, box.stream))
+            self._finished(box)
 
-    async def _forward(self, method: str, request: bytes, context: aio.ServicerContext) -> bytes:
-        table = self._table(method, request)
-        role, backend = table.pick(method.endswith("/ModelInfer"))
-        if backend is None:
-            raise GrpcFailure(grpc.StatusCode.UNAVAILABLE, "no backend configured")
-        metadata = tuple(
-            (k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(":")
-        )
+    def _finished(self, box: Outbox) -> None:
+        box.finished = True
+        self.outboxes.pop(box.stream, None)
+        self.blocked.pop(box.stream, None)
+        self.stream_sent(box.stream)
+
+    def replenish(self, box: Outbox, size: int) -> None:
+        """``size`` bytes this side received (on the stream paired with ``box``) were sent on;
+        give the peer its window back, in batches."""
+        stream = self.paired_stream(box)
+        self._credit_connection += size
+        if self._credit_connection >= CONNECTION_WINDOW // 2:
+            self.write(h2.window_update(0, self._credit_connection))
+            self._credit_connection = 0
+        if stream and self.still_receiving(stream):
+            credit = self._credit.get(stream, 0) + size
+            if credit >= STREAM_WINDOW // 2:
+                self.write(h2.window_update(stream, credit))
+                credit = 0
+            self._credit[stream] = credit
+
+    def give_back(self, size: int) -> None:
+        """Flow-controlled bytes that go nowhere (padding, a stream already over)."""
+        self._credit_connection += size
+        if self._credit_connection >= CONNECTION_WINDOW // 2:
+            self.write(h2.window_update(0, self._credit_connection))
+            self._credit_connection = 0
+
+    def forget_credit(self, stream: int) -> None:
+        self._credit.pop(stream, None)
+
+    def abort_stream(self, stream: int, code: int) -> None:
+        box = self.outboxes.pop(stream, None)
+        if box is not None:
+            box.finished = True
+        self.blocked.pop(stream, None)
+        self.forget_credit(stream)
+        self.write(h2.rst_stream(stream, code))
+
+    def close(self, code: int = h2.NO_ERROR, message: str = "") -> None:
+        if self.closed or self.transport is None:
+            return
+        self.write(h2.goaway(self.last_peer_stream(), code, message.encode()[:256]))
+        self.flush()
+        self.closed = True
+        self.transport.close()
+
+    # --- input -------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
         try:
-            return await _grpc_call(backend, role, method, request, metadata, context)
-        except aio.AioRpcError as exc:
-            fallback = table.fallback(role)
-            if fallback is None or not grpc_not_connected(exc):
-                raise _failure(exc) from exc
+            for item in self.frames.feed(data):
+                self.on_frame(item)
+        except H2Error as exc:
+            self.close(exc.code, str(exc))
+        except Exception:
+            logger.exception("gRPC proxy failure; closing the connection")
+            self.close(h2.INTERNAL_ERROR, "internal proxy error")
+
+    def on_frame(self, f: h2.Frame) -> None:
+        kind, flags, stream, payload = f
+        if self._continued is not None:
+            cont_stream, cont_flags, block = self._continued
+            if kind != h2.CONTINUATION or stream != cont_stream:
+                raise H2Error(h2.PROTOCOL_ERROR, "expected CONTINUATION")
+            block += payload
+            if len(block) > MAX_HEADER_LIST_BYTES:
+                raise H2Error(h2.ENHANCE_YOUR_CALM, "header block too large")
+            if flags & h2.END_HEADERS:
+                self._continued = None
+                self.on_headers(stream, bytes(block), bool(cont_flags & h2.END_STREAM))
+            return
+        if kind == h2.DATA:
+            if stream == 0:
+                raise H2Error(h2.PROTOCOL_ERROR, "DATA on stream 0")
+            data = h2.strip_padding(flags, payload, priority_allowed=False)
+            if len(payload) > len(data):
+                self.give_back(len(payload) - len(data))
+            self.on_data(stream, data, bool(flags & h2.END_STREAM))
+        elif kind == h2.HEADERS:
+            if stream == 0:
+                raise H2Error(h2.PROTOCOL_ERROR, "HEADERS on stream 0")
+            first = h2.strip_padding(flags, payload, priority_allowed=True)
+            if flags & h2.END_HEADERS:
+                self.on_headers(stream, first, bool(flags & h2.END_STREAM))
+            else:
+                self._continued = (stream, flags, bytearray(first))
+        elif kind == h2.SETTINGS:
+            if flags & h2.ACK:
+                self.on_settings_ack()
+            else:
+                self._apply_settings(payload)
+        elif kind == h2.WINDOW_UPDATE:
+            if len(payload) != 4:
+                raise H2Error(h2.PROTOCOL_ERROR, "WINDOW_UPDATE size")
+            self._window_update(stream, int.from_bytes(payload, "big") & 0x7FFF_FFFF)
+        elif kind == h2.PING:
+            if not flags & h2.ACK:
+                self.write(h2.frame(h2.PING, h2.ACK, 0, payload))
+        elif kind == h2.RST_STREAM:
+            if len(payload) != 4:
+                raise H2Error(h2.PROTOCOL_ERROR, "RST_STREAM size")
+            box = self.outboxes.pop(stream, None)
+            if box is not None:
+                box.finished = True
+            self.blocked.pop(stream, None)
+            self.forget_credit(stream)
+            self.on_reset(stream, int.from_bytes(payload, "big"))
+        elif kind == h2.GOAWAY:
+            if len(payload) < 8:
+                raise H2Error(h2.PROTOCOL_ERROR, "GOAWAY size")
+            last = int.from_bytes(payload[:4], "big") & 0x7FFF_FFFF
+            self.on_goaway(last, int.from_bytes(payload[4:8], "big"))
+        elif kind == h2.PUSH_PROMISE:
+            raise H2Error(h2.PROTOCOL_ERROR, "push is disabled")
+        elif kind == h2.CONTINUATION:
+            raise H2Error(h2.PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+        # PRIORITY and unknown frame types are ignored, as the RFC asks
+
+    def _apply_settings(self, payload: bytes) -> None:
+        if len(payload) % 6:
+            raise H2Error(h2.PROTOCOL_ERROR, "SETTINGS size")
+        for i in range(0, len(payload), 6):
+            key = int.from_bytes(payload[i : i + 2], "big")
+            value = int.from_bytes(payload[i + 2 : i + 6], "big")
+            if key == h2.INITIAL_WINDOW_SIZE:
+                if value > h2.MAX_WINDOW:
+                    raise H2Error(h2.FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for box in self.outboxes.values():
+                    box.window += delta
+            elif key == h2.MAX_FRAME_SIZE:
+                if not h2.DEFAULT_MAX_FRAME <= value <= 16_777_215:
+                    raise H2Error(h2.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
+                self.peer_max_frame = value
+            elif key == h2.MAX_CONCURRENT_STREAMS:
+                self.peer_max_streams = value
+        self.write(h2.frame(h2.SETTINGS, h2.ACK, 0))
+        for box in list(self.blocked.values()):
+            self.pump(box)
+
+    def _window_update(self, stream: int, increment: int) -> None:
+        if stream == 0:
+            self.send_window += increment
+            for box in list(self.blocked.values()):
+                self.pump(box)
+                if self.send_window <= 0:
+                    break
+            return
+        target = self.outboxes.get(stream)
+        if target is not None:
+            target.window += increment
+            self.pump(target)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+
+    # --- what each side implements -----------------------------------------------------------
+
+    def on_headers(self, stream: int, block: bytes, end: bool) -> None:
+        raise NotImplementedError
+
+    def on_data(self, stream: int, data: bytes, end: bool) -> None:
+        raise NotImplementedError
+
+    def on_reset(self, stream: int, code: int) -> None:
+        raise NotImplementedError
+
+    def on_goaway(self, last_stream: int, code: int) -> None:
+        raise NotImplementedError
+
+    def on_settings_ack(self) -> None:
+        self.headers.allow_table_size(0)
+
+    def stream_sent(self, stream: int) -> None:
+        """Our side of ``stream`` is complete (END_STREAM written)."""
+
+    def paired_stream(self, box: Outbox) -> int:
+        """This side's stream whose bytes ``box`` (on the other side) carries."""
+        raise NotImplementedError
+
+    def still_receiving(self, stream: int) -> bool:
+        raise NotImplementedError
+
+    def last_peer_stream(self) -> int:
+        return 0
+
+
+class Call:
+    """One gRPC call: a client stream, and the backend stream it was sent to."""
+
+    __slots__ = (
+        "answered",
+        "backend",
+        "block",
+        "cid",
+        "client",
+        "down_box",
+        "fresh",
+        "headers",
+        "kept",
+        "kept_bytes",
+        "over",
+        "path",
+        "pending",
+        "pending_bytes",
+        "replayable",
+        "request_ended",
+        "role",
+        "table",
+        "uid",
+        "up_box",
+        "upstream",
+    )
+
+    def __init__(self, client: ClientSide, cid: int, headers: Headers, block: bytes | None) -> None:
+        self.client = client
+        self.cid = cid
+        self.headers = headers
+        self.block = block  # forwardable as it is (self-contained), else re-encoded
+        self.path = header(headers, b":path") or b""
+        self.pending: list[bytes] = []  # request bytes not yet handed to a backend stream
+        self.pending_bytes = 0
+        self.kept: list[bytes] = []  # the request so far, for a second attempt
+        self.kept_bytes = 0
+        self.replayable = True
+        self.request_ended = False
+        self.table: RouteTable | None = None
+        self.backend: Backend | None = None
+        self.role = "stable"
+        self.fresh = False
+        self.upstream: UpstreamSide | None = None
+        self.uid = 0
+        self.up_box: Outbox | None = None
+        self.down_box = Outbox(client, cid, None)
+        self.answered = False
+        self.over = False
+
+    # --- the request -------------------------------------------------------------------------
+
+    def request_data(self, data: bytes, end: bool) -> None:
+        self.request_ended = self.request_ended or end
+        if self.replayable:
+            self.kept.append(data)
+            self.kept_bytes += len(data)
+            if self.kept_bytes > REPLAY_LIMIT_BYTES:
+                self.replayable = False
+                self.kept, self.kept_bytes = [], 0
+        if self.up_box is not None:
+            self.up_box.push(data, end)
+            return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > MAX_UNROUTED_BYTES:
+            self.fail(INVALID_ARGUMENT, "request too large to route")
+            return
+        if self.table is None:
+            self.route()
+
+    def route(self) -> None:
+        routes = self.client.routes
+        if self.path in GRPC_MODEL_METHODS:
+            model = self._model_name()
+            if model is None:
+                return  # more of the message first
+            table = routes.get(model)
+            if table is None and routes.tables:
+                self.fail(NOT_FOUND, f"Model with name {shown(model)} does not exist.")
+                return
+        else:
+            table = routes.first()
+        if table is None:
+            self.fail(UNAVAILABLE, "no backend configured")
+            return
+        role, backend = table.pick(self.path == INFER)
+        if backend is None:
+            self.fail(UNAVAILABLE, "no backend configured")
+            return
+        self.table = table
+        self.send_to(backend, role)
+
+    def _model_name(self) -> str | None:
+        """The model the first message names; None while too little of it has arrived."""
+        data = b"".join(self.pending)
+        if len(data) < 5:
+            if self.request_ended:
+                self.fail(INVALID_ARGUMENT, "malformed request: no request message")
+            return None
+        length = int.from_bytes(data[1:5], "big")
+        body = data[5 : 5 + min(length, NAME_PREFIX_BYTES)]
+        complete = len(body) == min(length, NAME_PREFIX_BYTES)
+        if not complete and not self.request_ended:
+            return None
+        try:
+            if data[0] & 1:  # compressed: read the name from the decompressed start
+                body = self._decompressed(data[5 : 5 + length])
+            return grpc_model_name(body)
+        except (MalformedMessage, zlib.error, ValueError) as exc:
+            self.fail(INVALID_ARGUMENT, f"malformed request: {exc}")
+            return None
+
+    def _decompressed(self, body: bytes) -> bytes:
+        encoding = header(self.headers, b"grpc-encoding")
+        if encoding == b"gzip":
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == b"deflate":
+            inflater = zlib.decompressobj()
+        else:
+            raise ValueError(f"unsupported grpc-encoding {encoding!r}")
+        return inflater.decompress(body, NAME_PREFIX_BYTES)
+
+    def send_to(self, backend: Backend, role: str) -> None:
+        self.backend, self.role = backend, role
+        backend.requests += 1
+        connection = backend.grpc.available(self.client)
+        if connection is not None:
+            self.fresh = False
+            self.attach(connection)
+        else:
+            self.fresh = True
+            self.client.loop.create_task(self._connect(backend))
+
+    async def _connect(self, backend: Backend) -> None:
+        try:
+            connection = await backend.grpc.connect(self.client)
+        except UpstreamError as exc:
+            if backend is self.backend and not self.over:
+                self.upstream_failed(str(exc))
+            return
+        if backend is self.backend and not self.over:
+            self.attach(connection)
+
+    def attach(self, connection: UpstreamSide) -> None:
+        self.upstream = connection
+        self.uid = connection.open_stream(self)
+        self.down_box.on_sent = connection  # what reaches the client frees the backend's window
+        block = self.block if self.block is not None else h2.encode_literal(self.headers)
+        data = self.kept if self.replayable else self.pending
+        end_now = self.request_ended and not any(data)
+        for piece in h2.header_frames(self.uid, block, end_now, connection.peer_max_frame):
+            connection.write(piece)
+        self.up_box = box = Outbox(connection, self.uid, self.client)
+        if end_now:
+            box.finished = True
+            connection.stream_sent(self.uid)
+        else:
+            connection.outboxes[self.uid] = box
+            box.chunks.extend(d for d in data if d)
+            box.end = self.request_ended
+            connection.pump(box)
+        self.pending, self.pending_bytes = [], 0
+
+    # --- the answer --------------------------------------------------------------------------
+
+    def response_headers(
+        self, headers: Headers, block: bytes, self_contained: bool, end: bool
+    ) -> None:
+        backend = self.backend
+        assert backend is not None
+        client = self.client
+        forward = block if self_contained else h2.encode_literal(headers)
+        if not self.answered:
+            self.answered = True
+            if not backend.reachable:
+                backend.mark(True, self.role)
+            if header(headers, b":status") != b"200":
+                backend.errors += 1
+            if end:  # trailers-only
+                self._count_status(headers)
+                self.kept, self.kept_bytes = [], 0
+                self.down_box.push_trailer(
+                    h2.header_frames(self.cid, forward, True, client.peer_max_frame)
+                )
+                return
+            self.kept, self.kept_bytes = [], 0
+            for piece in h2.header_frames(self.cid, forward, False, client.peer_max_frame):
+                client.write(piece)
+            client.outboxes[self.cid] = self.down_box
+            return
+        self._count_status(headers)
+        self.down_box.push_trailer(h2.header_frames(self.cid, forward, True, client.peer_max_frame))
+
+    def _count_status(self, headers: Headers) -> None:
+        status = header(headers, b"grpc-status")
+        if status not in CLIENT_MISTAKES and self.backend is not None:
+            self.backend.errors += 1
+
+    def response_data(self, data: bytes, end: bool) -> None:
+        self.down_box.push(data, end)
+
+    def upstream_reset(self, code: int) -> None:
+        """The backend reset the stream. Not processed (REFUSED_STREAM): send it again."""
+        if not self.answered and code == h2.REFUSED_STREAM and self.replayable:
+            self._again()
+            return
+        if self.backend is not None:
+            self.backend.errors += 1
+        self._end_client(code if code else h2.CANCEL)
+
+    def upstream_failed(self, reason: str, unprocessed: bool = False) -> None:
+        """No answer head: connection refused, closed, or went away before this stream."""
+        backend, table = self.backend, self.table
+        self.upstream, self.up_box = None, None
+        if self.over or backend is None or table is None:
+            return
+        if self.answered:
+            backend.errors += 1
+            self._end_client(h2.INTERNAL_ERROR)
+            return
+        if (unprocessed or not self.fresh) and self.replayable:
+            self.send_to(backend, self.role)  # a stale pooled connection, or a GOAWAY
+            return
+        backend.errors += 1
+        backend.mark(False, self.role)
+        fallback = table.fallback(self.role)
+        if fallback is not None and self.replayable:
             backend.stable_retries += 1
-            try:
-                return await _grpc_call(fallback, "stable", method, request, metadata, context)
-            except aio.AioRpcError as retry_exc:
-                raise _failure(retry_exc) from retry_exc
+            self.send_to(fallback, "stable")
+            return
+        self.fail(UNAVAILABLE, f"upstream: {reason}")
 
+    def _again(self) -> None:
+        assert self.backend is not None
+        self.upstream, self.up_box = None, None
+        self.send_to(self.backend, self.role)
 
-async def _grpc_call(
-    backend: Backend,
-    role: str,
-    method: str,
-    request: bytes,
-    metadata: tuple[tuple[str, Any], ...],
-    context: aio.ServicerContext,
-) -> bytes:
-    backend.requests += 1
-    try:
-        reply: bytes = await backend.call(method)(
-            request, metadata=metadata, timeout=context.time_remaining()
+    # --- endings -----------------------------------------------------------------------------
+
+    def fail(self, code: int, message: str) -> None:
+        """Answer with a status of our own (trailers-only) and drop the backend stream."""
+        if self.over:
+            return
+        self._cancel_upstream()
+        if self.answered:
+            self._end_client(h2.INTERNAL_ERROR)
+            return
+        self.answered = True
+        fields = (
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", str(code).encode()),
+            (b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()),
         )
-    except aio.AioRpcError as exc:
-        if grpc_not_connected(exc):
-            backend.mark(False, role)
-        if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-            backend.errors += 1  # a server-side failure (client mistakes are not errors)
-        raise
-    if not backend.reachable:
-        backend.mark(True, role)
-    return reply
+        frames = h2.header_frames(
+            self.cid, h2.encode_literal(fields), True, self.client.peer_max_frame
+        )
+        self.client.outboxes[self.cid] = self.down_box
+        self.down_box.push_trailer(frames)
+
+    def _end_client(self, code: int) -> None:
+        self._cancel_upstream()
+        self.client.abort_stream(self.cid, code)
+        self.client.call_over(self)
+
+    def _cancel_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None and self.uid in upstream.calls:
+            upstream.calls.pop(self.uid, None)
+            upstream.abort_stream(self.uid, h2.CANCEL)
+
+    def client_gone(self) -> None:
+        self.over = True
+        self._cancel_upstream()
 
 
-def _failure(exc: aio.AioRpcError) -> GrpcFailure:
-    code: grpc.StatusCode = exc.code()
-    details: str = exc.details() or ""
-    return GrpcFailure(code, details)
+class ClientSide(Endpoint):
+    """A client's connection to the router's gRPC port."""
+
+    def __init__(self, proxy: GrpcProxy) -> None:
+        super().__init__(proxy.loop)
+        self.proxy = proxy
+        self.routes = proxy.routes
+        self.calls: dict[int, Call] = {}
+        self.upstreams: set[UpstreamSide] = set()  # opened for this client's calls
+        self.last_stream = 0
+        self._preface = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._going_away = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.proxy.connections.add(self)
+        self._timer = self.loop.call_later(self.proxy.head_timeout_s, self._no_preface)
+        self.write(h2.settings_frame({**OUR_SETTINGS, h2.MAX_CONCURRENT_STREAMS: MAX_STREAMS}))
+        self.write(h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW))
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:  # still reading the preface
+            self._preface += data
+            if len(self._preface) < len(h2.PREFACE):
+                if not h2.PREFACE.startswith(self._preface):
+                    self.close(h2.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                return
+            if not self._preface.startswith(h2.PREFACE):
+                self.close(h2.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                return
+            self._timer.cancel()
+            self._timer = None
+            data, self._preface = self._preface[len(h2.PREFACE) :], b""
+        super().data_received(data)
+
+    def _no_preface(self) -> None:
+        self._timer = None
+        self.close(h2.PROTOCOL_ERROR, "no connection preface in time")
+
+    def on_headers(self, stream: int, block: bytes, end: bool) -> None:
+        headers, self_contained = self.headers.read(block)
+        call = self.calls.get(stream)
+        if call is not None:  # trailers from a client: gRPC has none; end the request
+            if end:
+                call.request_data(b"", True)
+            return
+        if stream <= self.last_stream or not stream & 1:
+            raise H2Error(h2.PROTOCOL_ERROR, f"stream {stream} cannot be opened")
+        self.last_stream = stream
+        if self._going_away or len(self.calls) >= MAX_STREAMS:
+            self.write(h2.rst_stream(stream, h2.REFUSED_STREAM))
+            return
+        call = Call(self, stream, headers, block if self_contained else None)
+        self.calls[stream] = call
+        if end:
+            call.request_ended = True
+        if call.path in GRPC_MODEL_METHODS and not end:
+            return  # routed once the model name has arrived
+        call.route()
+
+    def on_data(self, stream: int, data: bytes, end: bool) -> None:
+        call = self.calls.get(stream)
+        if call is None or call.over or call.request_ended:
+            self.give_back(len(data))
+            return
+        call.request_data(data, end)
+
+    def on_reset(self, stream: int, code: int) -> None:
+        call = self.calls.pop(stream, None)
+        if call is not None:
+            call.client_gone()
+
+    def on_goaway(self, last_stream: int, code: int) -> None:
+        self._going_away = True
+        if not self.calls:
+            self.close()
+
+    def stream_sent(self, stream: int) -> None:
+        call = self.calls.pop(stream, None)
+        if call is not None:
+            call.over = True
+            if not call.request_ended:  # answered before the request ended: stop it
+                self.write(h2.rst_stream(stream, h2.NO_ERROR))
+            if call.upstream is not None and call.upstream.calls.get(call.uid) is call:
+                call.upstream.calls.pop(call.uid, None)
+                call.upstream.abort_stream(call.uid, h2.CANCEL)
+        self.forget_credit(stream)
+        if self._going_away and not self.calls:
+            self.close()
+
+    def call_over(self, call: Call) -> None:
+        call.over = True
+        self.calls.pop(call.cid, None)
+        self.forget_credit(call.cid)
+
+    def paired_stream(self, box: Outbox) -> int:
+        call = box.conn.calls.get(box.stream) if isinstance(box.conn, UpstreamSide) else None
+        return call.cid if call is not None else 0
+
+    def still_receiving(self, stream: int) -> bool:
+        call = self.calls.get(stream)
+        return call is not None and not call.request_ended
+
+    def last_peer_stream(self) -> int:
+        return self.last_stream
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.proxy.connections.discard(self)
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            call.client_gone()
+        upstreams, self.upstreams = self.upstreams, set()
+        for upstream in upstreams:
+            upstream.retire()
+
+
+class UpstreamSide(Endpoint):
+    """The router's connection to one backend's gRPC port."""
+
+    def __init__(self, pool: GrpcPool, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.pool = pool
+        self.calls: dict[int, Call] = {}
+        self.next_stream = 1
+        self.draining = False
+        self.owner: ClientSide | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.write(h2.PREFACE + h2.settings_frame(OUR_SETTINGS))
+        self.write(h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW))
+
+    def usable(self) -> bool:
+        return (
+            not self.closed
+            and not self.draining
+            and len(self.calls) < self.peer_max_streams
+            and self.next_stream < 2**31 - 2
+        )
+
+    def open_stream(self, call: Call) -> int:
+        stream = self.next_stream
+        self.next_stream += 2
+        self.calls[stream] = call
+        return stream
+
+    def on_headers(self, stream: int, block: bytes, end: bool) -> None:
+        headers, self_contained = self.headers.read(block)
+        call = self.calls.get(stream)
+        if call is None:
+            return
+        if end:
+            self._stream_over(stream)
+        call.response_headers(headers, block, self_contained, end)
+        self._close_if_drained()
+
+    def on_data(self, stream: int, data: bytes, end: bool) -> None:
+        call = self.calls.get(stream)
+        if call is None:
+            self.give_back(len(data))
+            return
+        if end:
+            self._stream_over(stream)
+        call.response_data(data, end)
+        self._close_if_drained()
+
+    def on_reset(self, stream: int, code: int) -> None:
+        call = self.calls.pop(stream, None)
+        if call is not None:
+            call.upstream_reset(code)
+        self._close_if_drained()
+
+    def _stream_over(self, stream: int) -> None:
+        """The backend answered in full: nothing more goes up this stream either."""
+        self.calls.pop(stream, None)
+        box = self.outboxes.pop(stream, None)
+        if box is not None:
+            box.finished = True
+        self.blocked.pop(stream, None)
+        self.forget_credit(stream)
+
+    def _close_if_drained(self) -> None:
+        if self.draining and not self.calls:
+            self.close()
+
+    def retire(self) -> None:
+        """No new calls; closed once those in flight are over."""
+        self.draining = True
+        self.pool.forget(self)
+        self._close_if_drained()
+
+    def on_goaway(self, last_stream: int, code: int) -> None:
+        self.draining = True
+        self.pool.forget(self)
+        for stream in [s for s in self.calls if s > last_stream]:
+            call = self.calls.pop(stream)
+            call.upstream_failed("backend went away", unprocessed=True)
+        self._close_if_drained()
+
+    def stream_sent(self, stream: int) -> None:
+        pass
+
+    def paired_stream(self, box: Outbox) -> int:
+        call = box.conn.calls.get(box.stream) if isinstance(box.conn, ClientSide) else None
+        return call.uid if call is not None and call.upstream is self else 0
+
+    def still_receiving(self, stream: int) -> bool:
+        return stream in self.calls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.pool.forget(self)
+        if self.owner is not None:
+            self.owner.upstreams.discard(self)
+        calls, self.calls = self.calls, {}
+        reason = f"connection closed: {exc}" if exc else "connection closed"
+        for call in calls.values():
+            call.upstream_failed(reason)
+
+
+class GrpcPool:
+    """HTTP/2 connections to one backend's gRPC port: one per client connection.
+
+    Mirrors what the backend would see without the router: a backend with several
+    processes on one port (SO_REUSEPORT) spreads connections, not streams, so funnelling
+    every client into one multiplexed connection would leave all but one process idle."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.target = target
+        self._by_client: dict[ClientSide, UpstreamSide] = {}
+        self._closed = False
+
+    def available(self, client: ClientSide) -> UpstreamSide | None:
+        connection = self._by_client.get(client)
+        if connection is not None and connection.usable():
+            return connection
+        return None
+
+    async def connect(self, client: ClientSide) -> UpstreamSide:
+        if self._closed:
+            raise UpstreamError("backend was removed from the routes")
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamSide(self, loop), self.host, self.port),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(f"cannot connect to {self.target}: {exc!r}") from exc
+        connection.owner = client
+        client.upstreams.add(connection)
+        if self._closed or client.closed:
+            connection.retire()
+            raise UpstreamError("backend was removed from the routes")
+        current = self._by_client.get(client)
+        if current is None or not current.usable():
+            self._by_client[client] = connection
+        return connection
+
+    def forget(self, connection: UpstreamSide) -> None:
+        for client in [c for c, up in self._by_client.items() if up is connection]:
+            del self._by_client[client]
+
+    def close(self) -> None:
+        """Idle connections close now; busy ones once their calls are over."""
+        self._closed = True
+        connections, self._by_client = list(self._by_client.values()), {}
+        for connection in connections:
+            connection.retire()
+
+
+class GrpcProxy:
+    """The client-facing gRPC port: the protocol factory and its open connections."""
+
+    def __init__(
+        self, routes: Routes, loop: asyncio.AbstractEventLoop, head_timeout_s: float
+    ) -> None:
+        self.routes = routes
+        self.loop = loop
+        self.head_timeout_s = head_timeout_s
+        self.connections: set[ClientSide] = set()
+
+    def __call__(self) -> ClientSide:
+        return ClientSide(self)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop: GOAWAY to every client (calls in flight finish), cut after ``grace_s``."""
+        for connection in list(self.connections):
+            connection.on_goaway(connection.last_stream, h2.NO_ERROR)
+            if not connection.closed:
+                connection.write(h2.goaway(connection.last_stream, h2.NO_ERROR))
+        deadline = self.loop.time() + grace_s
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()

@@ -1,12 +1,11 @@
 """The router's route table: per model, which backends serve it and at what canary weight.
 
-Bookkeeping plus the clients each backend needs; no servers here. The table is an
-immutable mapping replaced in one assignment, so a change never disturbs a request in
-flight: it keeps the backend it started with. A backend that leaves the table has its
-connections closed only after a grace period.
-
-Also here: reading the model name a request is for, from a REST path or from the raw
-bytes of a gRPC request (the router passes gRPC through without decoding it).
+Bookkeeping plus the connection pools each backend needs (REST:
+:class:`gate.local.upstream.HttpPool`, gRPC: :class:`gate.local.grpc_proxy.GrpcPool`); no
+servers here. The table is an immutable mapping replaced in one assignment, so a change
+never disturbs a request in flight: it keeps the backend it started with. A backend that
+leaves the table has its connections closed only after a grace period. Which model a
+request is for is read by :mod:`gate.local.names` (re-exported here).
 """
 
 from __future__ import annotations
@@ -22,14 +21,33 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from grpc import aio
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from gate.local.grpc_proxy import GrpcPool
+from gate.local.names import (  # re-exported: the router's modules and tests read them here
+    MODEL_NAME,
+    MalformedMessage,
+    grpc_model_name,
+    rest_target,
+    shown,
+)
 from gate.local.upstream import HttpPool
+
+__all__ = [
+    "MODEL_NAME",
+    "Backend",
+    "BackendSpec",
+    "MalformedMessage",
+    "RouteTable",
+    "Routes",
+    "RoutesSpec",
+    "grpc_model_name",
+    "rest_target",
+    "shown",
+]
 
 logger = logging.getLogger("gate.local.router")
 
-MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 CLOSE_GRACE_S = 30.0
 
 
@@ -87,25 +105,15 @@ class Backend:
     spec: BackendSpec
     model: str
     http: HttpPool
-    channel: aio.Channel
+    grpc: GrpcPool
     requests: int = 0
     errors: int = 0
     stable_retries: int = 0  # canary requests that could not connect and went to stable
     reachable: bool = True  # only to log a change once, never per request
-    _calls: dict[str, aio.UnaryUnaryMultiCallable] = field(default_factory=dict)
 
     @classmethod
     def open(cls, spec: BackendSpec, model: str) -> Backend:
-        return cls(spec, model, HttpPool(spec.http), aio.insecure_channel(spec.grpc))
-
-    def call(self, method: str) -> aio.UnaryUnaryMultiCallable:
-        """The channel's callable for a method, made once (bounded: names come from clients)."""
-        call = self._calls.get(method)
-        if call is None:
-            call = self.channel.unary_unary(method)
-            if len(self._calls) < 64:
-                self._calls[method] = call
-        return call
+        return cls(spec, model, HttpPool(spec.http), GrpcPool(spec.grpc))
 
     def mark(self, reachable: bool, role: str) -> None:
         if reachable != self.reachable:
@@ -116,9 +124,9 @@ class Backend:
             else:
                 logger.warning("%s cannot be reached", where)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self.http.close()
-        await self.channel.close()
+        self.grpc.close()
 
     def describe(self, role: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -217,7 +225,7 @@ class Routes:
 
     async def _close_later(self, backend: Backend) -> None:
         await asyncio.sleep(CLOSE_GRACE_S)  # requests in flight finish on the old backend
-        await backend.close()
+        backend.close()
 
     async def aclose(self) -> None:
         """At shutdown: every backend, including those waiting out their grace period."""
@@ -225,87 +233,4 @@ class Routes:
             task.cancel()
         current = {id(b): b for t in self.tables.values() for b in t.backends()}
         for backend in current.values():
-            await backend.close()
-
-
-# --- which model a request is for ------------------------------------------------------------
-
-
-def rest_target(path: str) -> tuple[str | None, bool]:
-    """(the model a REST path names or None, whether it is an inference call).
-
-    ``/v1/models/{m}[:verb]`` and ``/v2/models/{m}[/...]`` name a model; inference is
-    ``:predict`` and ``.../infer``. Anything else (health, ``/v2``, ``/``) names none.
-    """
-    if path.startswith("/v1/models/"):
-        name, _, verb = path[len("/v1/models/") :].partition(":")
-        return name, verb == "predict"
-    if path.startswith("/v2/models/"):
-        name = path[len("/v2/models/") :].split("/", 1)[0]
-        return name, path.endswith("/infer")
-    return None, False
-
-
-class MalformedMessage(ValueError):
-    """The bytes are not a protobuf message this router can read a model name from."""
-
-
-# ModelInferRequest, ModelMetadataRequest and ModelReadyRequest all carry the model name
-# as field 1. Every protobuf serializer writes fields in number order, so it comes first;
-# the scan is bounded anyway. A request naming two models is routed by the first, and
-# the backend (which serves only that model) answers for the one it reads.
-_MAX_FIELDS_SCANNED = 64
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    for shift in range(0, 70, 7):
-        if pos >= len(data):
-            raise MalformedMessage("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-    raise MalformedMessage("varint longer than 10 bytes")
-
-
-def grpc_model_name(message: bytes) -> str:
-    """Field 1 (a string) of a serialized request; "" if the message has none."""
-    pos, end = 0, len(message)
-    for _ in range(_MAX_FIELDS_SCANNED):
-        if pos >= end:
-            return ""
-        key, pos = _varint(message, pos)
-        number, wire_type = key >> 3, key & 0x7
-        if number == 0:
-            raise MalformedMessage("field number 0")
-        if wire_type == 2:
-            length, pos = _varint(message, pos)
-            if length > end - pos:
-                raise MalformedMessage("length beyond the end of the message")
-            if number == 1:
-                try:
-                    return message[pos : pos + length].decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise MalformedMessage("model name is not UTF-8") from exc
-            pos += length
-            continue
-        if number == 1:
-            raise MalformedMessage("field 1 is not a string")
-        if wire_type == 0:
-            _, pos = _varint(message, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise MalformedMessage(f"unsupported wire type {wire_type}")
-        if pos > end:
-            raise MalformedMessage("truncated field")
-    raise MalformedMessage(f"no model name in the first {_MAX_FIELDS_SCANNED} fields")
-
-
-def shown(name: str) -> str:
-    """A client-supplied name as it may appear in an error message (bounded)."""
-    return name if len(name) <= 64 else name[:64] + "..."
+            backend.close()

@@ -8,13 +8,13 @@ that cannot connect is retried once on stable (inference has no side effects) an
 as a canary error; an answer from a running canary, even a 5xx, is passed on as it is.
 
 The admin API (:mod:`gate.local.admin`) listens on its own loopback port and needs
-``Authorization: Bearer $ROUTER_ADMIN_TOKEN``. The pieces: :mod:`gate.local.http_proxy`,
-:mod:`gate.local.grpc_proxy` (byte-level, never decodes a message),
-:mod:`gate.local.route_table`; this module binds them and runs all three servers on one
-event loop (uvloop's when installed). The REST port is a streaming HTTP/1.1 proxy with
-keep-alive pools per backend and no per-request logging; a request line and headers
-must arrive within ``--head-timeout-s``, idle client connections close after
-``--keepalive-s``.
+``Authorization: Bearer $ROUTER_ADMIN_TOKEN``. Both client ports are proxies on asyncio
+protocols with no per-request logging, on one event loop (uvloop's when installed):
+:mod:`gate.local.http_proxy` (streaming HTTP/1.1, keep-alive pools per backend) and
+:mod:`gate.local.grpc_proxy` (HTTP/2 frames moved between connections, messages never
+decoded); :mod:`gate.local.route_table` holds the routes. A request line and headers (an
+HTTP/2 connection preface) must arrive within ``--head-timeout-s``; idle REST client
+connections close after ``--keepalive-s``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import uvicorn
-from grpc import aio
 from pydantic import ValidationError
 
 from gate.local.admin import TOKEN_MIN_CHARS, AdminApp, validation_message
-from gate.local.grpc_proxy import GrpcPassthrough
+from gate.local.grpc_proxy import GrpcProxy
 from gate.local.http_proxy import HEAD_TIMEOUT_S, KEEPALIVE_S, HttpProxy
 from gate.local.route_table import MODEL_NAME, BackendSpec, Routes, RoutesSpec
 
@@ -66,20 +65,16 @@ async def serve(
     routes: Routes,
     initial: tuple[str, RoutesSpec] | None,
     token: str,
-    sockets: tuple[socket.socket, socket.socket],
-    grpc_address: str,
+    sockets: tuple[socket.socket, socket.socket, socket.socket],
     timeouts: tuple[float, float] = (HEAD_TIMEOUT_S, KEEPALIVE_S),
 ) -> None:
     loop = asyncio.get_running_loop()
-    http_sock, admin_sock = sockets
+    http_sock, grpc_sock, admin_sock = sockets
     proxy = HttpProxy(routes, loop, *timeouts)
+    grpc_proxy = GrpcProxy(routes, loop, timeouts[0])
     admin = _Server(_config(AdminApp(routes, token)))
-    grpc_server = aio.server()
-    grpc_server.add_generic_rpc_handlers((GrpcPassthrough(routes),))
-    if grpc_server.add_insecure_port(grpc_address) == 0:
-        raise OSError(f"cannot bind gRPC to {grpc_address}")
-    await grpc_server.start()
     http_server = await loop.create_server(proxy, sock=http_sock, backlog=2048)
+    grpc_server = await loop.create_server(grpc_proxy, sock=grpc_sock, backlog=2048)
     stopped = asyncio.Event()
     stopping: list[asyncio.Task[Any]] = []
 
@@ -90,9 +85,11 @@ async def serve(
             return
         admin.should_exit = True
         http_server.close()  # no new connections; those open finish what they started
-        stopping.append(loop.create_task(grpc_server.stop(grace=GRACE_S)))
+        grpc_server.close()
+        stopping.append(loop.create_task(grpc_proxy.drain(GRACE_S)))
         stopping.append(loop.create_task(proxy.drain(GRACE_S)))
-        stopping[-1].add_done_callback(lambda _: stopped.set())
+        drained = asyncio.gather(*stopping, return_exceptions=True)
+        drained.add_done_callback(lambda _: stopped.set())
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
@@ -101,26 +98,26 @@ async def serve(
     logger.info(
         "router: REST %s, gRPC %s, admin %s",
         _address(http_sock),
-        grpc_address,
+        _address(grpc_sock),
         _address(admin_sock),
     )
     try:
         await asyncio.gather(
-            _closing(http_server, stopped),
+            _closing((http_server, grpc_server), stopped),
             admin.serve(sockets=[admin_sock]),
-            grpc_server.wait_for_termination(),
         )
     finally:
-        if not stopping:
-            await grpc_server.stop(grace=None)
         await asyncio.gather(*stopping, return_exceptions=True)
         await routes.aclose()
 
 
-async def _closing(server: asyncio.Server, stopped: asyncio.Event) -> None:
+async def _closing(servers: tuple[asyncio.Server, ...], stopped: asyncio.Event) -> None:
     """Serve until the connections are drained (or a second signal)."""
-    async with server:
+    try:
         await stopped.wait()
+    finally:
+        for server in servers:
+            server.close()
 
 
 def _address(sock: socket.socket) -> str:
@@ -219,23 +216,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    grpc_host = f"[{args.host}]" if ":" in args.host else args.host
-    try:
-        http_sock = _bind(args.host, args.http_port)
-    except OSError as exc:
-        print(f"router: cannot bind {args.host}:{args.http_port}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        sockets = (http_sock, _bind("127.0.0.1", args.admin_port))
-    except OSError as exc:
-        http_sock.close()
-        print(f"router: cannot bind 127.0.0.1:{args.admin_port}: {exc}", file=sys.stderr)
-        return 1
+    bound: list[socket.socket] = []
+    for host, port in (
+        (args.host, args.http_port),
+        (args.host, args.grpc_port),
+        ("127.0.0.1", args.admin_port),
+    ):
+        try:
+            bound.append(_bind(host, port))
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            print(f"router: cannot bind {host}:{port}: {exc}", file=sys.stderr)
+            return 1
+    sockets = (bound[0], bound[1], bound[2])
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             timeouts = (args.head_timeout_s, args.keepalive_s)
-            grpc_address = f"{grpc_host}:{args.grpc_port}"
-            runner.run(serve(Routes(), initial, token, sockets, grpc_address, timeouts))
+            runner.run(serve(Routes(), initial, token, sockets, timeouts))
     except OSError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 1
