@@ -95,6 +95,15 @@ class Refused(Exception):
         self.message = message
 
 
+def _connection_options(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names a ``Connection`` header lists: hop-by-hop too (RFC 9110 7.6.1)."""
+    names: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            names.update(part.strip().lower() for part in value.split(b","))
+    return frozenset(names)
+
+
 def _json_response(status: int, payload: dict[str, Any], close: bool) -> bytes:
     body = json.dumps(payload).encode()
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
@@ -128,13 +137,14 @@ class ProxyExchange:
         self.chunked_in = False
         length: bytes | None = None
         forwarded: list[bytes] = []
+        dropped = _connection_options(headers)
         for name, value in headers:
             lower = name.lower()
             if lower == b"content-length":
                 length = value
             elif lower == b"transfer-encoding":
                 self.chunked_in = b"chunked" in value.lower()
-            if lower not in HOP_BY_HOP:
+            if lower not in HOP_BY_HOP and lower not in dropped:
                 forwarded.append(name + b": " + value + b"\r\n")
         if self.chunked_in:
             forwarded.append(b"transfer-encoding: chunked\r\n")
@@ -144,7 +154,7 @@ class ProxyExchange:
         self.chunks: list[bytes] = []  # body bytes (as forwarded) not sent yet or kept for a retry
         self.kept_bytes = 0
         self.body_bytes = 0
-        self.body_done = False
+        self.body_done = not self.chunked_in and length in (None, b"0")  # no body at all
         self.replayable = True
         self.upstream: UpstreamConnection | None = None
         self.table: RouteTable | None = None
@@ -269,19 +279,22 @@ class ProxyExchange:
         self.chunks, self.kept_bytes = [], 0
         if not self.body_done:  # answered before the whole body arrived: no reuse after
             self.close_after = True
+            if self.upstream is not None:
+                self.upstream.reusable = False
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b""))]
         has_date = chunked = False
+        dropped = _connection_options(headers)
         for name, value in headers:
             lower = name.lower()
             if lower == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
                 continue
-            if lower in HOP_BY_HOP and lower != b"content-length":
+            if (lower in HOP_BY_HOP and lower != b"content-length") or lower in dropped:
                 continue
             if lower == b"date":
                 has_date = True
             lines.append(name + b": " + value + b"\r\n")
-        if chunked or not framed:
+        if (chunked or not framed) and self.method != b"HEAD":
             if self.client.http11:
                 self.out_chunked = True
                 lines.append(b"transfer-encoding: chunked\r\n")
@@ -403,6 +416,7 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._in_head = False
         self._eof = False
+        self._done_reading = False
         self._timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------
@@ -413,6 +427,8 @@ class ClientConnection(asyncio.Protocol):
         self._set_timer(self.proxy.keepalive_s)
 
     def data_received(self, data: bytes) -> None:
+        if self._done_reading:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -424,11 +440,19 @@ class ClientConnection(asyncio.Protocol):
                 cause = Refused(500, "internal proxy error")
             self._refuse(cause)
         except httptools.HttpParserError as exc:
-            self._refuse(Refused(400, f"malformed request: {exc}"))
+            if not self._done_reading:  # bytes after a last request are ignored, not judged
+                self._refuse(Refused(400, f"malformed request: {exc}"))
 
     def eof_received(self) -> bool:
         # A client that half-closes after its request still gets its answer.
         self._eof = True
+        receiving, self.receiving = self.receiving, None
+        if receiving is not None:  # the rest of its body can never come
+            if receiving is not self.current:
+                self.queue.remove(receiving)
+                receiving.client_gone()
+            elif not receiving.answered:  # (an answer under way is sent in full)
+                receiving.fail(400, "request body incomplete")
         return self.current is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -476,6 +500,8 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._cancel_timer()
         self.http11 = self.parser.get_http_version() == "1.1"
+        if self.parser.should_upgrade():  # CONNECT, or Upgrade: never sent on
+            raise Refused(400, "protocol upgrades and CONNECT are not supported")
         try:
             parsed = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError as exc:
@@ -493,7 +519,7 @@ class ClientConnection(asyncio.Protocol):
         )
         self.receiving = exchange
         if self.current is None:
-            if any(
+            if self.http11 and any(  # HTTP/1.0 clients do not expect it (RFC 9110 10.1.1)
                 n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in self._headers
             ):
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -513,7 +539,10 @@ class ClientConnection(asyncio.Protocol):
         if exchange is None:
             return
         exchange.feed_end()
-        if self.current is not None:  # answer first, then read the next request
+        if not exchange.keep_alive:  # nothing after this request is read (nor parsed)
+            self._done_reading = True
+            self.hold("closing")
+        elif self.current is not None:  # answer first, then read the next request
             self.hold("busy")
 
     # --- used by exchanges ---------------------------------------------------------------

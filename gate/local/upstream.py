@@ -52,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.closed = False
+        self.reusable = True  # False once answered before its request was fully sent
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._answered = False  # the current exchange has its response head
@@ -63,6 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
     def start(self, exchange: Exchange, head: bytes, body: bytes, head_only: bool) -> None:
         assert self.transport is not None and self.exchange is None
         self.exchange = exchange
+        self.reusable = True
         self._answered = False
         self._head_only = head_only
         self._headers = []
@@ -170,7 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None or not self._answered:
             return
         self.exchange = None
-        if self.parser.should_keep_alive():
+        if self.reusable and self.parser.should_keep_alive():
             self.pool.release(self)
         else:
             self.close()
