@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_max_rows", type=int)
     add("--batch_max_wait_ms", type=float)
     add("--fast_path", type=_bool)
+    add("--fast_lane", type=_bool)
     add("--max_message_mb", type=int)
     add("--max_body_mb", type=float)
     add("--max_json_depth", type=int)

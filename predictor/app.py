@@ -158,6 +158,7 @@ def _serve_here(
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
         max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
         max_json_depth=settings.max_json_depth,
+        fast_lane=settings.fast_lane,
         reuse_port=reuse_port,
         siblings=siblings,
         http_port=settings.http_port,

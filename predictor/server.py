@@ -63,6 +63,7 @@ from predictor.errors import (
     outcome_of_grpc,
     outcome_of_http,
 )
+from predictor.fastlane import FastLane, replay_body
 from predictor.inputs import SUPPORTED_DATATYPES, binary_tensor_slices, check_json_text
 from predictor.metrics import PredictorMetrics, exposition_registry
 from predictor.processes import ProcessGroup
@@ -320,16 +321,7 @@ class RequestGuardMiddleware:
         except PredictorError as error:
             await self._refuse(scope, protocol, error, send)
             return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: disconnect notices
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
         limit = self.limits.max_body_bytes
@@ -399,9 +391,11 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
         reuse_port: bool,
         limits: RequestLimits,
         client_errors: ClientErrorLog,
+        fast_lane_model: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.fast_lane_model = fast_lane_model
         self.config.host = host
         self.config.access_log = access_log
         self.metrics = metrics
@@ -427,7 +421,18 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
         if not self.config.access_log:
             access.handlers.clear()
             access.propagate = False
-        # Added first, so it runs inside the metrics middleware, which counts its refusals.
+        if self.fast_lane_model is not None:  # innermost: after the guard, before FastAPI
+            logger.info(
+                "REST fast lane on for %s: inference routes served without FastAPI's routing",
+                self.fast_lane_model,
+            )
+            app.add_middleware(
+                FastLane,
+                dataplane=self.dataplane,
+                model_name=self.fast_lane_model,
+                on_error=self.error_response,
+            )
+        # Added before the metrics middleware, so it runs inside it: its refusals count.
         app.add_middleware(
             RequestGuardMiddleware,
             metrics=self.metrics,
@@ -449,23 +454,24 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
         register_v1_endpoints(app, self.dataplane, self.model_repository_extension)
         register_v2_endpoints(app, self.dataplane, self.model_repository_extension)
 
-    def _add_exception_handlers(self, app: FastAPI) -> None:
-        metrics = self.metrics
-        client_errors = self.client_errors
+    def error_response(self, path: str, exc: Exception) -> JSONResponse:
+        """The one answer to an error, from the app's handlers and the fast lane alike."""
+        error = as_predictor_error(exc)
+        if error.reason is Reason.INTERNAL:
+            logger.error("internal error on %s", path, exc_info=exc)
+        elif error.reason.is_client_error:
+            self.client_errors(path, error)
+        protocol = _protocol_of(path)
+        if protocol is not None:
+            self.metrics.count_error(protocol, error.reason.kind.reason)
+        status = error.http_status
+        if isinstance(exc, HTTPException) and exc.status_code < 500:
+            status = exc.status_code  # 404 for an unknown path, 405, ...: kept
+        return JSONResponse({"error": error.message}, status_code=status)
 
+    def _add_exception_handlers(self, app: FastAPI) -> None:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
-            error = as_predictor_error(exc)
-            if error.reason is Reason.INTERNAL:
-                logger.error("internal error on %s", request.url.path, exc_info=exc)
-            elif error.reason.is_client_error:
-                client_errors(request.url.path, error)
-            protocol = _protocol_of(request.url.path)
-            if protocol is not None:
-                metrics.count_error(protocol, error.reason.kind.reason)
-            status = error.http_status
-            if isinstance(exc, HTTPException) and exc.status_code < 500:
-                status = exc.status_code  # 404 for an unknown path, 405, ...: kept
-            return JSONResponse({"error": error.message}, status_code=status)
+            return self.error_response(request.url.path, exc)
 
         async def handle_validation(request: Request, exc: Exception) -> JSONResponse:
             assert isinstance(exc, RequestValidationError)
@@ -705,11 +711,14 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
         max_message_bytes: int,
         max_body_bytes: int = RequestLimits.max_body_bytes,
         max_json_depth: int = RequestLimits.max_json_depth,
+        fast_lane: bool = True,
         reuse_port: bool = False,
         siblings: ProcessGroup | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(workers=1, **kwargs)
+        self.fast_lane = fast_lane
+        self._fast_lane_model: str | None = None
         self.host = host
         self.metrics = metrics
         self.access_log = access_log
@@ -736,10 +745,13 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
             reuse_port=self.reuse_port,
             limits=self.limits,
             client_errors=self.client_errors,
+            fast_lane_model=self._fast_lane_model,
         )
 
     def start(self, models: list[Any]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
+        if self.fast_lane and len(models) == 1:
+            self._fast_lane_model = models[0].name
         rest = self._rest_server = self._make_rest_server()
         self.servers.append(rest.start())
         if self.enable_grpc:
