@@ -30,8 +30,8 @@ from sklearn.datasets import load_iris
 
 from benchmarks import servers
 from benchmarks.generators import GeneratorMissing, require_generators, run_h2load, run_wrk
-from benchmarks.mlserver import ensure_venv
 from benchmarks.report import Sample, evaluate_goals, markdown, summarize, to_json
+from benchmarks.venvs import BENTOML, MLFLOW, MLSERVER, PeerVenv, ensure_venv
 from pipeline.steps import CLASSES, FEATURES, TrainParams, build_estimator
 from predictor.artifact import SIGNATURE_FILE, fingerprint_dataset, write_artifact
 
@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmark irisgate's predictor, directly and through the local router, "
-        "against a plain KServe model, MLServer with adaptive batching and a "
-        "constant-returning KServe model (the floor).",
+        "against a plain KServe model, MLServer and BentoML with adaptive batching, "
+        "MLflow's model server and a constant-returning KServe model (the floor).",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=REPO / ".bench" / "mlserver-venv",
         help="where MLServer gets its own venv (made on first use)",
+    )
+    parser.add_argument(
+        "--bentoml-venv",
+        type=Path,
+        default=REPO / ".bench" / "bentoml-venv",
+        help="where BentoML gets its own venv (made on first use)",
+    )
+    parser.add_argument(
+        "--mlflow-venv",
+        type=Path,
+        default=REPO / ".bench" / "mlflow-venv",
+        help="where MLflow gets its own venv (made on first use)",
     )
     parser.add_argument(
         "--smoke",
@@ -134,13 +146,23 @@ def _worker_count(predictor_args: list[str]) -> int:
     return load_settings(predictor_args).process_count()
 
 
+# The peers that run from venvs of their own: kind -> what to install, where (an args field).
+PEER_VENVS: dict[str, tuple[PeerVenv, str]] = {
+    "mlserver": (MLSERVER, "mlserver_venv"),
+    "bentoml": (BENTOML, "bentoml_venv"),
+    "mlflow": (MLFLOW, "mlflow_venv"),
+}
+
+
 def plan_servers(args: argparse.Namespace, run_dir: Path) -> list[servers.Server]:
     artifacts = make_artifacts(run_dir / "artifacts", args.models)
     extra = args.predictor_args.split()
     chosen: list[servers.Server] = []
-    venv = None
-    if "mlserver" in args.servers:
-        venv = ensure_venv(args.mlserver_venv, run_dir / "mlserver-install.log")
+    venvs = {
+        kind: ensure_venv(peer, getattr(args, field), run_dir / f"{kind}-install.log")
+        for kind, (peer, field) in PEER_VENVS.items()
+        if kind in args.servers
+    }
     for model in args.models:
         if "irisgate" in args.servers or "router" in args.servers:
             predictor = servers.irisgate(model, artifacts[model], run_dir, extra)
@@ -149,8 +171,12 @@ def plan_servers(args: argparse.Namespace, run_dir: Path) -> list[servers.Server
                 chosen.append(servers.router(predictor, run_dir))
         if "kserve-plain" in args.servers:
             chosen.append(servers.kserve_plain(model, artifacts[model], run_dir))
-        if venv is not None:
-            chosen.append(servers.mlserver(model, artifacts[model], run_dir, venv))
+        if "mlserver" in venvs:
+            chosen.append(servers.mlserver(model, artifacts[model], run_dir, venvs["mlserver"]))
+        if "bentoml" in venvs:
+            chosen.append(servers.bentoml(model, artifacts[model], run_dir, venvs["bentoml"]))
+        if "mlflow" in venvs:
+            chosen.append(servers.mlflow(model, artifacts[model], run_dir, venvs["mlflow"]))
     if "kserve-constant" in args.servers:
         chosen.append(servers.kserve_constant(run_dir, _worker_count(extra)))
     return chosen
@@ -170,7 +196,7 @@ def measure(
             server.grpc_port, concurrency, seconds, work_dir, server.grpc_answer_bytes
         )
     else:
-        result = run_wrk(server.http_port, protocol, concurrency, seconds, work_dir)
+        result = run_wrk(server.http_port, server.wire(protocol), concurrency, seconds, work_dir)
     cpu = server.cpu_seconds() - cpu_before
     return Sample(
         server.kind,
@@ -207,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         for server in fleet:
             server.wait_ready(timeout_s=180)
             server.preflight()
-            print(f"bench: {server.key} ready on :{server.http_port} / :{server.grpc_port}")
+            ports = f":{server.http_port}" + (f" / :{server.grpc_port}" if server.grpc_port else "")
+            print(f"bench: {server.key} ready on {ports}")
         time.sleep(1)
         for server in fleet:
             server.sample_idle_rss()
@@ -259,7 +286,8 @@ def write_report(
         f"Python {platform.python_version()}",
         "settings": (
             f"kserve {version('kserve')}, "
-            f"scikit-learn {sklearn.__version__}, predictor flags: "
+            f"scikit-learn {sklearn.__version__} (every peer's too), "
+            f"peers: {', '.join(_peer_versions(args.servers))}; predictor flags: "
             f"{args.predictor_args or '(defaults)'} = "
             f"{_worker_count(args.predictor_args.split())} processes, as the floor"
         ),
@@ -268,7 +296,7 @@ def write_report(
         "concurrency": args.concurrency,
         "smoke": args.smoke,
     }
-    text = markdown(points, idle_rss, goals, meta, servers.LABELS)
+    text = markdown(points, idle_rss, goals, meta, servers.LABELS, servers.WIRES)
     (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(
         json.dumps(to_json(samples, points, idle_rss, goals, meta), indent=2)
@@ -277,6 +305,12 @@ def write_report(
     print(text)
     print(f"bench: wrote {args.out / 'results.md'} and {args.out / 'results.json'}")
     return 0
+
+
+def _peer_versions(kinds: Sequence[str]) -> list[str]:
+    """The pinned peer packages of this run, e.g. 'bentoml==1.4.40'."""
+    pins = [peer.requirements[0] for kind, (peer, _) in PEER_VENVS.items() if kind in kinds]
+    return pins or ["none"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,9 +53,16 @@ class RunResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
+# REST wire formats: KServe's v1 and v2 protocols, and two peers' own JSON shapes,
+# "rest-bentoml" and "rest-mlflow" (they speak no v2; their figures sit in the REST v2
+# table), every one carrying the same one row.
 def rest_body(protocol: str) -> bytes:
     if protocol == "rest-v1":
         return json.dumps({"instances": [ROW]}).encode()
+    if protocol == "rest-bentoml":  # the batchable API's one argument, a batch of one row
+        return json.dumps({"features": [ROW]}).encode()
+    if protocol == "rest-mlflow":  # MLflow's scoring server, tensor input
+        return json.dumps({"inputs": [ROW]}).encode()
     tensor = {"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": ROW}
     return json.dumps({"inputs": [tensor]}).encode()
 
@@ -63,6 +70,10 @@ def rest_body(protocol: str) -> bytes:
 def rest_path(protocol: str) -> str:
     if protocol == "rest-v1":
         return f"/v1/models/{MODEL_NAME}:predict"
+    if protocol == "rest-bentoml":
+        return "/predict"
+    if protocol == "rest-mlflow":
+        return "/invocations"
     return f"/v2/models/{MODEL_NAME}/infer"
 
 

@@ -13,9 +13,20 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SERVER_ORDER = ("irisgate", "router", "mlserver", "kserve-plain", "kserve-constant")
+SERVER_ORDER = (
+    "irisgate",
+    "router",
+    "mlserver",
+    "bentoml",
+    "mlflow",
+    "kserve-plain",
+    "kserve-constant",
+)
 FLOOR = "kserve-constant"
 ROUTER, DIRECT = "router", "irisgate"  # the same predictor, through the router and not
+# The serving frameworks irisgate's predictor must beat by 2x, by their report names.
+PEERS = {"mlserver": "MLServer", "bentoml": "BentoML", "mlflow": "MLflow"}
+PEER_GOAL_CONCURRENCY = (16, 64)
 
 
 @dataclass(frozen=True)
@@ -77,9 +88,12 @@ def summarize(samples: Iterable[Sample]) -> list[Point]:
     return sorted(points, key=_order)
 
 
+def _rank(server: str) -> int:
+    return SERVER_ORDER.index(server) if server in SERVER_ORDER else len(SERVER_ORDER)
+
+
 def _order(p: Point) -> tuple[Any, ...]:
-    rank = SERVER_ORDER.index(p.server) if p.server in SERVER_ORDER else len(SERVER_ORDER)
-    return (p.protocol, p.model, p.concurrency, rank)
+    return (p.protocol, p.model, p.concurrency, _rank(p.server))
 
 
 class Lookup:
@@ -125,6 +139,7 @@ def evaluate_goals(
     )
     ratio_goal(f"REST v2, logreg, c={c}: >= 1.5x MLServer", "mlserver", "logreg", "rest-v2", 1.5)
     ratio_goal(f"gRPC, forest, c={c}: >= 2x MLServer", "mlserver", "forest", "grpc", 2.0)
+    goals.append(_best_peer_goal(look, points))
 
     ours = [p for p in points if p.server == "irisgate"]
     top = [p for p in ours if p.concurrency == c]
@@ -168,6 +183,42 @@ def evaluate_goals(
         )
     )
     return goals
+
+
+def _best_peer_goal(look: Lookup, points: list[Point]) -> Goal:
+    """REST v2 req/s (BentoML and MLflow: the same one-row request in their own JSON) of
+    the predictor over the fastest peer at each (model, c), for c in 16 and 64; the lowest
+    of those ratios decides."""
+    peers = ", ".join(PEERS.values())
+    concurrency = " and ".join(f"c={c}" for c in PEER_GOAL_CONCURRENCY)
+    text = (
+        f"REST v2 req/s: irisgate predictor >= 2x the best peer ({peers}) "
+        f"on every model at {concurrency}"
+    )
+    ratios = []
+    for ours in points:
+        if (ours.server, ours.protocol) != (DIRECT, "rest-v2"):
+            continue
+        if ours.concurrency not in PEER_GOAL_CONCURRENCY:
+            continue
+        rivals = [
+            (theirs, kind)
+            for kind in PEERS
+            if (theirs := look.get(kind, ours.model, "rest-v2", ours.concurrency)) is not None
+        ]
+        if not rivals:
+            continue
+        best, kind = max(rivals, key=lambda pair: pair[0].rps)
+        if best.rps > 0:
+            ratios.append((ours.rps / best.rps, kind, ours))
+    if not ratios:
+        return Goal(text, "not measured", None)
+    ratio, kind, ours = min(ratios, key=lambda item: item[0])
+    return Goal(
+        text,
+        f"lowest {ratio:.2f}x (vs {PEERS[kind]}, {ours.model}, c={ours.concurrency})",
+        ratio >= 2.0,
+    )
 
 
 def _router_goals(look: Lookup, points: list[Point], c: int) -> list[Goal]:
@@ -226,6 +277,7 @@ def markdown(
     goals: list[Goal],
     meta: dict[str, Any],
     labels: dict[str, str],
+    wires: dict[str, str] | None = None,
 ) -> str:
     look = Lookup(points)
     lines = [
@@ -245,6 +297,20 @@ def markdown(
     for goal in goals:
         verdict = {True: "yes", False: "**no**", None: "-"}[goal.met]
         lines.append(f"| {goal.text} | {goal.measured} | {verdict} |")
+    measured = {p.server for p in points}
+    if wires:
+        lines += [
+            "",
+            "## What each server speaks",
+            "",
+            "Servers that speak no v2 protocol get the same one-row request in their own "
+            "JSON, and their figures sit in the REST v2 table beside the v2 servers.",
+            "",
+            "| server | wire format |",
+            "|---|---|",
+        ]
+        for kind in sorted(measured, key=_rank):
+            lines.append(f"| {labels.get(kind, kind)} | {wires.get(kind, '?')} |")
     for protocol in ("rest-v1", "rest-v2", "grpc"):
         rows = [p for p in points if p.protocol == protocol]
         if not rows:

@@ -1,6 +1,6 @@
 """The servers under test: how each starts, how we know it is ready, what it costs.
 
-Five kinds, all on 127.0.0.1 with ports picked free:
+Seven kinds, all on 127.0.0.1 with ports picked free:
 
 - ``irisgate``: ``python -m predictor`` with its default settings;
 - ``router``: ``python -m gate.local.router`` in front of that same predictor (the path of
@@ -8,18 +8,29 @@ Five kinds, all on 127.0.0.1 with ports picked free:
   the same predictor in the same run; its CPU figure is the router's own;
 - ``kserve-plain``: the docs-style KServe custom model (``benchmarks/plain_kserve.py``);
 - ``mlserver``: MLServer + mlserver-sklearn with adaptive batching (64 rows, 5 ms), from a
-  venv of its own because its dependencies differ from ours (see :mod:`benchmarks.mlserver`);
+  venv of its own because its dependencies differ from ours (see :mod:`benchmarks.venvs`);
+- ``bentoml``: BentoML with adaptive batching (64 rows) and 2 workers
+  (``benchmarks/bentoml_service.py``), from its own venv, on BentoML's own JSON;
+- ``mlflow``: ``mlflow models serve -w 2`` (uvicorn, 2 workers) on the same estimator
+  saved as an MLflow model (``benchmarks/mlflow_model.py``), from its own venv, on MLflow's
+  own JSON;
 - ``kserve-constant``: the stack floor (``benchmarks/constant_kserve.py``).
 
-Every server runs in its own session so stopping it stops its workers too; CPU time and
-RSS are read for the whole process tree.
+BentoML and MLflow speak no v2 protocol: each is driven with the same one-row request in
+its own JSON (:data:`WIRES`) and reported in the REST v2 table, the peers it competes with.
+
+Every server runs in its own session so stopping it stops its workers too (workers that
+start sessions of their own, as BentoML's do, are stopped one by one); CPU time and RSS
+are read for the whole process tree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -39,14 +51,35 @@ HERE = Path(__file__).resolve().parent
 PROTOCOLS = ("rest-v1", "rest-v2", "grpc")
 EXPECTED_CLASS = 1  # the benchmark row is a versicolor
 
-SERVER_KINDS = ("irisgate", "router", "kserve-plain", "mlserver", "kserve-constant")
+SERVER_KINDS = (
+    "irisgate",
+    "router",
+    "kserve-plain",
+    "mlserver",
+    "bentoml",
+    "mlflow",
+    "kserve-constant",
+)
 LABELS = {
     "irisgate": "irisgate predictor",
     "router": "irisgate predictor via the router",
     "kserve-plain": "plain KServe model",
     "mlserver": "MLServer + batching",
+    "bentoml": "BentoML 1.4 (batching, 2 workers)",
+    "mlflow": "MLflow 3.17 serve -w 2",
     "kserve-constant": "KServe constant (floor)",
 }
+_KSERVE_WIRE = "REST v1 + v2 (KServe), gRPC v2"
+WIRES = {  # what each server speaks, for the report
+    "irisgate": _KSERVE_WIRE,
+    "router": _KSERVE_WIRE,
+    "kserve-plain": _KSERVE_WIRE,
+    "mlserver": "REST v2, gRPC v2",
+    "bentoml": 'BentoML JSON: POST /predict {"features": [[row]]} -> [class]',
+    "mlflow": 'MLflow JSON: POST /invocations {"inputs": [[row]]} -> {"predictions": [class]}',
+    "kserve-constant": _KSERVE_WIRE,
+}
+V2_READY = f"/v2/models/{MODEL_NAME}/ready"
 
 
 class ServerFailed(RuntimeError):
@@ -70,6 +103,8 @@ class Server:
     log_path: Path
     protocols: tuple[str, ...] = PROTOCOLS
     env: dict[str, str] | None = None  # added to this process's environment
+    ready_path: str = V2_READY  # GET answers 200 once the model is loaded
+    rest_v2_wire: str = "rest-v2"  # what "rest-v2" is on the wire (a peer's own JSON)
     process: subprocess.Popen[bytes] | None = None
     grpc_answer_bytes: int = 0
     idle_rss_mb: list[float] = field(default_factory=list)
@@ -77,6 +112,10 @@ class Server:
     @property
     def key(self) -> str:
         return f"{self.kind}/{self.model}"
+
+    def wire(self, protocol: str) -> str:
+        """The request shape wrk sends for ``protocol`` (see generators.rest_body)."""
+        return self.rest_v2_wire if protocol == "rest-v2" else protocol
 
     def start(self) -> None:
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
@@ -91,7 +130,7 @@ class Server:
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL_NAME}/ready"
+        url = f"http://127.0.0.1:{self.http_port}{self.ready_path}"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerFailed(
@@ -119,22 +158,16 @@ class Server:
                 got = values[0] if values else None
                 self.grpc_answer_bytes = 5 + reply.ByteSize()  # gRPC frame header + message
             else:
+                wire = self.wire(protocol)
                 response = httpx.post(
-                    f"http://127.0.0.1:{self.http_port}{rest_path(protocol)}",
-                    content=rest_body(protocol),
+                    f"http://127.0.0.1:{self.http_port}{rest_path(wire)}",
+                    content=rest_body(wire),
                     headers={"content-type": "application/json"},
                     timeout=30,
                 )
                 if response.status_code != 200:
-                    raise ServerFailed(
-                        f"{self.key} {protocol}: {response.status_code} {response.text}"
-                    )
-                body = response.json()
-                got = (
-                    body["predictions"][0]
-                    if protocol == "rest-v1"
-                    else body["outputs"][0]["data"][0]
-                )
+                    raise ServerFailed(f"{self.key} {wire}: {response.status_code} {response.text}")
+                got = _answer(wire, response.json())
             if got != EXPECTED_CLASS:
                 raise ServerFailed(f"{self.key} {protocol} answered {got!r}, not {EXPECTED_CLASS}")
 
@@ -174,6 +207,7 @@ class Server:
     def stop(self, grace_s: float = 20) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        workers = self._tree()[1:]  # some may have left the session (BentoML's do)
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(grace_s)
@@ -182,6 +216,22 @@ class Server:
             self.process.wait(10)
         except ProcessLookupError:
             pass
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+
+def _answer(wire: str, body: Any) -> Any:
+    """The class a REST answer names, in each wire format's shape."""
+    try:
+        if wire == "rest-v2":
+            return body["outputs"][0]["data"][0]
+        if wire == "rest-bentoml":
+            return body[0]
+        return body["predictions"][0]  # rest-v1, rest-mlflow
+    except (KeyError, IndexError, TypeError):
+        return body
 
 
 def _kserve_flags(
@@ -295,4 +345,93 @@ def mlserver(model: str, artifact: Path, log_dir: Path, venv: Path) -> Server:
         grpc_port,
         log_dir / f"mlserver-{model}.log",
         protocols=("rest-v2", "grpc"),  # MLServer speaks the v2 protocol only
+    )
+
+
+# Neither peer may phone home from the benchmark (usage tracking is on by default in both).
+_NO_TRACKING = {"DO_NOT_TRACK": "true", "BENTOML_DO_NOT_TRACK": "true"}
+
+
+def bentoml(model: str, artifact: Path, log_dir: Path, venv: Path) -> Server:
+    """``bentoml serve`` of :class:`benchmarks.bentoml_service.IrisClassifier`, imported
+    from the repository root, loading the artifact's ``model.joblib`` (``--arg model=``)."""
+    http = free_port()
+    return Server(
+        "bentoml",
+        model,
+        [
+            str(venv / "bin" / "bentoml"),
+            "serve",
+            "benchmarks.bentoml_service:IrisClassifier",
+            "--arg",
+            f"model={artifact / 'model.joblib'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http),
+        ],
+        http,
+        0,
+        log_dir / f"bentoml-{model}.log",
+        protocols=("rest-v2",),
+        env={
+            **_NO_TRACKING,
+            "BENTOML_HOME": str(log_dir / "bentoml-home"),  # not ~/bentoml
+        },
+        ready_path="/readyz",
+        rest_v2_wire="rest-bentoml",
+    )
+
+
+def mlflow(model: str, artifact: Path, log_dir: Path, venv: Path) -> Server:
+    """The artifact's estimator saved as an MLflow model by MLflow's own Python, then
+    ``mlflow models serve -w 2 --env-manager local``. That execs ``uvicorn`` from PATH, so
+    the venv's bin/ comes first in PATH (ours has a uvicorn too).
+
+    As served, every keep-alive request after a connection's first waits ~40 ms for the
+    client's delayed ACK: uvicorn's ``--workers`` path leaves Nagle on (Kludex/uvicorn#3149)
+    and MLflow answers in two writes. That is what MLflow users get; it costs MLflow at
+    c=1 and c=4, not at c=16 and c=64, where the forest's CPU time already bounds it."""
+    folder = log_dir / f"mlflow-{model}"
+    shutil.rmtree(folder, ignore_errors=True)  # save_model will not overwrite
+    save = [
+        str(venv / "bin" / "python"),
+        str(HERE / "mlflow_model.py"),
+        str(artifact / "model.joblib"),
+        str(folder),
+    ]
+    env = {**os.environ, **_NO_TRACKING, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    saved = subprocess.run(save, capture_output=True, text=True, env=env, check=False)
+    if saved.returncode != 0:
+        raise ServerFailed(f"cannot save the {model} model for MLflow:\n{saved.stderr[-2000:]}")
+    http = free_port()
+    return Server(
+        "mlflow",
+        model,
+        [
+            str(venv / "bin" / "mlflow"),
+            "models",
+            "serve",
+            "--model-uri",
+            str(folder),
+            "--workers",
+            "2",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http),
+        ],
+        http,
+        0,
+        log_dir / f"mlflow-{model}.log",
+        protocols=("rest-v2",),
+        env={
+            **_NO_TRACKING,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        ready_path="/ping",
+        rest_v2_wire="rest-mlflow",
     )

@@ -34,9 +34,14 @@ def test_smoke_run_measures_every_server_and_protocol(tmp_path: Path) -> None:
             "logreg",
             "--out",
             str(out),
-            # one MLServer venv per checkout, made on first use
+            # one venv per peer and checkout, made on first use (MLServer, BentoML and
+            # MLflow from scratch, no pip cache: 34 + 26 + 43 s)
             "--mlserver-venv",
             str(REPO_ROOT / ".bench" / "mlserver-venv"),
+            "--bentoml-venv",
+            str(REPO_ROOT / ".bench" / "bentoml-venv"),
+            "--mlflow-venv",
+            str(REPO_ROOT / ".bench" / "mlflow-venv"),
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -51,7 +56,12 @@ def test_smoke_run_measures_every_server_and_protocol(tmp_path: Path) -> None:
         (server, protocol)
         for server in ("irisgate", "router", "kserve-plain", "kserve-constant")
         for protocol in ("rest-v1", "rest-v2", "grpc")
-    } | {("mlserver", "rest-v2"), ("mlserver", "grpc")}
+    } | {
+        ("mlserver", "rest-v2"),
+        ("mlserver", "grpc"),
+        ("bentoml", "rest-v2"),
+        ("mlflow", "rest-v2"),
+    }
     for point in report["points"]:
         assert point["rps"] > 0 and point["p99_ms"] > 0, point
         assert point["errors"] == 0, point
@@ -60,6 +70,8 @@ def test_smoke_run_measures_every_server_and_protocol(tmp_path: Path) -> None:
     markdown = (out / "results.md").read_text()
     for heading in ("## Goals", "## REST v1", "## REST v2", "## gRPC (v2)", "## Idle memory"):
         assert heading in markdown
+    assert "| BentoML 1.4 (batching, 2 workers) | BentoML JSON: POST /predict" in markdown
+    assert "| MLflow 3.17 serve -w 2 | MLflow JSON: POST /invocations" in markdown
     # nothing left running: every server was stopped with its process tree
     assert (
         str(out) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

@@ -1,0 +1,45 @@
+"""Save the benchmark's fitted estimator as an MLflow model, for ``mlflow models serve``.
+
+Run with the MLflow venv's Python (``.bench/mlflow-venv/bin/python``), never ours:
+``python benchmarks/mlflow_model.py ARTIFACT/model.joblib OUT_DIR``. The estimator is the
+very one the other peers load (``model.joblib``, written by ``make_artifacts``); it is
+re-saved the way MLflow's docs show, with ``mlflow.sklearn.save_model`` and an input
+example from which MLflow infers the signature it then enforces on every request.
+
+Serialization: skops, MLflow's default and the safe one (like irisgate's own artifacts),
+not pickle. skops refuses to load types not on a trusted list; the scaler, the pipeline,
+the forest and logistic regression are trusted by skops itself, the forest's trees
+(``sklearn.tree._tree.Tree``) are not, so they are listed here: the file is the one this
+script just wrote from our own estimator. The requirement files MLflow writes beside the
+model are given, not inferred (inferring loads the model in a subprocess; with
+``--env-manager local`` they are never read).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+BENCH_ROW = [[6.8, 2.8, 4.8, 1.4]]  # generators.ROW; this script runs without our packages
+
+
+def main(joblib_file: Path, out: Path) -> None:
+    import joblib
+    import mlflow.sklearn
+    import numpy as np
+    import sklearn
+
+    estimator = joblib.load(joblib_file)
+    mlflow.sklearn.save_model(
+        estimator,
+        str(out),
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        input_example=np.array(BENCH_ROW),
+        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
