@@ -64,6 +64,7 @@ MAX_PIPELINED = 16
 HEAD_TIMEOUT_S = 30.0
 KEEPALIVE_S = 75.0
 UPSTREAM_TIMEOUT_S = 60.0
+SWEEP_S = 0.25  # how often timeouts are checked: they fire up to this late
 logger = logging.getLogger("gate.local.router")
 
 
@@ -120,6 +121,31 @@ def _json_response(status: int, payload: dict[str, Any], close: bool) -> bytes:
 class ProxyExchange:
     """One client request on its way to a backend and its answer on the way back."""
 
+    __slots__ = (
+        "answered",
+        "backend",
+        "body_bytes",
+        "body_done",
+        "chunked_in",
+        "chunks",
+        "client",
+        "close_after",
+        "deadline",
+        "finished",
+        "forwarded",
+        "fresh",
+        "keep_alive",
+        "kept_bytes",
+        "method",
+        "out_chunked",
+        "path",
+        "replayable",
+        "role",
+        "table",
+        "target",
+        "upstream",
+    )
+
     def __init__(
         self,
         client: ClientConnection,
@@ -165,7 +191,7 @@ class ProxyExchange:
         self.finished = False
         self.out_chunked = False
         self.close_after = not keep_alive
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time by which the backend must answer (0: none)
 
     # --- the request ---------------------------------------------------------------------
 
@@ -232,7 +258,7 @@ class ProxyExchange:
         if self.client.write_paused:
             connection.pause_reading()
         self.client.release_hold("connecting")
-        self.timer = self.client.loop.call_later(UPSTREAM_TIMEOUT_S, self._timed_out)
+        self.deadline = self.client.loop.time() + UPSTREAM_TIMEOUT_S
 
     def feed(self, data: bytes) -> None:
         if self.finished:
@@ -378,16 +404,14 @@ class ProxyExchange:
             self.upstream.abandon()
             self.upstream = None
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
+        self.deadline = 0.0
         if self.backend is not None:
             self.backend.errors += 1
         self.fail(504, f"upstream: no answer within {UPSTREAM_TIMEOUT_S:.0f} s")
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
     def _finish(self) -> None:
         if not self.finished:
@@ -417,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._eof = False
         self._done_reading = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time of this connection's head or idle timeout (0: none)
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -529,6 +553,7 @@ class ClientConnection(asyncio.Protocol):
             if len(self.queue) >= MAX_PIPELINED:
                 raise Refused(429, f"over {MAX_PIPELINED} pipelined requests")
             self.queue.append(exchange)
+            self.hold("busy")  # pipelined: read on once the queue has been answered
 
     def on_body(self, body: bytes) -> None:
         if self.receiving is not None:
@@ -542,8 +567,6 @@ class ClientConnection(asyncio.Protocol):
         if not exchange.keep_alive:  # nothing after this request is read (nor parsed)
             self._done_reading = True
             self.hold("closing")
-        elif self.current is not None:  # answer first, then read the next request
-            self.hold("busy")
 
     # --- used by exchanges ---------------------------------------------------------------
 
@@ -569,10 +592,11 @@ class ClientConnection(asyncio.Protocol):
         if exchange.close_after or self.closing or self._eof or self.proxy.stopping:
             self._close()
             return
-        self.release_hold("busy")
         if self.queue:
             self.current = self.queue.popleft()
             self.current.begin()
+            if not self.queue:
+                self.release_hold("busy")
         elif self.receiving is None:
             self._set_timer(self.proxy.keepalive_s)
 
@@ -594,16 +618,13 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def _set_timer(self, delay: float) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(delay, self._timed_out)
+        self.deadline = self.loop.time() + delay
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        self.deadline = 0.0
         if self._in_head and self.current is None:
             self.write(_json_response(408, {"error": "request head not received in time"}, True))
         self._close()
@@ -625,9 +646,22 @@ class HttpProxy:
         self.keepalive_s = keepalive_s
         self.connections: set[ClientConnection] = set()
         self.stopping = False
+        self._sweeper = loop.call_later(SWEEP_S, self._sweep)
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def _sweep(self) -> None:
+        """Every :data:`SWEEP_S`: the timeouts that are due (one timer for the whole port,
+        none per request)."""
+        now = self.loop.time()
+        for connection in list(self.connections):
+            if connection.deadline and now >= connection.deadline:
+                connection.timed_out()
+            exchange = connection.current
+            if exchange is not None and exchange.deadline and now >= exchange.deadline:
+                exchange.timed_out()
+        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     async def drain(self, grace_s: float) -> None:
         """Stop: idle connections close now, busy ones after their answer; whatever is
@@ -639,6 +673,7 @@ class HttpProxy:
                 if connection.idle():
                     connection._close()
             await asyncio.sleep(0.05)
+        self._sweeper.cancel()
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
