@@ -579,15 +579,12 @@ class Call:
             backend.errors += 1
             self._end_client(h2.INTERNAL_ERROR)
             return
-        if (unprocessed or not self.fresh) and self.replayable:
-            self.send_to(backend, self.role)  # a stale pooled connection, or a GOAWAY
-            return
-        backend.errors += 1
-        backend.mark(False, self.role)
-        fallback = table.fallback(self.role)
-        if fallback is not None and self.replayable:
-            backend.stable_retries += 1
-            self.send_to(fallback, "stable")
+        # not fresh: a pooled connection, which the backend may just have closed
+        target = table.after_no_answer(
+            backend, self.role, unsent=unprocessed or not self.fresh, replayable=self.replayable
+        )
+        if target is not None:
+            self.send_to(*target)
             return
         self.fail(UNAVAILABLE, f"upstream: {reason}")
 

@@ -356,16 +356,12 @@ class ProxyExchange:
             self.close_after = True
             self._finish()
             return
-        stale = not self.fresh  # a pooled connection the backend had just closed
-        if stale and self.replayable:
-            self.send_to(backend, self.role)
-            return
-        backend.errors += 1
-        backend.mark(False, self.role)
-        fallback = table.fallback(self.role)
-        if fallback is not None and self.replayable:
-            backend.stable_retries += 1
-            self.send_to(fallback, "stable")
+        # not fresh: a pooled connection, which the backend may just have closed
+        target = table.after_no_answer(
+            backend, self.role, unsent=not self.fresh, replayable=self.replayable
+        )
+        if target is not None:
+            self.send_to(*target)
             return
         self.fail(502, f"upstream: {error}")
 

@@ -168,6 +168,25 @@ class RouteTable:
             return self.stable
         return None
 
+    def after_no_answer(
+        self, backend: Backend, role: str, *, unsent: bool, replayable: bool
+    ) -> tuple[Backend, str] | None:
+        """Where a request that got no answer head goes next, both proxies' one rule, with
+        its bookkeeping. ``unsent``: it never reached the backend (a pooled connection the
+        backend had just closed, a stream its GOAWAY refused): the same backend again.
+        Otherwise the backend is counted unreachable with an error and a canary request
+        goes to stable once. Only a request whose bytes were kept (``replayable``) can go
+        anywhere; None: the client gets an error."""
+        if unsent and replayable:
+            return backend, role
+        backend.errors += 1
+        backend.mark(False, role)
+        fallback = self.fallback(role)
+        if fallback is not None and replayable:
+            backend.stable_retries += 1
+            return fallback, "stable"
+        return None
+
     def backends(self) -> tuple[Backend, ...]:
         return tuple(b for b in (self.stable, self.canary) if b is not None)
 

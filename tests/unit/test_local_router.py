@@ -141,6 +141,36 @@ def test_canary_without_stable_at_100_is_allowed_and_takes_everything() -> None:
     asyncio.run(scenario())
 
 
+def test_a_request_without_an_answer_head_goes_where_one_rule_says() -> None:
+    async def scenario() -> None:
+        routes = Routes()
+        table = routes.apply(
+            "iris",
+            RoutesSpec.model_validate({"stable": STABLE, "canary": CANARY, "canary_weight": 30}),
+        )
+        stable, canary = table.stable, table.canary
+        assert stable is not None and canary is not None
+        # never reached the backend: the same one again, nothing counted
+        assert table.after_no_answer(canary, "canary", unsent=True, replayable=True) == (
+            canary,
+            "canary",
+        )
+        assert (canary.errors, canary.stable_retries) == (0, 0)
+        # a canary that could not answer: stable once, counted
+        assert table.after_no_answer(canary, "canary", unsent=False, replayable=True) == (
+            stable,
+            "stable",
+        )
+        assert (canary.errors, canary.stable_retries, canary.reachable) == (1, 1, False)
+        # stable has nowhere else to go; a request not kept cannot go anywhere
+        assert table.after_no_answer(stable, "stable", unsent=False, replayable=True) is None
+        assert table.after_no_answer(canary, "canary", unsent=True, replayable=False) is None
+        assert (stable.errors, canary.errors, canary.stable_retries) == (1, 2, 1)
+        await routes.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_apply_keeps_open_backends_and_their_counters() -> None:
     async def scenario() -> None:
         routes = Routes()
