@@ -226,15 +226,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.out / "run"
     run_dir.mkdir(exist_ok=True)
     fleet = plan_servers(args, run_dir)
-    samples: list[Sample] = []
-    try:
-        for server in fleet:
-            server.start()
-        for server in fleet:
-            server.wait_ready(timeout_s=180)
-            server.preflight()
-            ports = f":{server.http_port}" + (f" / :{server.grpc_port}" if server.grpc_port else "")
-            print(f"bench: {server.key} ready on {ports}")
+    with servers.running(fleet, "bench"):
         time.sleep(1)
         for server in fleet:
             server.sample_idle_rss()
@@ -243,9 +235,6 @@ def run(args: argparse.Namespace) -> int:
                 if protocol in args.protocols:
                     measure(server, protocol, max(args.concurrency), 1.0, run_dir)
         samples = run_rounds(fleet, args, run_dir)
-    finally:
-        for server in fleet:
-            server.stop()
     return write_report(args, fleet, samples)
 
 

@@ -129,7 +129,7 @@ def run_wrk(
         str(script),
         f"http://127.0.0.1:{port}{rest_path(protocol)}",
     ]
-    output = _run(command, seconds)
+    output = run_tool(command, seconds)
     line = next((ln for ln in output.splitlines() if ln.startswith(MARKER)), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{output}")
@@ -147,8 +147,38 @@ _H2_REQUESTS = re.compile(
     r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
     r"(\d+) errored, (\d+) timeout"
 )
+_H2_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
 _H2_DATA = re.compile(r"traffic: .* headers \(.*\), [^(]*\((\d+)\) data")
 _H2_FINISHED = re.compile(r"finished in ([\d.]+)(m?s)")
+
+
+@dataclass(frozen=True)
+class H2Summary:
+    """What h2load's summary says: requests done and succeeded, those that failed
+    (failed, errored or timed out), answers other than 2xx, DATA bytes received, seconds."""
+
+    done: int
+    succeeded: int
+    failed: int
+    not_2xx: int
+    data_bytes: int
+    seconds: float
+
+
+def read_h2load(output: str) -> H2Summary:
+    counts, status, data, finished = (
+        pattern.search(output) for pattern in (_H2_REQUESTS, _H2_STATUS, _H2_DATA, _H2_FINISHED)
+    )
+    if counts is None or status is None or data is None or finished is None:
+        raise RuntimeError(f"cannot parse h2load's output:\n{output}")
+    return H2Summary(
+        done=int(counts.group(2)),
+        succeeded=int(counts.group(3)),
+        failed=sum(int(counts.group(i)) for i in (4, 5, 6)),
+        not_2xx=sum(int(status.group(i)) for i in (2, 3, 4)),
+        data_bytes=int(data.group(1)),
+        seconds=float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1),
+    )
 
 
 def run_h2load(
@@ -182,25 +212,17 @@ def run_h2load(
         str(log),
         f"http://127.0.0.1:{port}{GRPC_PATH}",
     ]
-    output = _run(command, seconds)
-    counts = _H2_REQUESTS.search(output)
-    data = _H2_DATA.search(output)
-    finished = _H2_FINISHED.search(output)
-    if counts is None or data is None or finished is None:
-        raise RuntimeError(f"cannot parse h2load's output:\n{output}")
-    done, succeeded = int(counts.group(2)), int(counts.group(3))
-    failed = sum(int(counts.group(i)) for i in (4, 5, 6))
-    answered = int(data.group(1)) // answer_bytes if answer_bytes else 0
-    duration = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    summary = read_h2load(run_tool(command, seconds))
+    answered = summary.data_bytes // answer_bytes if answer_bytes else 0
     latencies = sorted(
         int(fields[2])
         for fields in (ln.split("\t") for ln in log.read_text().splitlines())
         if len(fields) == 3 and fields[1] == "200"
     )
     return RunResult(
-        requests=done,
-        errors=failed + max(0, succeeded - answered),
-        seconds=duration,
+        requests=summary.done,
+        errors=summary.failed + max(0, summary.succeeded - answered),
+        seconds=summary.seconds,
         p50_ms=_percentile(latencies, 50) / 1000,
         p99_ms=_percentile(latencies, 99) / 1000,
     )
@@ -214,7 +236,8 @@ def _percentile(values: list[int], q: float) -> float:
     return float(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1])
 
 
-def _run(command: list[str], seconds: float) -> str:
+def run_tool(command: list[str], seconds: float) -> str:
+    """Run a load generator for about ``seconds``; its stdout (a failure raises)."""
     completed = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds + 60, check=False
     )

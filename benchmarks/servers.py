@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,24 @@ def _answer(wire: str, body: Any) -> Any:
         return body["predictions"][0]  # rest-v1, rest-mlflow
     except (KeyError, IndexError, TypeError):
         return body
+
+
+@contextlib.contextmanager
+def running(fleet: list[Server], label: str) -> Iterator[None]:
+    """Every server started, then each ready and answering right (its ports printed after
+    ``label``); every one stopped on the way out, whatever happened."""
+    try:
+        for server in fleet:
+            server.start()
+        for server in fleet:
+            server.wait_ready(timeout_s=180)
+            server.preflight()
+            ports = f":{server.http_port}" + (f" / :{server.grpc_port}" if server.grpc_port else "")
+            print(f"{label}: {server.key} ready on {ports}", flush=True)
+        yield
+    finally:
+        for server in fleet:
+            server.stop()
 
 
 def _kserve_flags(

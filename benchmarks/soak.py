@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -32,20 +30,20 @@ from typing import Any
 import psutil
 
 from benchmarks import servers
-from benchmarks.generators import GRPC_PATH, grpc_frame, grpc_request, rest_body, rest_path
+from benchmarks.generators import (
+    GRPC_PATH,
+    grpc_frame,
+    grpc_request,
+    read_h2load,
+    rest_body,
+    rest_path,
+    run_tool,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RSS_TOLERANCE = 0.10
 CAPACITY_CONNECTIONS = 64
 SOAK_CONNECTIONS = 32
-
-_REQUESTS = re.compile(
-    r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-    r"(\d+) errored, (\d+) timeout"
-)
-_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
-_DATA = re.compile(r"traffic: .* headers \(.*\), [^(]*\((\d+)\) data")
-_FINISHED = re.compile(r"finished in ([\d.]+)(m?s)")
 
 
 @dataclass
@@ -77,20 +75,11 @@ def _h2load(
     command = ["h2load", f"-c{connections}", "-m1", "-t1", f"-D{seconds}", "-d", str(body)]
     if rps:
         command.append(f"--rps={rps:.2f}")
-    completed = subprocess.run(
-        [*command, *flags, url], capture_output=True, text=True, timeout=seconds + 120
-    )
-    out = completed.stdout
-    counts, status, data, finished = (p.search(out) for p in (_REQUESTS, _STATUS, _DATA, _FINISHED))
-    if completed.returncode != 0 or not (counts and status and data and finished):
-        raise RuntimeError(f"h2load failed ({completed.returncode}):\n{out}{completed.stderr}")
-    done, succeeded = int(counts.group(2)), int(counts.group(3))
-    failed = sum(int(counts.group(i)) for i in (4, 5, 6))
-    failed += sum(int(status.group(i)) for i in (2, 3, 4))  # answered, but not 2xx
+    summary = read_h2load(run_tool([*command, *flags, url], seconds))
+    failed = summary.failed + summary.not_2xx  # answered, but not 2xx: failed too
     if protocol == "grpc" and answer:  # a failed call is a 200 without the answer's bytes
-        failed += max(0, succeeded - int(data.group(1)) // answer)
-    unit = 1000 if finished.group(2) == "ms" else 1
-    return Load(protocol, done, failed, float(finished.group(1)) / unit)
+        failed += max(0, summary.succeeded - summary.data_bytes // answer)
+    return Load(protocol, summary.done, failed, summary.seconds)
 
 
 class RssSampler(threading.Thread):
@@ -156,12 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     router = servers.router(predictor, work)
     fleet = [predictor, router]
     seconds = max(10, round(args.minutes * 60))
-    try:
-        for server in fleet:
-            server.start()
-        for server in fleet:
-            server.wait_ready(timeout_s=180)
-            server.preflight()
+    with servers.running(fleet, "soak"):
         answer = router.grpc_answer_bytes
         capacity = {
             p: _h2load(p, port, CAPACITY_CONNECTIONS, 10, work, 0, answer)
@@ -192,9 +176,6 @@ def main(argv: list[str] | None = None) -> int:
             thread.join()
         sampler.stop.set()
         sampler.join()
-    finally:
-        for server in fleet:
-            server.stop()
     return report(args, capacity, results, sampler.samples)
 
 
