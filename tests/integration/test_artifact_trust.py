@@ -199,28 +199,8 @@ def test_busy_port_has_its_own_exit_code(
         taken.listen()
         port = taken.getsockname()[1]
         for flag in ("--http_port", "--grpc_port"):
-            other = "--grpc_port" if flag == "--http_port" else "--http_port"
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "predictor",
-                    "--model_dir",
-                    str(artifact),
-                    "--trusted_keys",
-                    str(trusted_keys),
-                    flag,
-                    str(port),
-                    other,
-                    str(free_port()),
-                    "--workers",
-                    "1",
-                ],
-                cwd=REPO_ROOT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            # the busy port comes last: it overrides the free one _predictor gives that flag
+            result = _predictor(artifact, "--trusted_keys", str(trusted_keys), flag, str(port))
             assert result.returncode == EXIT_PORT_BUSY, result.stderr[-3000:]
             lines = [
                 line
