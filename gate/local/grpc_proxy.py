@@ -44,8 +44,9 @@ GRPC_MODEL_METHODS = frozenset(
 )
 
 # gRPC status codes the router sends or reads
-OK, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL = 0, 3, 5, 14, 13
-CLIENT_MISTAKES = {b"0", b"3", b"5"}  # answers that are not a backend failure
+OK, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE = 0, 3, 5, 14
+# grpc-status values that are not a backend failure (success, the client's own mistakes)
+CLIENT_MISTAKES = frozenset(str(code).encode() for code in (OK, INVALID_ARGUMENT, NOT_FOUND))
 
 STREAM_WINDOW = 1 << 20  # what each peer may send us per stream before we replenish
 CONNECTION_WINDOW = 16 << 20
@@ -176,10 +177,7 @@ class Endpoint(asyncio.Protocol):
         """``size`` bytes this side received (on the stream paired with ``box``) were sent on;
         give the peer its window back, in batches."""
         stream = self.paired_stream(box)
-        self._credit_connection += size
-        if self._credit_connection >= CONNECTION_WINDOW // 2:
-            self.write(h2.window_update(0, self._credit_connection))
-            self._credit_connection = 0
+        self.give_back(size)
         if stream and self.still_receiving(stream):
             credit = self._credit.get(stream, 0) + size
             if credit >= STREAM_WINDOW // 2:
@@ -188,7 +186,8 @@ class Endpoint(asyncio.Protocol):
             self._credit[stream] = credit
 
     def give_back(self, size: int) -> None:
-        """Flow-controlled bytes that go nowhere (padding, a stream already over)."""
+        """The connection's window back for ``size`` bytes, in batches (also for bytes that
+        go nowhere: padding, a stream already over)."""
         self._credit_connection += size
         if self._credit_connection >= CONNECTION_WINDOW // 2:
             self.write(h2.window_update(0, self._credit_connection))

@@ -86,16 +86,6 @@ def header_frames(stream: int, block: bytes, end_stream: bool, max_frame: int) -
     return out
 
 
-def data_frames(stream: int, data: bytes, end_stream: bool, max_frame: int) -> list[bytes]:
-    if len(data) <= max_frame:
-        return [frame(DATA, END_STREAM if end_stream else 0, stream, data)]
-    out = [frame(DATA, 0, stream, data[i : i + max_frame]) for i in range(0, len(data), max_frame)]
-    if end_stream:
-        last = data[(len(out) - 1) * max_frame :]
-        out[-1] = frame(DATA, END_STREAM, stream, last)
-    return out
-
-
 class FrameReader:
     """Cuts a byte stream into frames; refuses frames over the size it advertised."""
 
