@@ -29,6 +29,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
 from pydantic import ValidationError
 
+# ASGI's types, and the v2 binary-data extension's header (the REST server uses them too)
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

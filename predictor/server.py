@@ -21,7 +21,7 @@ import gc
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from concurrent import futures
 from dataclasses import dataclass
 from time import perf_counter
@@ -63,18 +63,20 @@ from predictor.errors import (
     outcome_of_grpc,
     outcome_of_http,
 )
-from predictor.fastlane import FastLane, replay_body
+from predictor.fastlane import (
+    INFERENCE_HEADER,
+    FastLane,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    replay_body,
+)
 from predictor.inputs import SUPPORTED_DATATYPES, binary_tensor_slices, check_json_text
 from predictor.metrics import PredictorMetrics, exposition_registry
 from predictor.processes import ProcessGroup
 
 logger = logging.getLogger(__name__)
-INFERENCE_HEADER = "inference-header-content-length"
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 MIB = 1024 * 1024
 # JSON parts larger than this are checked on a worker thread (numpy releases the GIL for
