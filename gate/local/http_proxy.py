@@ -585,6 +585,9 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not self.current:
             return
         self.current = None
+        # Its upstream connection no longer reports to it: a hold it asked for while the
+        # upstream was slow to take the body would otherwise stop reading for good.
+        self.release_hold("upstream")
         if exchange.close_after or self.closing or self._eof or self.proxy.stopping:
             self._close()
             return

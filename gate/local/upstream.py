@@ -58,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._answered = False  # the current exchange has its response head
         self._head_only = False  # a HEAD request: the response has no body to read
         self._framed = False  # the response carries content-length or chunked framing
+        self._paused = False  # reading paused for the client's back-pressure
 
     # --- used by the exchange ----------------------------------------------------------
 
@@ -76,11 +77,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._paused:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._paused:
+            self._paused = False
             self.transport.resume_reading()
 
     def abandon(self) -> None:
@@ -173,6 +176,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.exchange = None
         if self.reusable and self.parser.should_keep_alive():
+            # The client's back-pressure may have paused reading as the last bytes went
+            # out; a paused idle connection would never see its next answer (nor a close).
+            self.resume_reading()
             self.pool.release(self)
         else:
             self.close()
