@@ -36,24 +36,13 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from gate.local.route_table import Backend, Routes, RouteTable, rest_target, shown
-from gate.local.upstream import UpstreamConnection, UpstreamError
-
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"host",
-        b"content-length",
-        b"expect",
-    }
+from gate.local.upstream import (
+    HOP_BY_HOP,
+    RESPONSE_HOP_BY_HOP,
+    UpstreamConnection,
+    UpstreamError,
 )
+
 MAX_PROXY_BODY_BYTES = 64 * 1024 * 1024
 REPLAY_LIMIT_BYTES = 1024 * 1024  # a request body kept for a retry on stable, at most
 HOLD_BUFFER_BYTES = 1024 * 1024  # body buffered while connecting before reading pauses
@@ -96,13 +85,28 @@ class Refused(Exception):
         self.message = message
 
 
-def _connection_options(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names a ``Connection`` header lists: hop-by-hop too (RFC 9110 7.6.1)."""
-    names: set[bytes] = set()
+def split_headers(
+    headers: list[tuple[bytes, bytes]], hop_by_hop: frozenset[bytes]
+) -> tuple[list[bytes], list[bytes], dict[bytes, bytes]]:
+    """One pass over a head's headers: the lines to forward (``name: value\r\n``), their
+    lower-case names, and the hop-by-hop values by lower-case name. Names a ``Connection``
+    header lists are hop-by-hop too (RFC 9110 7.6.1) and are dropped from the lines."""
+    lines: list[bytes] = []
+    names: list[bytes] = []
+    hop: dict[bytes, bytes] = {}
     for name, value in headers:
-        if name.lower() == b"connection":
-            names.update(part.strip().lower() for part in value.split(b","))
-    return frozenset(names)
+        lower = name.lower()
+        if lower in hop_by_hop:
+            hop[lower] = hop[lower] + b"," + value if lower in hop else value
+        else:
+            lines.append(name + b": " + value + b"\r\n")
+            names.append(lower)
+    listed = hop.get(b"connection")
+    if listed is not None:
+        options = {part.strip().lower() for part in listed.split(b",")}
+        kept = [(n, line) for n, line in zip(names, lines, strict=True) if n not in options]
+        names, lines = [n for n, _ in kept], [line for _, line in kept]
+    return lines, names, hop
 
 
 def _json_response(status: int, payload: dict[str, Any], close: bool) -> bytes:
@@ -118,6 +122,19 @@ def _json_response(status: int, payload: dict[str, Any], close: bool) -> bytes:
     return head + b"\r\n" + body
 
 
+def _target(url: bytes) -> tuple[bytes, str]:
+    """(path and query as sent on, the percent-decoded path for routing)."""
+    if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
+        return url, url.decode("utf-8", "replace")  # the usual plain path: nothing to parse
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError as exc:
+        raise Refused(400, "malformed request target") from exc
+    raw_path: bytes = parsed.path or b"/"
+    target = raw_path + (b"?" + parsed.query if parsed.query else b"")
+    return target, unquote_to_bytes(raw_path).decode("utf-8", "replace")
+
+
 class ProxyExchange:
     """One client request on its way to a backend and its answer on the way back."""
 
@@ -131,9 +148,11 @@ class ProxyExchange:
         "client",
         "close_after",
         "deadline",
+        "expects_continue",
         "finished",
         "forwarded",
         "fresh",
+        "held",
         "keep_alive",
         "kept_bytes",
         "method",
@@ -160,18 +179,10 @@ class ProxyExchange:
         self.target = target  # path and query, raw as the client sent them
         self.path = path  # percent-decoded, for routing
         self.keep_alive = keep_alive
-        self.chunked_in = False
-        length: bytes | None = None
-        forwarded: list[bytes] = []
-        dropped = _connection_options(headers)
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                length = value
-            elif lower == b"transfer-encoding":
-                self.chunked_in = b"chunked" in value.lower()
-            if lower not in HOP_BY_HOP and lower not in dropped:
-                forwarded.append(name + b": " + value + b"\r\n")
+        forwarded, _, hop = split_headers(headers, HOP_BY_HOP)
+        self.chunked_in = b"chunked" in hop.get(b"transfer-encoding", b"").lower()
+        length = hop.get(b"content-length")
+        self.expects_continue = hop.get(b"expect", b"").lower() == b"100-continue"
         if self.chunked_in:
             forwarded.append(b"transfer-encoding: chunked\r\n")
         elif length is not None:
@@ -190,6 +201,7 @@ class ProxyExchange:
         self.answered = False
         self.finished = False
         self.out_chunked = False
+        self.held = b""  # the response head, until the first body bytes or the read's end
         self.close_after = not keep_alive
         self.deadline = 0.0  # loop time by which the backend must answer (0: none)
 
@@ -307,43 +319,61 @@ class ProxyExchange:
             self.close_after = True
             if self.upstream is not None:
                 self.upstream.reusable = False
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b""))]
-        has_date = chunked = False
-        dropped = _connection_options(headers)
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-                continue
-            if (lower in HOP_BY_HOP and lower != b"content-length") or lower in dropped:
-                continue
-            if lower == b"date":
-                has_date = True
-            lines.append(name + b": " + value + b"\r\n")
+        lines, names, hop = split_headers(headers, RESPONSE_HOP_BY_HOP)
+        lines.insert(0, b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b"")))
+        chunked = b"chunked" in hop.get(b"transfer-encoding", b"").lower()
         if (chunked or not framed) and self.method != b"HEAD":
             if self.client.http11:
                 self.out_chunked = True
                 lines.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.close_after = True  # HTTP/1.0: the body ends with the connection
-        if not has_date:
+        if b"date" not in names:
             lines.append(b"date: " + http_date() + b"\r\n")
         if self.close_after:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
-        self.client.write(b"".join(lines))
+        # Held, to go out in one write with the body that usually came in the same read
+        # (one send instead of two); flushed when the upstream's read has been parsed.
+        self.held = b"".join(lines)
 
-    def response_body(self, data: bytes) -> None:
-        if self.out_chunked:
-            self.client.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self.client.write(data)
+    def takes_verbatim(self) -> bool:
+        """Whether a whole, clean response may go to this client byte for byte: nothing
+        to add to its head (no ``connection: close``, no chunking, not a HEAD)."""
+        return not self.close_after and self.body_done and self.method != b"HEAD"
 
-    def response_end(self) -> None:
-        if self.out_chunked:
-            self.client.write(b"0\r\n\r\n")
+    def verbatim_response(self, status: int, data: bytes) -> None:
+        """A complete response, passed on as it came (its head has nothing to drop)."""
+        backend = self.backend
+        assert backend is not None
+        self.answered = True
+        if not backend.reachable:
+            backend.mark(True, self.role)
+        if status >= 500:
+            backend.errors += 1
+        self.chunks, self.kept_bytes = [], 0
+        self.client.write(data)
         self.upstream = None
         self._finish()
+
+    def response_body(self, data: bytes) -> None:
+        out = b"%x\r\n%s\r\n" % (len(data), data) if self.out_chunked else data
+        if self.held:
+            out, self.held = self.held + out, b""
+        self.client.write(out)
+
+    def response_end(self) -> None:
+        out = self.held + b"0\r\n\r\n" if self.out_chunked else self.held
+        if out:
+            self.held = b""
+            self.client.write(out)
+        self.upstream = None
+        self._finish()
+
+    def flush_head(self) -> None:
+        if self.held:
+            self.client.write(self.held)
+            self.held = b""
 
     def upstream_failed(self, error: UpstreamError, answered: bool) -> None:
         backend, table = self.backend, self.table
@@ -522,13 +552,7 @@ class ClientConnection(asyncio.Protocol):
         self.http11 = self.parser.get_http_version() == "1.1"
         if self.parser.should_upgrade():  # CONNECT, or Upgrade: never sent on
             raise Refused(400, "protocol upgrades and CONNECT are not supported")
-        try:
-            parsed = httptools.parse_url(self._url)
-        except httptools.HttpParserInvalidURLError as exc:
-            raise Refused(400, "malformed request target") from exc
-        raw_path: bytes = parsed.path or b"/"
-        target = raw_path + (b"?" + parsed.query if parsed.query else b"")
-        path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        target, path = _target(self._url)
         exchange = ProxyExchange(
             self,
             self.parser.get_method(),
@@ -539,9 +563,8 @@ class ClientConnection(asyncio.Protocol):
         )
         self.receiving = exchange
         if self.current is None:
-            if self.http11 and any(  # HTTP/1.0 clients do not expect it (RFC 9110 10.1.1)
-                n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in self._headers
-            ):
+            # (HTTP/1.0 clients do not expect it, RFC 9110 10.1.1)
+            if exchange.expects_continue and self.http11:
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.current = exchange
             exchange.begin()

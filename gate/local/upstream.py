@@ -18,6 +18,7 @@ import httptools
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_IDLE_PER_BACKEND = 256
+_FRAMING = (b"content-length", b"transfer-encoding")  # a body that ends without a close
 
 
 class UpstreamError(Exception):
@@ -36,11 +37,88 @@ class Exchange(Protocol):
 
     def response_end(self) -> None: ...
 
+    def flush_head(self) -> None: ...
+
+    def takes_verbatim(self) -> bool: ...
+
+    def verbatim_response(self, status: int, data: bytes) -> None: ...
+
     def upstream_failed(self, error: UpstreamError, answered: bool) -> None: ...
 
     def pause_body(self) -> None: ...
 
     def resume_body(self) -> None: ...
+
+
+# Not passed on by a proxy (RFC 9110 7.6.1), nor its framing or the host it was sent to.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"host",
+        b"content-length",
+        b"expect",
+    }
+)
+RESPONSE_HOP_BY_HOP = HOP_BY_HOP - {b"content-length"}  # an answer keeps its length
+# A response carrying any of these (or no ``date``) takes the parsed path, which drops them.
+_NOT_VERBATIM = tuple(b"\n" + name + b":" for name in sorted(RESPONSE_HOP_BY_HOP))
+
+
+class _Completion:
+    """A response parser's callbacks when only framing matters: a C parse, two calls."""
+
+    __slots__ = ("begun", "complete", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.complete = self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # (reset once the message ends)
+
+
+class _WholeResponse:
+    """Recognises a read that is exactly one complete, final, keep-alive response whose
+    headers can go to the client as they are (the usual answer of a predictor: head and
+    body in one segment). Such a response is passed on verbatim, without the header
+    callbacks and the rebuilt head of the parsed path. llhttp checks the framing; any
+    doubt (incomplete, more than one message, a 1xx, a header to drop) -> ``None``."""
+
+    def __init__(self) -> None:
+        self._state = _Completion()
+
+    def status(self, data: bytes) -> int | None:
+        state = self._state
+        state.begun, state.complete = 0, False
+        try:
+            state.parser.feed_data(data)
+        except httptools.HttpParserError:
+            return None
+        if not state.complete or state.begun != 1 or not state.keep_alive:
+            return None
+        status: int = state.parser.get_status_code()
+        if status < 200 or status in (204, 304):
+            return None
+        head = data[: data.find(b"\r\n\r\n") + 2].lower()
+        if b"\ndate:" not in head or b"\ncontent-length:" not in head:
+            return None
+        for name in _NOT_VERBATIM:
+            if name in head:
+                return None
+        return status
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -59,6 +137,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False  # a HEAD request: the response has no body to read
         self._framed = False  # the response carries content-length or chunked framing
         self._paused = False  # reading paused for the client's back-pressure
+        self._first_read = False  # the next read is the first since the request went out
+        self._whole: _WholeResponse | None = None
 
     # --- used by the exchange ----------------------------------------------------------
 
@@ -70,6 +150,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self._headers = []
         self._reason = b""
+        self._first_read = not head_only
         self.transport.write(head + body if body else head)
 
     def write(self, data: bytes) -> None:
@@ -103,10 +184,36 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if self._first_read and exchange is not None:
+            self._first_read = False
+            if exchange.takes_verbatim() and self._verbatim(exchange, data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"backend sent a malformed response: {exc}"))
+            return
+        if exchange is not None and exchange is self.exchange:
+            exchange.flush_head()  # a head whose body has not come yet goes out now
+
+    def _verbatim(self, exchange: Exchange, data: bytes) -> bool:
+        """Pass a whole response on as it came (see :class:`_WholeResponse`)."""
+        whole = self._whole
+        if whole is None:
+            whole = self._whole = _WholeResponse()
+        status = whole.status(data)
+        if status is None:
+            self._whole = None  # it may be midway through a message: a new one next time
+            return False
+        self.exchange = None
+        if self.reusable:
+            self.resume_reading()
+            self.pool.release(self)
+        else:
+            self.close()
+        exchange.verbatim_response(status, data)
+        return True
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -152,14 +259,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._reason = b""
             return
         self._answered = True
-        self._framed = (
-            self._head_only
-            or status in (204, 304)
-            or any(
-                name.lower() in (b"content-length", b"transfer-encoding")
-                for name, _ in self._headers
-            )
-        )
+        framed = self._head_only or status in (204, 304)
+        if not framed:
+            for name, _ in self._headers:
+                if name.lower() in _FRAMING:
+                    framed = True
+                    break
+        self._framed = framed
         exchange.response_head(status, self._reason, self._headers, self._framed)
         if self._head_only:  # httptools would wait for content-length bytes that never come
             self.exchange = None

@@ -58,6 +58,15 @@ class _Exchange:
     def response_end(self) -> None:
         self.done.set()
 
+    def flush_head(self) -> None:
+        pass
+
+    def takes_verbatim(self) -> bool:
+        return False  # the parsed path, whose body callback can pause like a slow client
+
+    def verbatim_response(self, status: int, data: bytes) -> None:
+        raise AssertionError("not asked for")
+
     def upstream_failed(self, error: UpstreamError, answered: bool) -> None:
         raise AssertionError(f"upstream failed: {error}")
 
