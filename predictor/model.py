@@ -8,7 +8,7 @@ in :mod:`predictor.inputs`; this class only adapts KServe's types to it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,19 @@ class IrisModel(Model):  # type: ignore[misc]
             self.metrics.count_predictions(self._meta.class_names, counts.tolist())
         return Prediction(class_ids, probabilities, self._meta.class_names)
 
+    async def classify_tensor(
+        self,
+        datatype: str,
+        shape: Sequence[int],
+        read_data: Callable[[], Any],
+        requested: Sequence[str],
+    ) -> tuple[Prediction, tuple[str, ...]]:
+        """One v2 input tensor (REST or gRPC) and the output names asked for: the checks,
+        in the order clients see their errors, then the prediction."""
+        outputs = check_outputs(requested)
+        matrix = matrix_from_tensor(datatype, shape, read_data, self.n_features, self.max_rows)
+        return await self.classify(matrix), outputs
+
     async def predict(
         self,
         payload: Any,
@@ -199,15 +212,12 @@ class IrisModel(Model):  # type: ignore[misc]
                 f"expected exactly one input tensor, got {len(request.inputs)}",
             )
         tensor: InferInput = request.inputs[0]
-        outputs = check_outputs([o.name for o in request.request_outputs or []])
-        matrix = matrix_from_tensor(
+        prediction, outputs = await self.classify_tensor(
             tensor.datatype,
             tensor.shape,
             lambda: _tensor_data(tensor),
-            self.n_features,
-            self.max_rows,
+            [o.name for o in request.request_outputs or []],
         )
-        prediction = await self.classify(matrix)
         rows = len(prediction.class_ids)
         built: dict[str, InferOutput] = {}
         if "predict" in outputs:

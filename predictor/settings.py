@@ -54,8 +54,9 @@ class PredictorSettings(BaseSettings):
     fast_path: bool = True
     """Predict with array maths checked equal to scikit-learn at load; else scikit-learn."""
     fast_lane: bool = True
-    """Serve the REST inference routes without FastAPI's routing and request models (same
-    answers, byte for byte); false: every request goes through KServe's FastAPI app."""
+    """Serve the REST inference routes without FastAPI's routing and request models, and
+    plain gRPC ModelInfer calls without KServe's servicer types (same answers, byte for
+    byte); false: every request goes through KServe's FastAPI app and servicer."""
     max_message_mb: int = Field(16, ge=1)
     """Largest gRPC message accepted or sent, in MiB."""
     max_body_mb: float = Field(1.0, gt=0.0, le=1024.0)

@@ -1,19 +1,24 @@
-"""The REST fast lane answers what KServe's FastAPI path answers, byte for byte.
+"""The fast lanes answer what KServe's own paths answer, byte for byte.
 
 Two real predictors on the same artifact, one with ``--fast_lane false``: every request of
 a corpus of valid and invalid v1 and v2 requests goes to both, and status, headers (but
-``date``) and bodies must be equal. Also: the fast lane takes the requests it should (the
-error counters move the same way), and a request it hands on still works."""
+``date``) and bodies must be equal; every message of a corpus of valid and invalid gRPC
+``ModelInfer`` requests goes to both, and status code, details and response bytes must be
+equal. Also: the lanes take the requests they should (the error counters move the same
+way), and a request they hand on still works."""
 
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 import pytest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from tests.helpers import Predictor, make_artifact, run_predictor
 
@@ -173,6 +178,135 @@ def test_the_fast_lane_answers_byte_for_byte_what_fastapi_answers(
     assert _answer(fast.url, path, body, headers) == _answer(plain.url, path, body, headers)
 
 
+def tensor(
+    data: list[float], shape: list[int] | None = None, datatype: str = "FP32", **extra: Any
+) -> pb.ModelInferRequest.InferInputTensor:
+    field = "fp64_contents" if datatype.upper() == "FP64" else "fp32_contents"
+    return pb.ModelInferRequest.InferInputTensor(
+        name="input-0",
+        datatype=datatype,
+        shape=[len(data) // 4, 4] if shape is None else shape,
+        contents=pb.InferTensorContents(**{field: data}),
+        **extra,
+    )
+
+
+def infer(*tensors: pb.ModelInferRequest.InferInputTensor, **extra: Any) -> bytes:
+    fields = {"model_name": "iris", **extra}
+    message: bytes = pb.ModelInferRequest(inputs=list(tensors), **fields).SerializeToString()
+    return message
+
+
+def outputs(*names: str) -> list[pb.ModelInferRequest.InferRequestedOutputTensor]:
+    return [pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in names]
+
+
+FP32_ROW = struct.pack("<4f", *ROW)  # a raw tensor's bytes
+GRPC_CORPUS: list[tuple[str, bytes]] = [
+    # valid
+    ("one row", infer(tensor(ROW))),
+    ("three rows", infer(tensor(ROW * 3))),
+    ("id", infer(tensor(ROW * 2), id="req-7")),
+    ("all outputs", infer(tensor(ROW), outputs=outputs("label", "predict_proba", "predict"))),
+    ("repeated output", infer(tensor(ROW), outputs=outputs("label", "label"))),
+    ("FP64", infer(tensor(ROW, datatype="FP64"))),
+    ("model version", infer(tensor(ROW), model_version="1")),
+    ("shape -1", infer(tensor(ROW * 2, shape=[-1, 4]))),
+    (
+        "tensor name",
+        infer(
+            pb.ModelInferRequest.InferInputTensor(
+                name="x",
+                datatype="FP32",
+                shape=[1, 4],
+                contents=pb.InferTensorContents(fp32_contents=ROW),
+            )
+        ),
+    ),
+    # handed on to KServe's servicer
+    (
+        "raw input",
+        infer(
+            pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 4]),
+            raw_input_contents=[FP32_ROW],
+        ),
+    ),
+    (
+        "request parameters",
+        infer(tensor(ROW), parameters={"a": pb.InferParameter(string_param="b")}),
+    ),
+    ("tensor parameters", infer(tensor(ROW, parameters={"a": pb.InferParameter(bool_param=True)}))),
+    ("lowercase datatype", infer(tensor(ROW, datatype="fp32"))),
+    ("unknown model", infer(tensor(ROW), model_name="nope")),
+    # invalid
+    ("no inputs", infer()),
+    ("two inputs", infer(tensor(ROW), tensor(ROW))),
+    ("shape", infer(tensor(ROW, shape=[2, 4]))),
+    ("width", infer(tensor(ROW[:3], shape=[1, 3]))),
+    ("no shape", infer(tensor(ROW, shape=[]))),
+    ("no data", infer(tensor([], shape=[1, 4]))),
+    ("NaN", infer(tensor([float("nan"), 1.0, 2.0, 3.0]))),
+    ("infinity", infer(tensor([float("inf"), 1.0, 2.0, 3.0], datatype="FP64"))),
+    ("rows", infer(tensor(ROW * 2000))),
+    ("unknown output", infer(tensor(ROW), outputs=outputs("nope"))),
+    ("datatype", infer(tensor(ROW, datatype="INT64"))),
+    ("raw and contents", infer(tensor(ROW), raw_input_contents=[FP32_ROW])),
+    ("not a message", b"\xff\xff\xff"),
+]
+
+
+def _grpc_answer(target: str, message: bytes) -> tuple[str, str | None, bytes | None]:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        try:
+            answer: bytes = call(message, timeout=30)
+        except grpc.RpcError as exc:
+            return exc.code().name, exc.details(), None
+        return "OK", None, answer
+
+
+@pytest.mark.parametrize(("case", "message"), GRPC_CORPUS, ids=[case for case, _ in GRPC_CORPUS])
+def test_the_grpc_lane_answers_byte_for_byte_what_kserve_answers(
+    pair: tuple[Predictor, Predictor], case: str, message: bytes
+) -> None:
+    fast, plain = pair
+    answer = _grpc_answer(fast.grpc_target, message)
+    assert answer == _grpc_answer(plain.grpc_target, message)
+    if case in (
+        "one row",
+        "all outputs",
+        "id",
+    ):  # (a comparison of two empty answers proves little)
+        assert answer[0] == "OK" and answer[2]
+
+
+def _kserve_predict_calls(predictor: Predictor) -> float:
+    """How many calls went through KServe's ``Model.__call__`` (its predict histogram)."""
+    text = httpx.get(f"{predictor.url}/metrics", timeout=10).text
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("request_predict_seconds_count")
+    )
+
+
+def test_the_grpc_lane_takes_plain_calls_and_hands_on_the_rest(
+    pair: tuple[Predictor, Predictor],
+) -> None:
+    fast, plain = pair
+    plain_message = dict(GRPC_CORPUS)["one row"]
+    raw_message = dict(GRPC_CORPUS)["raw input"]
+    before = {p.grpc_target: _kserve_predict_calls(p) for p in pair}
+    for predictor in pair:
+        for _ in range(5):
+            assert _grpc_answer(predictor.grpc_target, plain_message)[0] == "OK"
+    after_plain = {p.grpc_target: _kserve_predict_calls(p) for p in pair}
+    assert after_plain[fast.grpc_target] == before[fast.grpc_target]  # the lane answered
+    assert after_plain[plain.grpc_target] == before[plain.grpc_target] + 5
+    assert _grpc_answer(fast.grpc_target, raw_message)[0] == "OK"
+    assert _kserve_predict_calls(fast) == after_plain[fast.grpc_target] + 1  # handed on
+
+
 def _errors(predictor: Predictor) -> dict[str, float]:
     text = httpx.get(f"{predictor.url}/metrics", timeout=10).text
     counts: dict[str, float] = {}
@@ -193,4 +327,5 @@ def test_the_fast_lane_is_on_by_default_and_off_with_the_flag(
 ) -> None:
     fast, plain = pair
     assert "REST fast lane on for iris" in fast.output()
+    assert "gRPC fast lane on for iris" in fast.output()
     assert "fast lane" not in plain.output()
