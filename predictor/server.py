@@ -77,6 +77,7 @@ from predictor.inputs import SUPPORTED_DATATYPES, binary_tensor_slices, check_js
 from predictor.metrics import PredictorMetrics, exposition_registry
 from predictor.model import IrisModel
 from predictor.processes import ProcessGroup
+from predictor.transport import CoalescingHttpToolsProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -400,6 +401,7 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
     ) -> None:
         super().__init__(*args, **kwargs)
         self.fast_lane_model = fast_lane_model
+        self.config.http = CoalescingHttpToolsProtocol  # one send per answer
         self.config.host = host
         self.config.access_log = access_log
         self.metrics = metrics
