@@ -1,11 +1,14 @@
-"""The predictor's coalescing transport: one send per answer, nothing held or lost."""
+"""The predictor's coalescing transport: a head goes out with its body, nothing is lost,
+and a lone request waits for nothing."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from predictor.transport import FLUSH_BYTES, CoalescingTransport
+from predictor.transport import CoalescingTransport
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
 
 class Recorder:
@@ -29,38 +32,49 @@ class Recorder:
         return 0
 
 
-def _coalescing() -> tuple[CoalescingTransport, Recorder]:
+def _coalescing(busy: bool) -> tuple[CoalescingTransport, Recorder]:
     recorder = Recorder()
     transport: Any = recorder
-    return CoalescingTransport(transport, asyncio.get_running_loop()), recorder
+    return CoalescingTransport(transport, asyncio.get_running_loop(), lambda: busy), recorder
 
 
-def test_a_head_and_body_written_in_one_turn_go_out_as_one_send() -> None:
+def test_alone_a_head_goes_out_with_its_body_at_once() -> None:
     async def scenario() -> None:
-        coalescing, recorder = _coalescing()
-        coalescing.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-        coalescing.write(b"")
+        coalescing, recorder = _coalescing(busy=False)
+        coalescing.write(HEAD)
+        assert recorder.writes == []
         coalescing.write(b"{}")
-        assert recorder.writes == []  # not before the turn ends
+        assert recorder.writes == [HEAD + b"{}"]  # no waiting for the turn to end
+        coalescing.write(b"more")  # after a sent head: straight through
+        assert recorder.writes[1:] == [b"more"]
         await asyncio.sleep(0)
-        assert recorder.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
-        coalescing.write(b"next")  # a later turn: its own send
-        await asyncio.sleep(0)
-        assert recorder.writes[1:] == [b"next"]
+        assert len(recorder.writes) == 2  # the end of the turn found nothing left
 
     asyncio.run(scenario())
 
 
-def test_a_large_body_is_not_held_and_close_sends_what_is_left() -> None:
+def test_with_others_in_flight_an_answer_leaves_at_the_end_of_the_turn() -> None:
     async def scenario() -> None:
-        coalescing, recorder = _coalescing()
-        coalescing.write(b"head")
-        coalescing.write(b"x" * FLUSH_BYTES)
-        assert recorder.writes == [b"head" + b"x" * FLUSH_BYTES]  # at once
-        coalescing.write(b"tail")
-        coalescing.close()
-        assert recorder.writes[1:] == [b"tail"] and recorder.closed
-        await asyncio.sleep(0)  # the scheduled flush finds nothing left
-        assert len(recorder.writes) == 2
+        coalescing, recorder = _coalescing(busy=True)
+        coalescing.write(HEAD)
+        coalescing.write(b"{}")
+        assert recorder.writes == []
+        await asyncio.sleep(0)
+        assert recorder.writes == [HEAD + b"{}"]
+
+    asyncio.run(scenario())
+
+
+def test_a_head_alone_is_sent_at_the_end_of_the_turn_and_interim_heads_at_once() -> None:
+    async def scenario() -> None:
+        coalescing, recorder = _coalescing(busy=False)
+        coalescing.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert recorder.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+        coalescing.write(HEAD)  # e.g. the answer to a HEAD request: no body follows
+        await asyncio.sleep(0)
+        assert recorder.writes[1:] == [HEAD]
+        coalescing.write(HEAD)
+        coalescing.close()  # closing sends what is held first
+        assert recorder.writes[2:] == [HEAD] and recorder.closed
 
     asyncio.run(scenario())
