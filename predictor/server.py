@@ -559,7 +559,7 @@ class IrisServicer(InferenceServicer):  # type: ignore[misc]
         ModelInfer answers every error itself; the other methods get KServe's
         exception-to-status conversion wrapped around them once, here, instead of as a
         server interceptor, which would rebuild a handler and two coroutines on every call
-        (ModelInfer's included: ~5 % of gRPC req/s)."""
+        (ModelInfer's included)."""
         captured = _CapturedHandlers()
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, captured)
         converter = QuietExceptionToStatusInterceptor()
