@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import importlib
 import logging
 import math
 import multiprocessing
@@ -101,8 +102,9 @@ class ProcessGroup:
         self.stopping = False
 
     def _spawn(self, index: int) -> None:
+        target = (self._target.__module__, self._target.__qualname__)
         child = self._context.Process(
-            target=self._target, args=(*self._args, index), name=f"predictor-{index}"
+            target=_child_main, args=(*target, *self._args, index), name=f"predictor-{index}"
         )
         child.start()
         self._children[index] = child
@@ -185,6 +187,13 @@ def cheap_metric_values() -> None:
         from prometheus_client import values
 
         values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)  # type: ignore[no-untyped-call]
+
+
+def _child_main(module: str, name: str, *args: Any) -> None:
+    """A server process's first code: the cheaper metric values are set up before the
+    target's module (and KServe, which creates metrics as it is imported) is loaded."""
+    cheap_metric_values()
+    getattr(importlib.import_module(module), name)(*args)
 
 
 @contextlib.contextmanager
