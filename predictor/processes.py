@@ -209,6 +209,7 @@ def shared_metrics_dir(count: int) -> Iterator[None]:
     if given:
         for stale in Path(given).glob("*.db"):
             stale.unlink()
+        cheap_metric_values()
         yield
         return
     with tempfile.TemporaryDirectory(prefix="irisgate-metrics-") as folder:
