@@ -84,8 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=8.0,
         help="seconds each step collects metrics (default 8)",
     )
+    # The gate's own defaults (+0.5 points, +25 %, 10 %) need a few thousand canary
+    # requests; the demo's traffic shows these wider margins within a minute or two.
     parser.add_argument(
-        "--min-requests", type=int, default=30, help="canary requests a step needs (default 30)"
+        "--error-rate-margin",
+        type=float,
+        default=0.02,
+        help="server errors the canary may add over stable (default 0.02 = +2 points)",
+    )
+    parser.add_argument(
+        "--latency-margin",
+        type=float,
+        default=1.0,
+        help="how much slower the canary's p95 may be than stable's (default 1.0 = +100 %%)",
+    )
+    parser.add_argument(
+        "--class-shift-margin",
+        type=float,
+        default=0.2,
+        help="share of answers that may change class (default 0.2)",
     )
     parser.add_argument("--users", type=int, default=4, help="locust users (REST and gRPC)")
     parser.add_argument(
@@ -109,7 +126,9 @@ def analysis_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "steps": [int(s) for s in args.steps.split(",")],
         "step_interval_s": args.step_interval,
-        "min_requests": args.min_requests,
+        "error_rate_margin": args.error_rate_margin,
+        "latency_margin": args.latency_margin,
+        "class_shift_margin": args.class_shift_margin,
     }
 
 

@@ -28,9 +28,29 @@ OUTCOMES = {
 def _check(evidence: dict[str, Any], name: str) -> float | None:
     for check in evidence.get("checks") or []:
         if check["name"] == name:
-            value = check.get("value")
+            value = check.get("estimate")
             return None if value is None else float(value)
     return None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def statistics(checks: list[dict[str, Any]]) -> str:
+    """The relative checks of one decision in one line: estimate, interval, margin, and
+    what the interval showed (✓ within the margin, ✗ regression shown, ? not yet)."""
+    marks = {"pass": "✓", "fail": "✗", "inconclusive": "?"}
+    parts = []
+    for check in checks:
+        if check.get("margin") is None:
+            continue  # hard ceilings: only ever a failure, listed in the reason then
+        low, high = check.get("interval") or (None, None)
+        parts.append(
+            f"{check['name']} {_fmt(check.get('estimate'))} [{_fmt(low)}, {_fmt(high)}] "
+            f"< {_fmt(check['margin'])} {marks.get(check['outcome'], '?')}"
+        )
+    return "; ".join(parts)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -68,7 +88,8 @@ def ticks_of(detail: dict[str, Any]) -> list[dict[str, Any]]:
                 "stable_error_rate": rate(stable),
                 "canary_p99_ms": _ms(canary.get("p99_s")),
                 "stable_p99_ms": _ms(stable.get("p99_s")),
-                "drift": _check(evidence, "class_drift"),
+                "class_shift": _check(evidence, "class_shift"),
+                "statistics": statistics(evidence.get("checks") or []),
                 "canary_classes": canary.get("class_counts") or {},
                 "stable_classes": stable.get("class_counts") or {},
                 "checks": evidence.get("checks") or [],
@@ -251,7 +272,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
                 t["stable_error_rate"],
                 t["canary_p99_ms"],
                 t["stable_p99_ms"],
-                None if t["drift"] is None else round(t["drift"], 4),
+                None if t["class_shift"] is None else round(t["class_shift"], 4),
+                t["statistics"],
                 t["reason"],
             )
         )
@@ -285,7 +307,8 @@ font-size:13px}}th{{background:#eee}}figure{{display:inline-block;margin:0.5em}}
 <h2>Canary analysis</h2>{figures}
 <table><tr><th>time</th><th>weight</th><th>outcome</th><th>action</th><th>canary req</th>
 <th>stable req</th><th>canary err</th><th>stable err</th><th>canary p99 ms</th>
-<th>stable p99 ms</th><th>drift</th><th>reason</th></tr>{rows}</table>
+<th>stable p99 ms</th><th>class shift</th><th>statistics (estimate [interval] &lt; margin)</th>
+<th>reason</th></tr>{rows}</table>
 <h2>Final traffic split</h2><pre>{escape(json.dumps(report["final_split"], indent=2))}</pre>
 <h2>Load test</h2><table><tr><th>request</th><th>count</th><th>failures</th><th>req/s</th>
 <th>median ms</th><th>p99 ms</th></tr>{load_rows}</table>
@@ -310,7 +333,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         "s err",
         "c p99",
         "s p99",
-        "drift",
+        "shift",
     ):
         table.add_column(column, justify="right", no_wrap=True)
     for t in report["ticks"]:
@@ -330,7 +353,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
             show(t["stable_error_rate"]),
             show(t["canary_p99_ms"]),
             show(t["stable_p99_ms"]),
-            show(t["drift"]),
+            show(t["class_shift"]),
         )
     if report["ticks"]:
         console.print(table)

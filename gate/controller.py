@@ -36,8 +36,8 @@ from gate.core.decide import (
     Command,
     Transition,
     ValidationVerdict,
-    after_analysis,
     after_error,
+    after_tick,
     after_validation,
     candidate_started,
     command,
@@ -298,16 +298,24 @@ class RolloutController:
         if state.window_baseline is None:
             await self._snapshot(state)
             return
-        if state.step_deadline is not None and now < state.step_deadline:
-            return
+        deadline_reached = state.step_deadline is None or now >= state.step_deadline
         window_s = (now - state.window_start).total_seconds() if state.window_start else 0.0
         try:
             measurement = await self.provider.measure(
                 self.deployer.metrics_targets(state), state.window_baseline, window_s
             )
-            verdict = analyze(state.spec, measurement, state.stable_reference)
+            verdict = analyze(
+                state.spec,
+                measurement,
+                state.evidence,
+                must_show_margins=state.spec.proving_step(state.step_index),
+                deadline_reached=deadline_reached,
+            )
         except MetricsUnavailable as exc:
             verdict = Verdict(outcome=Outcome.ERROR, reason=f"metrics: {exc}")
+        transition = after_tick(state, verdict, self.clock(), deadline_reached)
+        if transition is None:
+            return  # looked, nothing decided yet: the window goes on
         evidence = verdict.model_dump(mode="json", exclude={"outcome", "reason"})
         # the decision row shows the state it led to; this is the step that was judged
         evidence["judged"] = {
@@ -315,9 +323,7 @@ class RolloutController:
             "canary_weight": state.canary_weight,
             "window_start": state.window_start.isoformat() if state.window_start else None,
         }
-        await self._apply(
-            after_analysis(state, verdict, self.clock()), outcome=verdict.outcome, evidence=evidence
-        )
+        await self._apply(transition, outcome=verdict.outcome, evidence=evidence)
 
     async def _finish(self, state: RolloutState) -> None:
         """Promote or roll back in the traffic layer, then record the terminal phase

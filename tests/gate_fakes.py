@@ -153,13 +153,31 @@ class FakeBackend(TrafficBackend):
         )
 
 
-def healthy(requests: float = 100, errors: float = 0, p99_ms: float = 5) -> WindowMeasurement:
-    classes = {"setosa": requests / 3, "versicolor": requests / 3, "virginica": requests / 3}
-    role = RoleWindow(
-        requests=requests, server_errors=errors, p99_s=p99_ms / 1000, class_counts=classes
+def role(
+    requests: float = 20_000, errors: float = 0, median_ms: float = 5, classes: bool = True
+) -> RoleWindow:
+    """A predictor's window: latency spread over three buckets around ``median_ms``
+    (a quarter below, half in, a quarter above), classes in equal shares."""
+    buckets = {
+        f"{median_ms / 2000:g}": requests / 4,
+        f"{median_ms / 1000:g}": requests / 2,
+        f"{median_ms * 2 / 1000:g}": requests * 0.9,
+        f"{median_ms * 4 / 1000:g}": requests,
+        "+Inf": requests,
+    }
+    shares = {name: requests / 3 for name in ("setosa", "versicolor", "virginica")}
+    return RoleWindow(
+        requests=requests,
+        server_errors=errors,
+        latency_buckets=buckets if requests else {},
+        class_counts=shares if classes and requests else {},
     )
-    stable = RoleWindow(requests=100, p99_s=0.005, class_counts=classes)
-    return WindowMeasurement(stable=stable, canary=role, window_s=30)
+
+
+def healthy(requests: float = 20_000, errors: float = 0, median_ms: float = 5) -> WindowMeasurement:
+    """A window where the canary (``requests``, ``errors``) is judged against a healthy
+    stable with plenty of traffic: enough to show every default margin."""
+    return WindowMeasurement(stable=role(), canary=role(requests, errors, median_ms), window_s=30)
 
 
 class FakeProvider(MetricsProvider):

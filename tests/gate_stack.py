@@ -29,6 +29,13 @@ from tests.helpers import RunningProcess, free_port, start_process, wait_until
 
 TOKEN = "integration-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# Margins the tests' traffic (about a hundred requests a second for a few seconds) can
+# show; the gate's defaults need thousands of canary requests (see make gate-bench).
+TEST_MARGINS: dict[str, Any] = {
+    "error_rate_margin": 0.05,
+    "latency_margin": 2.0,
+    "class_shift_margin": 0.3,
+}
 ROUTER_TOKEN = "router-admin-token-0123456789"
 ROUTER_AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
 NO_ROUTES = {"stable": None, "canary": None, "canary_weight": 0}

@@ -1,30 +1,105 @@
-"""Canary analysis as a pure function: measurements of one window in, a verdict out.
+"""Canary analysis as a pure function: counters in, a verdict with its evidence out.
 
-Canary and stable are always measured over the same window, so load, time of day and
-shared infrastructure affect both alike; the relative checks then compare like with like.
+Every check is a pair of anytime-valid confidence sequences (:mod:`gate.core.sequential`)
+over the rollout's evidence so far, canary against stable over the same windows, so the
+gate may look at every tick without inflating its error rates:
+
+- **fail** when a regression is *shown*: the canary's server-error rate is shown above
+  stable's; its latency quantile, or the distance of its predicted-class mix from
+  stable's, is shown beyond *half* the margin (two models never answer exactly alike,
+  and a shift well inside the margin must not lose a race against a pass); or a hard
+  ceiling is shown exceeded. The fail-side intervals share ``alpha`` across the checks (a
+  union bound), so a healthy canary is failed with probability at most ``alpha`` over the
+  whole rollout;
+- **pass** when the canary is *shown within the margins* the rollout was configured
+  with (server errors at most ``error_rate_margin`` above stable's, the latency quantile
+  at most ``1 + latency_margin`` times stable's, a class mix at most
+  ``class_shift_margin`` away in total variation). Each such interval has level
+  ``1 - alpha`` on its own: a canary beyond one margin passes that check, and so is
+  promoted, with probability at most ``alpha``. A step may pass this way early, at any
+  tick;
+- otherwise **inconclusive**, saying which check needs how much more traffic.
+
+Most steps bound exposure rather than prove anything: at its deadline a step that
+served canary traffic and showed no regression moves on (like Flagger's and Argo's
+steps). One step proves: the last one below 100 % (:meth:`AnalysisSpec.proving_step`,
+where stable still serves) moves on only when every margin is shown, and is extended
+until then, up to ``inconclusive_limit``. So no evidence is never a promotion, and a
+regression of the configured size is let through with probability at most ``alpha``.
+
+Evidence accumulates over the rollout (windows are folded into ``RolloutState.evidence``
+when a step ends): stable keeps its earlier traffic when the canary takes 100 %. The
+intervals assume requests are independent draws from one population during the
+rollout; ``make gate-bench`` measures the error rates this gives.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
+from gate.core.sequential import (
+    Interval,
+    difference_cs,
+    histogram_inverse,
+    proportion_cs,
+    quantile_cs,
+    ratio_cs,
+    total_variation_cs,
+)
 from gate.core.spec import AnalysisSpec, Outcome
+
+FAIL_CHECKS = 5  # error rate, latency, class shift and the two ceilings share alpha
 
 
 class RoleWindow(BaseModel):
-    """What one predictor did during the window (deltas, not totals)."""
+    """What one predictor did (deltas over a window, or sums of windows)."""
 
     requests: float = 0.0
     server_errors: float = 0.0
-    p99_s: float | None = None
+    latency_buckets: dict[str, float] = Field(default_factory=dict)
+    """Cumulative latency histogram in seconds, Prometheus style: ``le`` -> count."""
     class_counts: dict[str, float] = Field(default_factory=dict)
 
     @property
     def error_rate(self) -> float:
         return self.server_errors / self.requests if self.requests else 0.0
+
+    def buckets(self) -> list[tuple[float, float]]:
+        """The histogram as ``(upper bound, cumulative count)`` sorted by bound."""
+        return sorted((float(le), count) for le, count in self.latency_buckets.items())
+
+    def quantile_s(self, quantile: float) -> float | None:
+        """Point estimate of a latency quantile (``histogram_quantile``'s interpolation)."""
+        ordered = self.buckets()
+        if not ordered or ordered[-1][1] <= 0:
+            return None
+        value = histogram_inverse(ordered, quantile * ordered[-1][1])
+        if math.isinf(value):
+            finite = [bound for bound, _ in ordered if math.isfinite(bound)]
+            return finite[-1] if finite else None
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def p99_s(self) -> float | None:
+        return self.quantile_s(0.99)
+
+    def plus(self, other: RoleWindow) -> RoleWindow:
+        """Counts of both, as if one window."""
+
+        def add(first: dict[str, float], second: dict[str, float]) -> dict[str, float]:
+            return {k: first.get(k, 0.0) + second.get(k, 0.0) for k in first.keys() | second}
+
+        return RoleWindow(
+            requests=self.requests + other.requests,
+            server_errors=self.server_errors + other.server_errors,
+            latency_buckets=add(self.latency_buckets, other.latency_buckets),
+            class_counts=add(self.class_counts, other.class_counts),
+        )
 
 
 class WindowMeasurement(BaseModel):
@@ -32,13 +107,37 @@ class WindowMeasurement(BaseModel):
     canary: RoleWindow
     window_s: float
 
+    def plus(self, other: WindowMeasurement) -> WindowMeasurement:
+        return WindowMeasurement(
+            stable=self.stable.plus(other.stable),
+            canary=self.canary.plus(other.canary),
+            window_s=self.window_s + other.window_s,
+        )
+
+
+Bounds = tuple[float | None, float | None]
+
 
 class Check(BaseModel):
+    """One check's evidence: the estimate, the two intervals and what they were held to."""
+
     name: str
-    value: float | None
-    threshold: float
-    passed: bool
+    outcome: Outcome
+    estimate: float | None
+    interval: Bounds | None = None
+    """Pass side: confidence sequence at level 1 - alpha."""
+    fail_interval: Bounds | None = None
+    """Fail side: confidence sequence at level 1 - alpha / (number of checks)."""
+    margin: float | None = None
+    """Pass when ``interval`` lies below this."""
+    fail_above: float
+    """Fail when ``fail_interval`` lies above this."""
+    alpha: float
+    n_canary: float
+    n_stable: float | None = None
     detail: str
+    needs: str | None = None
+    """When inconclusive: roughly what more evidence would decide it."""
 
 
 class Verdict(BaseModel):
@@ -46,127 +145,269 @@ class Verdict(BaseModel):
     reason: str
     checks: list[Check] = Field(default_factory=list)
     measurement: WindowMeasurement | None = None
+    """The step's own window."""
+    totals: WindowMeasurement | None = None
+    """Everything the rollout measured so far (the analysed evidence)."""
+    early: bool = False
+    """Passed before the step's deadline."""
 
 
-def js_divergence(first: Mapping[str, float], second: Mapping[str, float]) -> float:
-    """Jensen-Shannon divergence in bits: 0 for equal distributions, 1 for disjoint ones."""
-    keys = sorted(set(first) | set(second))
-    total_a = sum(first.get(k, 0.0) for k in keys)
-    total_b = sum(second.get(k, 0.0) for k in keys)
-    if total_a <= 0 or total_b <= 0:
-        return 0.0
-    p = [first.get(k, 0.0) / total_a for k in keys]
-    q = [second.get(k, 0.0) / total_b for k in keys]
-    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
+def _pair(interval: Interval) -> Bounds:
+    """JSON-safe ends: an unbounded end (no evidence yet) is ``None``."""
+    low, high = interval.low, interval.high
+    return (low if math.isfinite(low) else None, high if math.isfinite(high) else None)
 
-    def kl(x: list[float]) -> float:
-        return sum(a * math.log2(a / b) for a, b in zip(x, m, strict=True) if a > 0)
 
-    return max(0.0, min(1.0, (kl(p) + kl(q)) / 2))
+def _needs(estimate: float, interval: Interval, margin: float, n: float, unit: str) -> str:
+    """Roughly how many canary requests would bring the interval inside the margin,
+    if the estimate held (widths shrink about as 1/sqrt(n))."""
+    room = margin - estimate
+    if room <= 0:
+        return f"the estimate {estimate:.4g}{unit} is beyond the margin {margin:.4g}{unit}"
+    spread = interval.high - estimate
+    if not math.isfinite(spread) or n <= 0:
+        return "canary traffic"
+    ratio = spread / room
+    if ratio > 1e4:
+        return f"the estimate {estimate:.4g}{unit} is at the margin {margin:.4g}{unit}"
+    total = n * ratio**2
+    return f"about {max(total - n, 1):,.0f} more canary requests"
+
+
+@dataclass(frozen=True)
+class _Relative:
+    """What one relative check is held to, and the evidence it has."""
+
+    name: str
+    margin: float
+    fail_above: float
+    alpha: float
+    n_canary: float
+    n_stable: float
+
+    def _check(self, **fields: Any) -> Check:
+        return Check(
+            name=self.name,
+            margin=self.margin,
+            fail_above=self.fail_above,
+            alpha=self.alpha,
+            n_canary=self.n_canary,
+            n_stable=self.n_stable,
+            **fields,
+        )
+
+    def waiting(self, detail: str, needs: str) -> Check:
+        """Not judged: a side has no data."""
+        return self._check(outcome=Outcome.INCONCLUSIVE, estimate=None, detail=detail, needs=needs)
+
+    def judged(
+        self, estimate: float, passing: Interval, failing: Interval, detail: str, unit: str = ""
+    ) -> Check:
+        """Fail when ``failing`` is above ``fail_above``, pass when ``passing`` is below
+        the margin, otherwise say what is missing."""
+        if failing.above(self.fail_above):
+            outcome, needs = Outcome.FAIL, None
+        elif passing.below(self.margin):
+            outcome, needs = Outcome.PASS, None
+        else:
+            outcome = Outcome.INCONCLUSIVE
+            needs = _needs(estimate, passing, self.margin, self.n_canary, unit)
+        return self._check(
+            outcome=outcome,
+            estimate=estimate,
+            interval=_pair(passing),
+            fail_interval=_pair(failing),
+            detail=detail,
+            needs=needs,
+        )
+
+
+def _ceiling(
+    name: str, shown: Interval, limit: float, estimate: float | None, n: float, alpha: float
+) -> Check:
+    """A hard guard on the canary alone: it fails when shown above ``limit``, and never
+    stands in the way of a pass."""
+    return Check(
+        name=name,
+        outcome=Outcome.FAIL if shown.above(limit) else Outcome.PASS,
+        estimate=estimate,
+        fail_interval=_pair(shown),
+        fail_above=limit,
+        alpha=alpha,
+        n_canary=n,
+        detail=f"canary alone; hard ceiling {limit:g}",
+    )
+
+
+def _error_checks(
+    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float
+) -> list[Check]:
+    fail_alpha = alpha / FAIL_CHECKS
+    c, s = (canary.server_errors, canary.requests), (stable.server_errors, stable.requests)
+    ceiling = _ceiling(
+        "error_rate_ceiling",
+        proportion_cs(*c, fail_alpha),
+        spec.max_error_rate,
+        canary.error_rate,
+        canary.requests,
+        fail_alpha,
+    )
+    check = _Relative(
+        "error_rate", spec.error_rate_margin, 0.0, alpha, canary.requests, stable.requests
+    )
+    if stable.requests <= 0:
+        detail = "stable served no requests in this rollout: nothing to compare with"
+        return [ceiling, check.waiting(detail, "stable traffic")]
+    return [
+        ceiling,
+        check.judged(
+            canary.error_rate - stable.error_rate,
+            difference_cs(c, s, alpha),
+            difference_cs(c, s, fail_alpha),
+            f"canary {canary.error_rate:.4%} vs stable {stable.error_rate:.4%} server errors "
+            "(difference)",
+        ),
+    ]
+
+
+def _latency_checks(
+    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float
+) -> list[Check]:
+    fail_alpha = alpha / FAIL_CHECKS
+    q = spec.latency_quantile
+    c_buckets, s_buckets = canary.buckets(), stable.buckets()
+    n_c = c_buckets[-1][1] if c_buckets else 0.0
+    n_s = s_buckets[-1][1] if s_buckets else 0.0
+    p99 = canary.p99_s
+    ceiling = _ceiling(
+        "latency_p99_ceiling",
+        quantile_cs(c_buckets, 0.99, fail_alpha).scaled(1000),
+        spec.max_p99_ms,
+        None if p99 is None else p99 * 1000,
+        n_c,
+        fail_alpha,
+    )
+    check = _Relative(
+        f"latency_p{q * 100:g}",
+        1 + spec.latency_margin,
+        1 + spec.latency_margin / 2,
+        alpha,
+        n_c,
+        n_s,
+    )
+    c_point, s_point = canary.quantile_s(q), stable.quantile_s(q)
+    if n_s <= 0 or n_c <= 0 or not s_point or c_point is None:
+        needs = "canary traffic" if n_c <= 0 else "stable traffic"
+        return [ceiling, check.waiting("needs latency from both canary and stable", needs)]
+
+    def ratio(level: float) -> Interval:
+        return ratio_cs(quantile_cs(c_buckets, q, level / 2), quantile_cs(s_buckets, q, level / 2))
+
+    return [
+        ceiling,
+        check.judged(
+            c_point / s_point,
+            ratio(alpha),
+            ratio(fail_alpha),
+            f"canary p{q * 100:g} {c_point * 1000:.2f} ms / stable {s_point * 1000:.2f} ms (ratio)",
+            unit="x",
+        ),
+    ]
+
+
+def _class_check(
+    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float
+) -> list[Check]:
+    n_c, n_s = sum(canary.class_counts.values()), sum(stable.class_counts.values())
+    if n_c <= 0 and n_s <= 0:
+        return []  # the model reports no classes
+    margin = spec.class_shift_margin
+    check = _Relative("class_shift", margin, margin / 2, alpha, n_c, n_s)
+    if n_c <= 0 or n_s <= 0:
+        needs = "canary traffic" if n_c <= 0 else "stable traffic"
+        return [check.waiting("needs predicted classes from both canary and stable", needs)]
+    classes = canary.class_counts.keys() | stable.class_counts.keys()
+    shares = (
+        abs(canary.class_counts.get(k, 0.0) / n_c - stable.class_counts.get(k, 0.0) / n_s)
+        for k in classes
+    )
+    return [
+        check.judged(
+            sum(shares) / 2,
+            total_variation_cs(canary.class_counts, stable.class_counts, alpha),
+            total_variation_cs(canary.class_counts, stable.class_counts, alpha / FAIL_CHECKS),
+            "total-variation distance between the predicted-class mixes (share of answers "
+            "that changed class)",
+        )
+    ]
 
 
 def analyze(
     spec: AnalysisSpec,
     measurement: WindowMeasurement | None,
-    stable_reference: RoleWindow | None = None,
+    earlier: WindowMeasurement | None = None,
+    *,
+    must_show_margins: bool = True,
+    deadline_reached: bool = True,
 ) -> Verdict:
-    """Judge one window.
+    """Judge the evidence so far: ``earlier`` (the rollout's finished windows) plus the
+    current step's ``measurement``.
 
-    ``stable_reference`` is stable's last window with enough traffic: at 100 % canary
-    weight stable serves nothing, and the relative checks compare with what it did last.
+    Before the step's deadline only a decided outcome matters (a pass is early, a fail
+    is at once); at the deadline an intermediate step with canary traffic and no
+    regression shown moves on, while the proving step needs every margin shown.
     """
     if measurement is None:
         return Verdict(outcome=Outcome.ERROR, reason="metrics backend unavailable")
-    canary = measurement.canary
-    if canary.requests < spec.min_requests:
-        return Verdict(
-            outcome=Outcome.INCONCLUSIVE,
-            reason=f"canary served {canary.requests:.0f} requests in "
-            f"{measurement.window_s:.0f} s; a step needs {spec.min_requests}",
-            measurement=measurement,
-        )
-    stable = measurement.stable
-    if stable.requests < spec.min_requests and stable_reference is not None:
-        stable = stable_reference
-    stable_known = stable.requests >= spec.min_requests
-
+    totals = measurement if earlier is None else earlier.plus(measurement)
+    canary, stable = totals.canary, totals.stable
+    alpha = 1 - spec.confidence
     checks = [
-        Check(
-            name="error_rate",
-            value=canary.error_rate,
-            threshold=spec.max_error_rate,
-            passed=canary.error_rate <= spec.max_error_rate,
-            detail=f"canary {canary.server_errors:.0f}/{canary.requests:.0f} server errors",
-        ),
+        *_error_checks(spec, canary, stable, alpha),
+        *_latency_checks(spec, canary, stable, alpha),
+        *_class_check(spec, canary, stable, alpha),
     ]
-    if stable_known:
-        limit = stable.error_rate + spec.max_error_rate_increase
-        checks.append(
-            Check(
-                name="error_rate_vs_stable",
-                value=canary.error_rate - stable.error_rate,
-                threshold=spec.max_error_rate_increase,
-                passed=canary.error_rate <= limit,
-                detail=f"stable {stable.error_rate:.4f}, canary {canary.error_rate:.4f}",
-            )
-        )
-    if canary.p99_s is None:
-        checks.append(
-            Check(
-                name="latency_p99",
-                value=None,
-                threshold=spec.max_p99_ms,
-                passed=False,
-                detail="no latency data for the canary",
-            )
-        )
-    else:
-        canary_ms = canary.p99_s * 1000
-        checks.append(
-            Check(
-                name="latency_p99",
-                value=canary_ms,
-                threshold=spec.max_p99_ms,
-                passed=canary_ms <= spec.max_p99_ms,
-                detail=f"canary p99 {canary_ms:.1f} ms",
-            )
-        )
-        if stable_known and stable.p99_s:
-            ratio = canary.p99_s / stable.p99_s
-            checks.append(
-                Check(
-                    name="latency_p99_ratio",
-                    value=ratio,
-                    threshold=spec.max_p99_ratio,
-                    passed=ratio <= spec.max_p99_ratio,
-                    detail=f"canary {canary_ms:.1f} ms vs stable {stable.p99_s * 1000:.1f} ms",
-                )
-            )
-    if stable_known and sum(stable.class_counts.values()) > 0:
-        drift = js_divergence(canary.class_counts, stable.class_counts)
-        checks.append(
-            Check(
-                name="class_drift",
-                value=drift,
-                threshold=spec.max_drift,
-                passed=drift <= spec.max_drift,
-                detail="Jensen-Shannon divergence of predicted classes",
-            )
-        )
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        names = ", ".join(f"{c.name} {_fmt(c.value)} > {_fmt(c.threshold)}" for c in failed)
-        return Verdict(
-            outcome=Outcome.FAIL, reason=f"failed: {names}", checks=checks, measurement=measurement
-        )
-    note = "" if stable_known else " (stable had too little traffic for relative checks)"
-    return Verdict(
-        outcome=Outcome.PASS,
-        reason=f"all {len(checks)} checks passed{note}",
+    verdict = Verdict(
+        outcome=Outcome.INCONCLUSIVE,
+        reason="",
         checks=checks,
         measurement=measurement,
+        totals=totals,
     )
+    failed = [c for c in checks if c.outcome is Outcome.FAIL]
+    if failed:
+        names = ", ".join(f"{c.name} {_shown(c)}" for c in failed)
+        verdict.outcome, verdict.reason = Outcome.FAIL, f"regression shown: {names}"
+        return verdict
+    stepped = measurement.canary.requests > 0
+    open_checks = [c for c in checks if c.outcome is Outcome.INCONCLUSIVE]
+    if not open_checks and stepped:
+        verdict.outcome, verdict.early = Outcome.PASS, not deadline_reached
+        verdict.reason = (
+            f"all {len(checks)} checks shown within their margins at "
+            f"{spec.confidence:.0%} confidence ({canary.requests:.0f} canary, "
+            f"{stable.requests:.0f} stable requests)"
+        )
+        return verdict
+    if deadline_reached and not must_show_margins and stepped:
+        verdict.outcome = Outcome.PASS
+        verdict.reason = (
+            f"no regression shown in {canary.requests:.0f} canary requests; "
+            f"not yet within margins: {', '.join(c.name for c in open_checks)} "
+            "(the last step below 100 % must show them)"
+        )
+        return verdict
+    if not stepped:
+        verdict.reason = (
+            f"the canary served no requests in this step's {measurement.window_s:.0f} s"
+        )
+    else:
+        verdict.reason = "not enough evidence yet: " + "; ".join(
+            f"{c.name} needs {c.needs}" for c in open_checks
+        )
+    return verdict
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
+def _shown(check: Check) -> str:
+    low = check.fail_interval[0] if check.fail_interval else None
+    return f"{low if low is not None else math.nan:.4g} > {check.fail_above:.4g}"

@@ -167,13 +167,23 @@ def _fail(state: RolloutState, now: datetime, reason: str) -> Transition:
 # --- canary steps -----------------------------------------------------------------------
 
 
+def after_tick(
+    state: RolloutState, verdict: Verdict, now: datetime, deadline_reached: bool
+) -> Transition | None:
+    """What one look at the evidence means. The analysis may look every tick (its
+    intervals are anytime-valid): a pass or a fail counts at once, an error too; not
+    enough evidence only counts at the step's deadline. ``None``: nothing to record."""
+    if verdict.outcome is Outcome.INCONCLUSIVE and not deadline_reached:
+        return None
+    return after_analysis(state, verdict, now)
+
+
 def after_analysis(state: RolloutState, verdict: Verdict, now: datetime) -> Transition:
-    """What one judged window means for the rollout."""
+    """What one judged look means for the rollout."""
     spec = state.spec
-    updates: dict[str, Any] = {"updated_at": now, "message": verdict.reason}
-    measured = verdict.measurement
-    if measured is not None and measured.stable.requests >= spec.min_requests:
-        updates["stable_reference"] = measured.stable
+    updates: dict[str, Any] = {"updated_at": now, "message": verdict.reason, "not_before": None}
+    if verdict.totals is not None and verdict.outcome in (Outcome.PASS, Outcome.FAIL):
+        updates["evidence"] = verdict.totals  # the window ends: its data joins the rest
 
     if verdict.outcome is Outcome.PASS:
         updates.update(inconclusive=0, errors=0)
@@ -220,7 +230,9 @@ def after_analysis(state: RolloutState, verdict: Verdict, now: datetime) -> Tran
             updates,
             f"error limit reached ({errors}/{spec.error_limit}): {verdict.reason}",
         )
-    updates["step_deadline"] = now + timedelta(seconds=min(spec.step_interval_s, 10.0))
+    # Look again soon, not every tick: each look that fails to gather evidence counts.
+    retry_at = now + timedelta(seconds=min(spec.step_interval_s, 10.0))
+    updates.update(step_deadline=retry_at, not_before=retry_at)
     return Transition(state=state.model_copy(update=updates), action=Action.RETRY_ANALYSIS)
 
 
@@ -371,6 +383,7 @@ __all__ = [
     "ValidationVerdict",
     "after_analysis",
     "after_error",
+    "after_tick",
     "after_validation",
     "candidate_started",
     "command",

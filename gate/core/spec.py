@@ -47,9 +47,8 @@ class Outcome(StrEnum):
 # rollout can hold (finite, in range) and the store can write and read back.
 MAX_STEPS = 100
 MAX_STEP_INTERVAL_S = 86_400.0  # one day per step
-MAX_MIN_REQUESTS = 10**9
 MAX_P99_MS = 3_600_000.0  # one hour
-MAX_P99_RATIO = 1_000.0
+MAX_LATENCY_MARGIN = 1_000.0
 MAX_LIMIT = 1_000
 
 # JSON numbers only: strict refuses "5", true and 5.5 for an int (lax pydantic takes them);
@@ -69,10 +68,11 @@ Integral = BeforeValidator(_integral)  # after the bounds, or they leave the JSO
 Percent = Annotated[int, Field(ge=1, le=100), Integral]
 Steps = Annotated[list[Percent], Field(min_length=1, max_length=MAX_STEPS)]
 StepInterval = Annotated[float, Field(gt=0, le=MAX_STEP_INTERVAL_S)]
-MinRequests = Annotated[int, Field(ge=1, le=MAX_MIN_REQUESTS), Integral]
 Rate = Annotated[float, Field(ge=0, le=1)]
 P99Ms = Annotated[float, Field(gt=0, le=MAX_P99_MS)]
-P99Ratio = Annotated[float, Field(gt=0, le=MAX_P99_RATIO)]
+Confidence = Annotated[float, Field(ge=0.5, le=0.9999)]
+Quantile = Annotated[float, Field(ge=0.5, le=0.999)]
+LatencyMargin = Annotated[float, Field(gt=0, le=MAX_LATENCY_MARGIN)]
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT), Integral]
 
 
@@ -90,24 +90,33 @@ class AnalysisSpec(BaseModel):
     steps: Steps = Field(default_factory=lambda: [10, 25, 50, 100])
     """Canary traffic percentages, in order; the last one is reached before promotion."""
     step_interval_s: StepInterval = 30.0
-    """How long each step collects metrics before it is judged."""
-    min_requests: MinRequests = 50
-    """Canary requests a step needs; fewer makes the step inconclusive (and extended)."""
+    """How long a step lasts unless it passes early: at its end an intermediate step
+    without a regression shown moves on; the last step is extended until it passes."""
+    confidence: Confidence = 0.95
+    """How sure the gate must be: a canary beyond a margin is promoted, and a healthy
+    canary is failed, each with probability at most 1 - confidence."""
+    error_rate_margin: Rate = 0.005
+    """The server-error regression not to let through: how much the canary's rate may
+    exceed stable's (0.005 = +0.5 points). The canary passes when it is shown below."""
+    latency_quantile: Quantile = 0.95
+    """Which latency quantile the relative latency check compares."""
+    latency_margin: LatencyMargin = 0.25
+    """The latency regression not to let through: the canary's quantile may be at most
+    (1 + margin) times stable's (0.25 = +25 %)."""
+    class_shift_margin: Rate = 0.1
+    """The predicted-class shift not to let through: total-variation distance between
+    the canary's and stable's class mixes (0.1 = 10 % of answers change class)."""
     max_error_rate: Rate = 0.01
-    """Highest canary server-error rate (HTTP 5xx, gRPC INTERNAL/UNAVAILABLE/...)."""
-    max_error_rate_increase: Rate = 0.01
-    """How much the canary's error rate may exceed stable's in the same window."""
+    """Hard ceiling: the canary fails when its server-error rate (HTTP 5xx, gRPC
+    INTERNAL/UNAVAILABLE/...) is shown above this, whatever stable does."""
     max_p99_ms: P99Ms = 250.0
-    """Highest canary latency p99 in milliseconds."""
-    max_p99_ratio: P99Ratio = 3.0
-    """Highest canary p99 as a multiple of stable's p99 in the same window."""
-    max_drift: Rate = 0.1
-    """Highest Jensen-Shannon divergence (base 2, 0..1) between the predicted-class
-    distributions of canary and stable."""
+    """Hard ceiling: the canary fails when its latency p99 is shown above this."""
     failure_limit: Limit = 2
     """Failed analyses that trigger a rollback."""
-    inconclusive_limit: Limit = 5
-    """Extensions of a step for lack of data before the rollout is rolled back."""
+    inconclusive_limit: Limit = 40
+    """Extensions of a step (one step interval each) for lack of evidence before the
+    rollout is rolled back; the last step needs every margin shown, so at low traffic
+    it is extended until the evidence is there or this limit is reached."""
     error_limit: Limit = 5
     """Consecutive analyses with the metrics backend unreachable before a rollback."""
     accuracy_threshold: Rate = 0.9
@@ -119,6 +128,15 @@ class AnalysisSpec(BaseModel):
     @classmethod
     def _steps_increase(cls, steps: list[int]) -> list[int]:
         return _check_steps(steps)
+
+    def proving_step(self, index: int) -> bool:
+        """Must the step at ``index`` show every margin before it passes? The last step
+        below 100 % does: stable still serves there, and at 100 % it serves nothing, so
+        extending a 100 % step could never add the stable evidence a margin needs. A
+        rollout whose only step is 100 % proves it there, against what stable served
+        before (often nothing: give such a rollout a step below 100 %)."""
+        below = [i for i, weight in enumerate(self.steps) if weight < 100]
+        return index == (below[-1] if below else len(self.steps) - 1)
 
 
 def steps_from_weights(step_weight: int, max_weight: int) -> list[int]:
@@ -216,12 +234,13 @@ class AnalysisOverrides(BaseModel):
     step_weight: Percent | None = None
     max_weight: Percent | None = None
     step_interval_s: StepInterval | None = None
-    min_requests: MinRequests | None = None
+    confidence: Confidence | None = None
+    error_rate_margin: Rate | None = None
+    latency_quantile: Quantile | None = None
+    latency_margin: LatencyMargin | None = None
+    class_shift_margin: Rate | None = None
     max_error_rate: Rate | None = None
-    max_error_rate_increase: Rate | None = None
     max_p99_ms: P99Ms | None = None
-    max_p99_ratio: P99Ratio | None = None
-    max_drift: Rate | None = None
     failure_limit: Limit | None = None
     inconclusive_limit: Limit | None = None
     error_limit: Limit | None = None

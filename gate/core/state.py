@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gate.core.analysis import RoleWindow
+from gate.core.analysis import WindowMeasurement
 from gate.core.spec import TERMINAL, AnalysisSpec, Candidate, Phase
 
 
@@ -39,7 +39,9 @@ class RolloutState(BaseModel):
     step_deadline: datetime | None = None
     window_baseline: dict[str, Any] | None = None
     stable_version: str | None = None
-    stable_reference: RoleWindow | None = None
+    evidence: WindowMeasurement | None = None
+    """The rollout's finished windows, summed: what the analysis adds the current
+    window to (so stable's earlier traffic still counts when the canary takes 100 %)."""
     backend_state: dict[str, Any] = Field(default_factory=dict)
     message: str = ""
     created_at: datetime

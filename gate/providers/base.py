@@ -7,7 +7,6 @@ by model name and version, so stable and canary are told apart by what they serv
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -47,23 +46,3 @@ class MetricsProvider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
-
-
-def histogram_quantile(quantile: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus' histogram_quantile over cumulative bucket counts keyed by ``le``."""
-    ordered = sorted(buckets.items())
-    if not ordered or ordered[-1][1] <= 0:
-        return None
-    total = ordered[-1][1]
-    rank = quantile * total
-    previous_bound, previous_count = 0.0, 0.0
-    for bound, count in ordered:
-        if count >= rank:
-            if math.isinf(bound):
-                return previous_bound  # the highest finite bucket, as Prometheus does
-            share = (
-                (rank - previous_count) / (count - previous_count) if count > previous_count else 0
-            )
-            return previous_bound + (bound - previous_bound) * share
-        previous_bound, previous_count = bound, count
-    return previous_bound

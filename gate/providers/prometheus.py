@@ -24,9 +24,8 @@ DEFAULT_QUERIES: dict[str, str] = {
         f'sum(increase({REQUESTS}{{model="$model",version="$version",'
         f'outcome="server_error"}}[$window]))'
     ),
-    "p99": (
-        f"histogram_quantile(0.99, sum by (le) (rate({LATENCY_BUCKET}"
-        f'{{model="$model",version="$version"}}[$window])))'
+    "latency_buckets": (
+        f'sum by (le) (increase({LATENCY_BUCKET}{{model="$model",version="$version"}}[$window]))'
     ),
     "classes": (
         f"sum by (class_name) (increase({PREDICTIONS}"
@@ -72,13 +71,22 @@ class PrometheusProvider(MetricsProvider):
 
     async def _role(self, model: str, version: str, window: str) -> RoleWindow:
         values = {"model": model, "version": version, "window": window}
-        classes = await self.query(Template(self.queries["classes"]).substitute(values))
+        classes = await self._vector("classes", "class_name", values)
         return RoleWindow(
             requests=await self._scalar("requests", values) or 0.0,
             server_errors=await self._scalar("server_errors", values) or 0.0,
-            p99_s=await self._scalar("p99", values),
-            class_counts={r["metric"].get("class_name", ""): float(r["value"][1]) for r in classes},
+            latency_buckets=await self._vector("latency_buckets", "le", values),
+            class_counts=classes,
         )
+
+    async def _vector(self, name: str, label: str, values: dict[str, str]) -> dict[str, float]:
+        """A query's series by one label; NaN (no samples in the window) counts as 0."""
+        result = await self.query(Template(self.queries[name]).substitute(values))
+        vector: dict[str, float] = {}
+        for row in result:
+            value = float(row["value"][1])
+            vector[row["metric"].get(label, "")] = 0.0 if math.isnan(value) else value
+        return vector
 
     async def snapshot(self, targets: Targets) -> dict[str, Any]:
         return {}  # Prometheus keeps the history; the window is given as a range

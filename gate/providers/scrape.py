@@ -16,7 +16,6 @@ from gate.providers.base import (
     MetricsProvider,
     MetricsUnavailable,
     Targets,
-    histogram_quantile,
 )
 
 
@@ -54,13 +53,12 @@ def window_delta(current: dict[str, Any], baseline: dict[str, Any] | None) -> Ro
         return max(0.0, now - before)
 
     buckets = {
-        float(le): minus(v, base.get("buckets", {}).get(le, 0.0))
-        for le, v in current["buckets"].items()
+        le: minus(v, base.get("buckets", {}).get(le, 0.0)) for le, v in current["buckets"].items()
     }
     return RoleWindow(
         requests=minus(current["requests"], base.get("requests", 0.0)),
         server_errors=minus(current["server_errors"], base.get("server_errors", 0.0)),
-        p99_s=histogram_quantile(0.99, buckets),
+        latency_buckets=buckets,
         class_counts={
             k: minus(v, base.get("classes", {}).get(k, 0.0)) for k, v in current["classes"].items()
         },

@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tests.gate_stack import LocalStack, build_registry
+from tests.gate_stack import TEST_MARGINS, LocalStack, build_registry
 from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -71,7 +71,7 @@ def test_a_notebook_model_goes_through_package_and_the_gate(tmp_path: Path) -> N
         stack.start_router()
         stack.start_gate()
         with stack.traffic():
-            rollout = stack.create("2", steps=[50, 100], step_interval_s=1.5, min_requests=10)
+            rollout = stack.create("2", steps=[50, 100], step_interval_s=1.5, **TEST_MARGINS)
             detail = stack.wait_phase(rollout, {"succeeded", "rolled_back", "failed"})
         assert detail["phase"] == "succeeded", detail["message"]
         gate = next(d for d in detail["decisions"] if d["action"] == "step")

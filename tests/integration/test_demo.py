@@ -43,8 +43,6 @@ def demo_command(run_dir: Path, scenario: str) -> list[str]:
         "50,100",
         "--step-interval",
         "3",
-        "--min-requests",
-        "20",
         "--timeout",
         "240",
     ]
@@ -93,11 +91,13 @@ def test_good_scenario_promotes_and_writes_the_report(tmp_path: Path) -> None:
         ):
             assert tick[key] is not None, key
         assert tick["canary_requests"] >= 20
-    assert ticks[0]["drift"] is not None and ticks[0]["stable_p99_ms"] is not None
+    assert ticks[0]["class_shift"] is not None and ticks[0]["stable_p99_ms"] is not None
+    assert "error_rate" in ticks[0]["statistics"] and "✓" in ticks[0]["statistics"]
     assert report["final_split"]["canary"] is None
     names = {row["name"] for row in report["load"]}
     assert {"/v1/models/iris:predict", "ModelInfer", "Aggregated"} <= names
     html = (run_dir / "report.html").read_text()
+    assert html.count("latency_p95") >= len(ticks)  # the statistics of every step
     assert html.count("data:image/png;base64,") == 4
     assert_nothing_left(run_dir)
 

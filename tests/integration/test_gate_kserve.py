@@ -52,7 +52,7 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         model="iris", version="1", artifact_uri="gs://models/iris/1"
     )
     clock = FakeClock()
-    spec = AnalysisSpec(steps=[10, 50, 100], step_interval_s=30, min_requests=10)
+    spec = AnalysisSpec(steps=[10, 50, 100], step_interval_s=30)
     holdout = write_holdout(tmp_path / "holdout")
     controller = RolloutController(
         store,

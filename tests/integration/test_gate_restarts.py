@@ -24,6 +24,7 @@ import pytest
 
 from tests.gate_stack import (
     AUTH,
+    TEST_MARGINS,
     LocalStack,
     add_model,
     build_registry,
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 FAST: dict[str, Any] = {
     "step_interval_s": 1.5,
-    "min_requests": 10,
+    **TEST_MARGINS,
     "failure_limit": 2,
     "error_limit": 3,
 }

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from predictor import signing
 from predictor.artifact import METADATA_FILE, SIGNATURE_FILE
-from tests.gate_stack import LocalStack, build_registry
+from tests.gate_stack import TEST_MARGINS, LocalStack, build_registry
 from tests.payloads import PickleBomb, SkopsBomb
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def resign(version_dir: Path, key: Ed25519PrivateKey) -> None:
 
 
 def create(stack: LocalStack, version_dir: Path) -> str:
-    return stack.create(version_dir.name, steps=[50, 100], step_interval_s=1.5, min_requests=10)
+    return stack.create(version_dir.name, steps=[50, 100], step_interval_s=1.5, **TEST_MARGINS)
 
 
 @pytest.mark.parametrize(

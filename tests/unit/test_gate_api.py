@@ -110,7 +110,7 @@ def test_openapi_schema_says_what_is_required_and_bounded(client: TestClient) ->
     interval = overrides["step_interval_s"]["anyOf"][0]
     assert (interval["exclusiveMinimum"], interval["maximum"]) == (0, 86_400)
     assert overrides["steps"]["anyOf"][0]["maxItems"] == 100
-    assert overrides["min_requests"]["anyOf"][0]["maximum"] == 10**9
+    assert overrides["confidence"]["anyOf"][0]["maximum"] == 0.9999
     assert overrides["failure_limit"]["anyOf"][0]["maximum"] == 1000
     # AnalysisOverrides mirrors every bound of AnalysisSpec
     spec = components.get("AnalysisSpec-Input", components.get("AnalysisSpec"))
@@ -169,13 +169,14 @@ def test_mutations_need_the_token(client: TestClient, artifact: Path) -> None:
         (body(analysis={"step_weight": 50, "max_weight": 20}), "must not exceed max_weight"),
         (body(analysis={"max_weight": 5}), "must not exceed max_weight"),
         (body(analysis={"steps": [10, 100], "step_weight": 10}), "not both"),
-        (body(analysis={"min_requests": 10**9 + 1}), "min_requests"),
-        (body(analysis={"min_requests": "50"}), "min_requests"),  # strings are not numbers
+        (body(analysis={"confidence": 1.0}), "confidence"),
+        (body(analysis={"error_rate_margin": "0.5"}), "error_rate_margin"),  # not a number
+        (body(analysis={"min_requests": 50}), "min_requests"),  # gone: the tests decide
         (body(analysis={"failure_limit": True}), "failure_limit"),
         (body(analysis={"failure_limit": 1001}), "failure_limit"),
         (body(analysis={"max_p99_ms": 3_600_001}), "max_p99_ms"),
-        (body(analysis={"max_p99_ratio": 0}), "max_p99_ratio"),
-        (body(analysis={"max_drift": 1.5}), "max_drift"),
+        (body(analysis={"latency_margin": 0}), "latency_margin"),
+        (body(analysis={"class_shift_margin": 1.5}), "class_shift_margin"),
         (body(model="Iris Model"), "model"),
         (body(model="a" * 64), "model"),
     ],

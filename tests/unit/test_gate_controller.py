@@ -26,7 +26,6 @@ from tests.gate_fakes import (
 SPEC = AnalysisSpec(
     steps=[10, 50, 100],
     step_interval_s=30,
-    min_requests=10,
     failure_limit=2,
     inconclusive_limit=3,
     error_limit=2,
@@ -77,18 +76,16 @@ class Harness:
         return [(d.action, d.outcome, d.canary_weight) for d in self.store.decisions(rollout_id)]
 
 
-def test_healthy_canary_walks_every_step_then_promotes(tmp_path: Path) -> None:
+def test_healthy_canary_passes_every_step_early_then_promotes(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
     assert h.validate(rollout) is Phase.PROGRESSING  # accuracy gate passed, first step applied
     assert h.backend.weight == 10
-    assert h.tick(rollout, advance=10) is Phase.PROGRESSING  # window still open
-    assert h.provider.measured == 0
-    h.tick(rollout, advance=21)
+    h.tick(rollout, advance=2)  # every margin already shown: no need to wait 30 s
     assert h.backend.weight == 50
-    h.tick(rollout, advance=31)
+    h.tick(rollout, advance=2)
     assert h.backend.weight == 100
-    assert h.tick(rollout, advance=31) is Phase.SUCCEEDED
+    assert h.tick(rollout, advance=2) is Phase.SUCCEEDED
     assert h.backend.promoted == 1
     assert h.actions(rollout) == [
         ("create", None, 0),
@@ -100,8 +97,31 @@ def test_healthy_canary_walks_every_step_then_promotes(tmp_path: Path) -> None:
         ("promoted", None, 0),
     ]
     assert h.backend.weights_set == [10, 50, 100]
+    evidence = h.store.decisions(rollout)[3].evidence
+    assert evidence["early"] is True
+    assert {c["name"]: c["outcome"] for c in evidence["checks"]}["error_rate"] == "pass"
     events = [e.event for e in h.store.pending_events()]
     assert events == ["start", "step", "step", "step", "promotion"]
+
+
+def test_thin_evidence_moves_on_at_deadlines_but_never_promotes(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    rollout = h.create()
+    h.validate(rollout)
+    h.provider.default = healthy(requests=300)  # no regression, margins far from shown
+    assert h.tick(rollout, advance=10) is Phase.PROGRESSING
+    assert h.backend.weight == 10 and h.provider.measured == 1  # looked, nothing recorded
+    assert [a for a, _, _ in h.actions(rollout)][-1] == "step"
+    h.tick(rollout, advance=21)  # the 10 % step's deadline: exposure step, moves on
+    assert h.backend.weight == 50
+    assert "no regression shown" in h.controller.get(rollout).message
+    for _ in range(2):  # 50 % is the last step below 100 %: it must show the margins
+        assert h.tick(rollout, advance=31) is Phase.PROGRESSING
+        assert h.backend.weight == 50
+    assert h.tick(rollout, advance=31) is Phase.ROLLED_BACK
+    assert h.backend.promoted == 0
+    reason = h.controller.get(rollout).message
+    assert "inconclusive limit reached (3/3)" in reason and "more canary requests" in reason
 
 
 def test_skewed_candidate_fails_the_accuracy_gate_and_never_gets_traffic(tmp_path: Path) -> None:
@@ -127,7 +147,7 @@ def test_failures_reach_the_limit_and_roll_back(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
     h.validate(rollout)
-    h.provider.script = [healthy(errors=20), healthy(errors=20)]
+    h.provider.script = [healthy(errors=400), healthy(errors=400)]
     assert h.tick(rollout, advance=31) is Phase.PROGRESSING  # first failure: retry the step
     assert h.backend.weight == 10
     assert h.tick(rollout, advance=31) is Phase.ROLLED_BACK
@@ -135,7 +155,7 @@ def test_failures_reach_the_limit_and_roll_back(tmp_path: Path) -> None:
     assert [a for a, _, _ in h.actions(rollout)][-3:] == ["retry-step", "rollback", "rolled-back"]
     decision = h.store.decisions(rollout)[-2]
     assert decision.outcome == "fail" and "failure limit reached (2/2)" in decision.reason
-    assert decision.evidence["measurement"]["canary"]["server_errors"] == 20
+    assert decision.evidence["measurement"]["canary"]["server_errors"] == 400
     assert decision.evidence["judged"]["canary_weight"] == 10
 
 
@@ -143,7 +163,7 @@ def test_no_data_extends_then_rolls_back_never_passes(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     rollout = h.create()
     h.validate(rollout)
-    h.provider.default = healthy(requests=3)
+    h.provider.default = healthy(requests=0)
     for _ in range(2):
         assert h.tick(rollout, advance=31) is Phase.PROGRESSING
     assert h.backend.weight == 10  # never moved on without evidence
@@ -168,10 +188,9 @@ def test_restart_resumes_without_repeating_or_skipping(tmp_path: Path) -> None:
     h.tick(rollout, advance=31)  # now at 50 %
     h.controller = h.new_controller()  # the gate restarted
     assert h.tick(rollout) is Phase.PROGRESSING
-    assert h.backend.weights_set == [10, 50]  # nothing re-applied, nothing judged
-    h.tick(rollout, advance=31)
-    h.tick(rollout, advance=31)
-    assert h.tick(rollout) is Phase.SUCCEEDED
+    assert h.backend.weights_set[:2] == [10, 50]  # nothing re-applied
+    h.tick(rollout, advance=2)
+    assert h.tick(rollout, advance=2) is Phase.SUCCEEDED
     steps = [w for a, _, w in h.actions(rollout) if a == "step"]
     assert steps == [10, 50, 100]
 
@@ -307,4 +326,4 @@ def test_overrides_apply_per_rollout(tmp_path: Path) -> None:
         version="2", artifact_uri=str(h.artifact), offline_metrics={"accuracy": 0.95}
     )
     state = h.controller.create("iris", candidate, AnalysisOverrides(steps=[50, 100]))
-    assert state.spec.steps == [50, 100] and state.spec.min_requests == SPEC.min_requests
+    assert state.spec.steps == [50, 100] and state.spec.failure_limit == SPEC.failure_limit

@@ -15,6 +15,7 @@ from gate.core.decide import (
     ValidationVerdict,
     after_analysis,
     after_error,
+    after_tick,
     after_validation,
     candidate_started,
     command,
@@ -29,7 +30,6 @@ SPEC = AnalysisSpec(
     failure_limit=2,
     inconclusive_limit=3,
     error_limit=2,
-    min_requests=10,
 )
 
 
@@ -189,12 +189,30 @@ def test_errors_are_consecutive_only() -> None:
     assert after_analysis(once, verdict(Outcome.INCONCLUSIVE), later).state.errors == 0
 
 
-def test_stable_reference_kept_only_with_enough_stable_traffic() -> None:
+def test_a_decided_window_joins_the_evidence_an_extended_one_stays_open() -> None:
     later = NOW + timedelta(seconds=31)
-    busy = after_analysis(progressing(0), verdict(Outcome.PASS, 100), later).state
-    assert busy.stable_reference is not None and busy.stable_reference.requests == 100
-    idle = after_analysis(busy, verdict(Outcome.PASS, 0), later).state
-    assert idle.stable_reference == busy.stable_reference
+
+    def judged(outcome: Outcome) -> Verdict:
+        window = verdict(outcome)
+        totals = window.measurement
+        assert totals is not None
+        return window.model_copy(update={"totals": totals})
+
+    moved = after_analysis(progressing(0), judged(Outcome.PASS), later).state
+    assert moved.evidence is not None and moved.evidence.stable.requests == 100
+    extended = after_analysis(moved, judged(Outcome.INCONCLUSIVE), later).state
+    assert extended.evidence == moved.evidence  # the window goes on: not counted twice
+
+
+def test_a_look_before_the_deadline_records_only_a_decision() -> None:
+    early = NOW + timedelta(seconds=5)
+    assert after_tick(progressing(0), verdict(Outcome.INCONCLUSIVE), early, False) is None
+    passed = after_tick(progressing(0), verdict(Outcome.PASS), early, False)
+    assert passed is not None and passed.action is Action.STEP
+    failed = after_tick(progressing(0), verdict(Outcome.FAIL), early, False)
+    assert failed is not None and failed.action is Action.RETRY_STEP
+    at_deadline = after_tick(progressing(0), verdict(Outcome.INCONCLUSIVE), early, True)
+    assert at_deadline is not None and at_deadline.action is Action.EXTEND_STEP
 
 
 @pytest.mark.parametrize(

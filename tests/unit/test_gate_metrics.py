@@ -45,8 +45,10 @@ def test_a_restarted_predictor_counts_from_zero() -> None:
 
 
 def test_prometheus_queries_are_overridable_but_names_are_checked() -> None:
-    provider = PrometheusProvider("http://prom:9090", {"p99": "my_p99{v='$version'}"})
-    assert provider.queries["p99"] == "my_p99{v='$version'}"
+    provider = PrometheusProvider(
+        "http://prom:9090", {"latency_buckets": "my_buckets{v='$version'}"}
+    )
+    assert provider.queries["latency_buckets"] == "my_buckets{v='$version'}"
     assert "increase(irisgate_predictor_requests_total" in provider.queries["requests"]
     with pytest.raises(ValueError, match="unknown prometheus query names"):
         PrometheusProvider("http://prom:9090", {"p95": "x"})
