@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUN_DIR ?= .irisgate/demo
 SCENARIO ?= good
 
-.PHONY: venv tools lint typecheck test unit integration demo up bench bench-smoke oip-stubs constraints clean
+.PHONY: venv tools lint typecheck test unit integration demo up bench bench-smoke gate-bench oip-stubs constraints clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,14 @@ bench: venv
 
 bench-smoke: venv
 	$(BIN)/python -m benchmarks --smoke --out .bench/smoke
+
+# The gate's decision-quality benchmark: the real analysis and state machine on simulated
+# traffic, today's fixed thresholds beside the sequential tests (writes
+# benchmarks/GATE.md and gate.json; about 15 minutes on 2 cores at 400 runs a cell).
+# GATE_BENCH_ARGS, e.g. GATE_BENCH_ARGS="--runs 100 --rates 10,200".
+GATE_BENCH_ARGS ?=
+gate-bench: venv
+	$(BIN)/python -m benchmarks.gate_bench $(GATE_BENCH_ARGS)
 
 # The load tests' gRPC stubs (committed; regenerate after editing the .proto).
 oip-stubs: venv

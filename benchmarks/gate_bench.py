@@ -1,0 +1,386 @@
+"""``python -m benchmarks.gate_bench`` (``make gate-bench``): how good are the gate's decisions?
+
+A decision-quality benchmark, not a unit test. It drives the real analysis
+(:func:`gate.core.analysis.analyze`) and the real state machine
+(:func:`gate.core.decide.after_tick`) with simulated traffic, tick by tick as the
+controller does (one look every 2 s, the default ``GATE_TICK_INTERVAL_S``), and puts it
+beside today's fixed-threshold analysis (:mod:`benchmarks.gate_baseline`, judged once per
+step at its deadline, as it was) on the *same* simulated traffic.
+
+Traffic: Poisson arrivals at the given rate, each request sent to the canary with the
+step's weight; stable answers with 0.1 % server errors, lognormal latency (median 4 ms,
+sigma 0.5) observed into the predictor's own histogram buckets, and Iris' three classes
+in equal shares. Scenarios change the canary only: server errors +1 / +3 points, latency
+x1.5 / x4 (every quantile), and a share of versicolor answers turned into virginica.
+
+Per cell it reports P(promoted), P(rolled back), P(undecided within the horizon), the
+median time to the decision, the canary requests and the bad answers served before it
+(server errors, flipped answers; for the latency scenarios every canary answer was slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+
+from benchmarks.gate_baseline import BaselineRole, BaselineSpec, baseline_analyze
+from gate.core.analysis import RoleWindow, Verdict, WindowMeasurement, analyze
+from gate.core.decide import Action, after_analysis, after_tick
+from gate.core.spec import AnalysisSpec, Candidate, Outcome, Phase
+from gate.core.state import RolloutState
+from predictor.metrics import LATENCY_BUCKETS
+
+TICK_S = 2.0
+HORIZON_S = 3600.0
+STABLE_ERROR_RATE = 0.001
+LATENCY_MEDIAN_S = 0.004
+LATENCY_SIGMA = 0.5
+CLASSES = ("setosa", "versicolor", "virginica")
+LE = [*(f"{b:g}" for b in LATENCY_BUCKETS), "+Inf"]
+ANALYSES = ("fixed thresholds (today)", "sequential (new)")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    extra_error_rate: float = 0.0
+    latency_factor: float = 1.0
+    flip_share: float = 0.0  # of versicolor answers, turned into virginica
+
+    def bad_answers(self, requests: int, errors: int, flips: int) -> int:
+        if self.latency_factor != 1.0:
+            return requests
+        return errors + flips
+
+
+# "at the margin": a regression exactly as large as the default margin, which the
+# sequential analysis promises to promote in at most 1 - confidence (5 %) of rollouts.
+SCENARIOS = (
+    Scenario("healthy"),
+    Scenario("server errors +0.5 point (at the margin)", extra_error_rate=0.005),
+    Scenario("server errors +1 point", extra_error_rate=0.01),
+    Scenario("server errors +3 points", extra_error_rate=0.03),
+    Scenario("latency x1.25 (at the margin)", latency_factor=1.25),
+    Scenario("latency x1.5", latency_factor=1.5),
+    Scenario("latency x4", latency_factor=4.0),
+    Scenario("class flip 5 %", flip_share=0.05),
+    Scenario("class flip 15 %", flip_share=0.15),
+    Scenario("class flip 30 % (at the margin)", flip_share=0.30),
+    Scenario("class flip 40 %", flip_share=0.40),
+)
+RATES = (2.0, 10.0, 50.0, 200.0)
+
+
+def _bucket_probabilities(factor: float) -> np.ndarray:
+    """P(latency in each bucket) for the lognormal, scaled by ``factor``, last = +Inf."""
+    edges = np.array(LATENCY_BUCKETS)
+    cdf = norm.cdf((np.log(edges) - math.log(LATENCY_MEDIAN_S * factor)) / LATENCY_SIGMA)
+    return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+
+
+@dataclass
+class Role:
+    """One predictor's counters over the current window."""
+
+    requests: int = 0
+    errors: int = 0
+    buckets: np.ndarray = field(default_factory=lambda: np.zeros(len(LE), dtype=np.int64))
+    classes: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
+
+    def window(self) -> RoleWindow:
+        cumulative = np.cumsum(self.buckets)
+        return RoleWindow(
+            requests=float(self.requests),
+            server_errors=float(self.errors),
+            latency_buckets={le: float(c) for le, c in zip(LE, cumulative, strict=True)},
+            class_counts={name: float(c) for name, c in zip(CLASSES, self.classes, strict=True)},
+        )
+
+    def baseline(self) -> BaselineRole:
+        window = self.window()
+        return BaselineRole(
+            requests=window.requests,
+            server_errors=window.server_errors,
+            p99_s=window.p99_s,
+            class_counts=window.class_counts,
+        )
+
+
+class Traffic:
+    """Requests of one tick, drawn for both roles."""
+
+    def __init__(self, scenario: Scenario, rate: float, rng: np.random.Generator) -> None:
+        self.scenario, self.rate, self.rng = scenario, rate, rng
+        self.stable_latency = _bucket_probabilities(1.0)
+        self.canary_latency = _bucket_probabilities(scenario.latency_factor)
+
+    def serve(self, role: Role, requests: int, canary: bool) -> tuple[int, int]:
+        """Add ``requests`` to ``role``; returns (server errors, flipped answers)."""
+        rng = self.rng
+        rate = STABLE_ERROR_RATE + (self.scenario.extra_error_rate if canary else 0.0)
+        errors = int(rng.binomial(requests, rate))
+        answered = requests - errors
+        role.requests += requests
+        role.errors += errors
+        role.buckets += rng.multinomial(
+            requests, self.canary_latency if canary else self.stable_latency
+        )
+        truth = rng.multinomial(answered, [1 / 3] * 3)
+        flips = int(rng.binomial(truth[1], self.scenario.flip_share)) if canary else 0
+        role.classes += truth + np.array([0, -flips, flips])
+        return errors, flips
+
+
+@dataclass
+class Run:
+    outcome: str  # promoted, rolled_back, undecided
+    seconds: float
+    canary_requests: int
+    bad_answers: int
+
+
+def _start(spec: AnalysisSpec, now: datetime) -> RolloutState:
+    """A rollout that passed its accuracy gate: progressing, at the first step."""
+    state = RolloutState(
+        id="bench",
+        model="iris",
+        candidate=Candidate(
+            version="2", artifact_uri="registry/iris/2", offline_metrics={"accuracy": 0.97}
+        ),
+        spec=spec,
+        phase=Phase.PROGRESSING,
+        step_index=0,
+        canary_weight=spec.steps[0],
+        created_at=now,
+        updated_at=now,
+    )
+    return state.start_window(now)
+
+
+def simulate(analysis: str, scenario: Scenario, rate: float, seed: int) -> Run:
+    """One rollout, tick by tick, until promoted, rolled back or the horizon."""
+    rng = np.random.default_rng(seed)
+    traffic = Traffic(scenario, rate, rng)
+    sequential = analysis == ANALYSES[1]
+    spec = AnalysisSpec() if sequential else AnalysisSpec(inconclusive_limit=5)
+    old = BaselineSpec()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    state = _start(spec, t0)
+    stable, canary = Role(), Role()
+    reference: BaselineRole | None = None
+    served = bad = 0
+    ticks = int(HORIZON_S / TICK_S)
+    for tick in range(1, ticks + 1):
+        now = t0 + timedelta(seconds=tick * TICK_S)
+        total = int(rng.poisson(rate * TICK_S))
+        to_canary = int(rng.binomial(total, state.canary_weight / 100))
+        traffic.serve(stable, total - to_canary, canary=False)
+        errors, flips = traffic.serve(canary, to_canary, canary=True)
+        served += to_canary
+        bad += scenario.bad_answers(to_canary, errors, flips)
+        deadline = state.step_deadline is not None and now >= state.step_deadline
+        window_s = (now - state.window_start).total_seconds() if state.window_start else 0.0
+        if sequential:
+            measured = WindowMeasurement(
+                stable=stable.window(), canary=canary.window(), window_s=window_s
+            )
+            verdict = analyze(
+                spec,
+                measured,
+                state.evidence,
+                must_show_margins=spec.proving_step(state.step_index),
+                deadline_reached=deadline,
+            )
+            transition = after_tick(state, verdict, now, deadline)
+        else:
+            if not deadline:
+                continue
+            stable_window = stable.baseline()
+            outcome = baseline_analyze(old, canary.baseline(), stable_window, reference)
+            if stable_window.requests >= old.min_requests:
+                reference = stable_window
+            transition = after_analysis(state, Verdict(outcome=outcome, reason=""), now)
+        if transition is None:
+            continue
+        state = transition.state
+        if transition.action in (Action.STEP, Action.RETRY_STEP):
+            stable, canary = Role(), Role()
+        elif transition.action is Action.PROMOTE:
+            return Run("promoted", tick * TICK_S, served, bad)
+        elif transition.action is Action.ROLLBACK:
+            return Run("rolled_back", tick * TICK_S, served, bad)
+    return Run("undecided", HORIZON_S, served, bad)
+
+
+def _cell(job: tuple[str, int, float, int, int]) -> dict[str, Any]:
+    analysis, scenario_index, rate, runs, seed = job
+    scenario = SCENARIOS[scenario_index]
+    results = [
+        simulate(analysis, scenario, rate, seed * 1_000_003 + scenario_index * 10_007 + i)
+        for i in range(runs)
+    ]
+    decided = [r for r in results if r.outcome != "undecided"]
+
+    def share(outcome: str) -> float:
+        return sum(r.outcome == outcome for r in results) / len(results)
+
+    def median(values: Sequence[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    return {
+        "analysis": analysis,
+        "scenario": scenario.name,
+        "rate": rate,
+        "runs": runs,
+        "promoted": share("promoted"),
+        "rolled_back": share("rolled_back"),
+        "undecided": share("undecided"),
+        "median_decision_s": median([r.seconds for r in decided]),
+        "median_canary_requests": median([r.canary_requests for r in decided]),
+        "median_bad_answers": median([r.bad_answers for r in decided]),
+    }
+
+
+MARGINS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "error_rate": ("error_rate_margin", (0.005, 0.01, 0.02, 0.05)),
+    "latency_p95": ("latency_margin", (0.25, 0.5, 1.0)),
+    "class_shift": ("class_shift_margin", (0.1, 0.2, 0.3)),
+}
+
+
+def _expected(requests: float) -> RoleWindow:
+    """Stable's expected counts for ``requests``, no noise."""
+    cumulative = np.cumsum(_bucket_probabilities(1.0)) * requests
+    return RoleWindow(
+        requests=requests,
+        server_errors=STABLE_ERROR_RATE * requests,
+        latency_buckets={le: float(c) for le, c in zip(LE, cumulative, strict=True)},
+        class_counts={name: requests / 3 for name in CLASSES},
+    )
+
+
+def requests_to_show(check: str, field_name: str, margin: float) -> int | None:
+    """The fewest canary requests (with as many for stable, both healthy) at which the
+    analysis shows ``check`` within ``margin``: what a user's traffic must supply."""
+    spec = AnalysisSpec.model_validate({field_name: margin})
+    for n in np.unique(np.geomspace(20, 1_000_000, 600).astype(int)):
+        window = WindowMeasurement(
+            canary=_expected(float(n)), stable=_expected(float(n)), window_s=1.0
+        )
+        verdict = analyze(spec, window)
+        if any(c.name == check and c.outcome is Outcome.PASS for c in verdict.checks):
+            return int(n)
+    return None
+
+
+def margin_table() -> list[dict[str, Any]]:
+    return [
+        {"check": check, "margin": margin, "canary_requests": requests_to_show(check, name, margin)}
+        for check, (name, margins) in MARGINS.items()
+        for margin in margins
+    ]
+
+
+def _jobs(
+    runs: int, seed: int, rates: Sequence[float]
+) -> Iterator[tuple[str, int, float, int, int]]:
+    for index in range(len(SCENARIOS)):
+        for rate in rates:
+            for analysis in ANALYSES:
+                yield analysis, index, rate, runs, seed
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f} %"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Gate decision quality (`make gate-bench`)",
+        "",
+        f"{meta['runs']} simulated rollouts per cell, seed {meta['seed']}, default "
+        f"`AnalysisSpec` (steps {meta['steps']}, {meta['step_interval_s']:g} s per step, "
+        f"one look every {TICK_S:g} s); stable: {STABLE_ERROR_RATE:.1%} server errors, "
+        f"lognormal latency (median {LATENCY_MEDIAN_S * 1000:g} ms, sigma "
+        f"{LATENCY_SIGMA:g}). Both analyses see the same traffic. Run "
+        f"{meta['finished']} in {meta['seconds']:.0f} s.",
+        "",
+        "| scenario | req/s | analysis | promoted | rolled back | undecided "
+        "| median s to decision | canary requests | bad answers |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cell in cells:
+        lines.append(
+            f"| {cell['scenario']} | {cell['rate']:g} | {cell['analysis']} "
+            f"| {_pct(cell['promoted'])} | {_pct(cell['rolled_back'])} "
+            f"| {_pct(cell['undecided'])} | {_num(cell['median_decision_s'])} "
+            f"| {_num(cell['median_canary_requests'])} | {_num(cell['median_bad_answers'])} |"
+        )
+    lines += [
+        "",
+        "Canary requests (and as many for stable) before a healthy canary is shown within "
+        "a margin, at the default confidence:",
+        "",
+        "| check | margin | canary requests |",
+        "|---|---:|---:|",
+    ]
+    for row in meta["margins"]:
+        lines.append(f"| {row['check']} | {row['margin']:g} | {_num(row['canary_requests'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gate_bench", description=__doc__)
+    parser.add_argument("--runs", type=int, default=400, help="rollouts per cell (default 400)")
+    parser.add_argument("--seed", type=int, default=20261202)
+    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES))
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="GATE.md, gate.json")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    rates = [float(r) for r in args.rates.split(",")]
+    started = time.monotonic()
+    jobs = list(_jobs(args.runs, args.seed, rates))
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        cells = list(pool.map(_cell, jobs))
+    spec = AnalysisSpec()
+    meta = {
+        "runs": args.runs,
+        "seed": args.seed,
+        "steps": spec.steps,
+        "step_interval_s": spec.step_interval_s,
+        "spec": spec.model_dump(),
+        "baseline_spec": asdict(BaselineSpec()),
+        "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": time.monotonic() - started,
+        "margins": margin_table(),
+    }
+    table = markdown(cells, meta)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "GATE.md").write_text(table)
+    (args.out / "gate.json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=1))
+    sys.stdout.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
