@@ -2,19 +2,45 @@
 
 Every series carries ``model``, ``version`` and ``role`` (stable|canary) so the gate can
 compare the two predictors in the same window even when both are scraped by one
-Prometheus.
+Prometheus. Requests, latency and predicted classes also carry ``traffic``: ``generated``
+for the requests the gate itself sends (``x-irisgate-traffic: generated``, a header or
+gRPC metadata), ``live`` for every other, so the gate keeps the two kinds of evidence
+apart.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from contextvars import ContextVar, Token
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from predictor.processes import METRICS_ENV
+
+TRAFFIC_HEADER = "x-irisgate-traffic"
+LIVE = "live"
+GENERATED = "generated"
+GENERATED_BYTES = GENERATED.encode()
+# Which kind of request the current task serves; set around a request by the REST
+# middleware and the gRPC handler, read where its metrics are counted.
+_traffic: ContextVar[str] = ContextVar("irisgate_traffic", default=LIVE)
+
+
+def mark_traffic(value: str | bytes | None) -> Token[str] | None:
+    """Mark the current request ``generated`` when its header says so; give the token to
+    :func:`unmark_traffic` once its metrics are counted. Live requests cost nothing."""
+    if value in (GENERATED, GENERATED_BYTES):
+        return _traffic.set(GENERATED)
+    return None
+
+
+def unmark_traffic(token: Token[str] | None) -> None:
+    if token is not None:
+        _traffic.reset(token)
+
 
 REQUESTS = "irisgate_predictor_requests_total"
 LATENCY = "irisgate_predictor_request_duration_seconds"
@@ -78,13 +104,13 @@ class _Collectors:
         self.requests = Counter(
             REQUESTS,
             "Inference requests by protocol, status code and outcome.",
-            [*base, "protocol", "code", "outcome"],
+            [*base, "protocol", "code", "outcome", "traffic"],
             registry=registry,
         )
         self.latency = Histogram(
             LATENCY,
             "Inference request latency in seconds, as the server saw it.",
-            [*base, "protocol"],
+            [*base, "protocol", "traffic"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -96,8 +122,8 @@ class _Collectors:
         )
         self.predictions = Counter(
             PREDICTIONS,
-            "Predicted rows by class (for drift checks).",
-            [*base, "class_name"],
+            "Predicted rows by class (for the gate's class-shift check).",
+            [*base, "class_name", "traffic"],
             registry=registry,
         )
         self.batch_rows = Histogram(
@@ -143,9 +169,9 @@ class PredictorMetrics:
         self.batch_rows = shared.batch_rows
         self.batch_requests = shared.batch_requests
         self.info = shared.info
-        self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._request_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._batch_series: tuple[Any, Any] | None = None
-        self._class_series: dict[str, Any] = {}
+        self._class_series: dict[tuple[str, str], Any] = {}
 
     def _labels(self) -> dict[str, str]:
         return {"model": self.model, "version": self.version, "role": self.role}
@@ -160,26 +186,34 @@ class PredictorMetrics:
         range, so a canary's first errors would go uncounted; zeroed series avoid that.
         """
         labels = self._labels()
+        names = list(class_names)
         for protocol, outcomes in INITIAL_CODES.items():
-            self.latency.labels(**labels, protocol=protocol)
-            for code, outcome in outcomes:
-                self.requests.labels(**labels, protocol=protocol, code=code, outcome=outcome)
+            for kind in (LIVE, GENERATED):
+                self.latency.labels(**labels, protocol=protocol, traffic=kind)
+                for code, outcome in outcomes:
+                    self.requests.labels(
+                        **labels, protocol=protocol, code=code, outcome=outcome, traffic=kind
+                    )
             for reason in INITIAL_REASONS:
                 self.errors.labels(**labels, protocol=protocol, reason=reason)
-        for name in class_names:
-            self.predictions.labels(**labels, class_name=name)
+        for name in names:
+            for kind in (LIVE, GENERATED):
+                self.predictions.labels(**labels, class_name=name, traffic=kind)
 
     # Resolving label values is most of a metric update's cost, so each series is looked up
     # once and kept (a handful of series; the dicts stay small).
 
     def observe_request(self, protocol: str, code: str, outcome: str, seconds: float) -> None:
-        key = (protocol, code, outcome)
+        kind = _traffic.get()
+        key = (protocol, code, outcome, kind)
         series = self._request_series.get(key)
         if series is None:
             labels = self._labels()
             series = (
-                self.requests.labels(**labels, protocol=protocol, code=code, outcome=outcome),
-                self.latency.labels(**labels, protocol=protocol),
+                self.requests.labels(
+                    **labels, protocol=protocol, code=code, outcome=outcome, traffic=kind
+                ),
+                self.latency.labels(**labels, protocol=protocol, traffic=kind),
             )
             self._request_series[key] = series
         series[0].inc()
@@ -199,12 +233,15 @@ class PredictorMetrics:
         self.errors.labels(**self._labels(), protocol=protocol, reason=reason).inc()
 
     def count_predictions(self, class_names: Iterable[str], counts: Iterable[int]) -> None:
+        kind = _traffic.get()
         for name, count in zip(class_names, counts, strict=True):
             if count:
-                series = self._class_series.get(name)
+                series = self._class_series.get((name, kind))
                 if series is None:
-                    series = self.predictions.labels(**self._labels(), class_name=name)
-                    self._class_series[name] = series
+                    series = self.predictions.labels(
+                        **self._labels(), class_name=name, traffic=kind
+                    )
+                    self._class_series[(name, kind)] = series
                 series.inc(int(count))
 
 

@@ -74,7 +74,13 @@ from predictor.fastlane import (
 )
 from predictor.grpc_lane import GrpcLane
 from predictor.inputs import SUPPORTED_DATATYPES, binary_tensor_slices, check_json_text
-from predictor.metrics import PredictorMetrics, exposition_registry
+from predictor.metrics import (
+    TRAFFIC_HEADER,
+    PredictorMetrics,
+    exposition_registry,
+    mark_traffic,
+    unmark_traffic,
+)
 from predictor.model import IrisModel
 from predictor.processes import ProcessGroup
 from predictor.transport import CoalescingHttpToolsProtocol
@@ -127,6 +133,17 @@ def describe_validation_error(exc: RequestValidationError) -> str:
         return f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
     where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "InferenceRequest"))
     return f"malformed request: {where}: {first.get('msg', 'invalid')}"
+
+
+TRAFFIC_HEADER_BYTES = TRAFFIC_HEADER.encode()
+
+
+def _grpc_traffic(context: aio.ServicerContext) -> str | None:
+    """The call's ``x-irisgate-traffic`` metadata, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TRAFFIC_HEADER:
+            return str(value)
+    return None
 
 
 def _protocol_of(path: str) -> str | None:
@@ -278,6 +295,12 @@ class InferenceMetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        kind = None
+        for name, value in scope["headers"]:
+            if name == TRAFFIC_HEADER_BYTES:
+                kind = value
+                break
+        token = mark_traffic(kind)
         start = perf_counter()
         try:
             await self.app(scope, receive, record_status)
@@ -285,6 +308,7 @@ class InferenceMetricsMiddleware:
             self.metrics.observe_request(
                 protocol, str(status), outcome_of_http(status), perf_counter() - start
             )
+            unmark_traffic(token)
 
 
 class RequestGuardMiddleware:
@@ -580,6 +604,7 @@ class IrisServicer(InferenceServicer):  # type: ignore[misc]
         _requests: AsyncIterator[pb.ModelInferRequest | PredictorError],  # read via context
         context: aio.ServicerContext,
     ) -> pb.ModelInferResponse:
+        token = mark_traffic(_grpc_traffic(context))
         start = perf_counter()
         code = "OK"
         try:
@@ -615,6 +640,7 @@ class IrisServicer(InferenceServicer):  # type: ignore[misc]
             self.metrics.observe_request(
                 "grpc", code, outcome_of_grpc(code), perf_counter() - start
             )
+            unmark_traffic(token)
 
     async def ModelInfer(
         self,

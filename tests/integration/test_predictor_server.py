@@ -531,6 +531,45 @@ def test_metrics_count_requests_errors_and_classes(
     assert info and info[0][0]["version"] == "1" and len(info[0][0]["sha256"]) == 64
 
 
+def test_requests_the_gate_generates_are_counted_apart(
+    predictor: Predictor, stub: GRPCInferenceServiceStub
+) -> None:
+    """``x-irisgate-traffic: generated`` (header or gRPC metadata) moves a request's
+    counts, latency and classes to ``traffic="generated"``; nothing else does."""
+    names = (
+        "irisgate_predictor_requests_total",
+        "irisgate_predictor_predictions_total",
+        "irisgate_predictor_request_duration_seconds_count",
+    )
+    before = {name: _samples(predictor, name) for name in names}
+    marked = {"x-irisgate-traffic": "generated"}
+    for path, body in (
+        ("/v1/models/iris:predict", {"instances": [VIRGINICA]}),
+        ("/v2/models/iris/infer", {"inputs": [_rest_tensor("FP32", [1, 4], VIRGINICA)]}),
+    ):
+        assert httpx.post(f"{predictor.url}{path}", json=body, headers=marked).status_code == 200
+    request = pb.ModelInferRequest(model_name="iris", inputs=[_grpc_tensor("FP32", [1, 4], SETOSA)])
+    stub.ModelInfer(request, metadata=tuple(marked.items()), timeout=10)
+    httpx.post(
+        f"{predictor.url}/v1/models/iris:predict",
+        json={"instances": [VIRGINICA]},
+        headers={"x-irisgate-traffic": "something else"},  # live, like any other
+    )
+    after = {name: _samples(predictor, name) for name in names}
+
+    def delta(name: str, **labels: str) -> float:
+        return _total(after[name], **labels) - _total(before[name], **labels)
+
+    requests, classes, latency = names
+    for protocol in ("rest-v1", "rest-v2", "grpc"):
+        assert delta(requests, protocol=protocol, traffic="generated") == 1, protocol
+        assert delta(latency, protocol=protocol, traffic="generated") == 1, protocol
+    assert delta(requests, protocol="rest-v1", traffic="live") == 1
+    assert delta(classes, class_name="virginica", traffic="generated") == 2
+    assert delta(classes, class_name="setosa", traffic="generated") == 1
+    assert delta(classes, class_name="virginica", traffic="live") == 1
+
+
 # --- start-up refusal, faults, role, workers, shutdown ----------------------------------
 
 

@@ -48,7 +48,13 @@ def test_v1_predictions_equal_scikit_learn(artifact: Path) -> None:
     assert answer["labels"] == ["setosa", "virginica", "versicolor"]
     counted = registry.get_sample_value(
         "irisgate_predictor_predictions_total",
-        {"model": "iris", "version": "1", "role": "stable", "class_name": "virginica"},
+        {
+            "model": "iris",
+            "version": "1",
+            "role": "stable",
+            "class_name": "virginica",
+            "traffic": "live",
+        },
     )
     assert counted == 1
 
