@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -47,9 +48,10 @@ from gate.core.decide import (
 from gate.core.errors import NotFound
 from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Outcome, Phase
 from gate.core.state import RolloutState
+from gate.generate import Generators, TrafficGenerator
 from gate.observability import GateMetrics
-from gate.providers.base import MetricsProvider, MetricsUnavailable
-from gate.replay import ReplayError, judge_accuracy, load_holdout, replay
+from gate.providers.base import MetricsProvider, MetricsUnavailable, Targets
+from gate.replay import ReplayError, judge_accuracy, load_holdout, read_holdout, replay
 from gate.store import SQLiteStore, Stable
 from gate.traffic.base import Deployer, Router, TrafficError
 
@@ -95,6 +97,7 @@ class RolloutController:
         http: httpx.AsyncClient | None = None,
         candidate_timeout_s: float = 120.0,
         crash_after: CrashAfter | None = None,
+        generators: Generators | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -107,6 +110,7 @@ class RolloutController:
         self.crash_after = crash_after
         self._http = http or httpx.AsyncClient(timeout=30.0)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.generators = generators or Generators()
         self.last_loop: float | None = None
         """monotonic time of the loop's last complete pass (``/readyz`` reads it)."""
 
@@ -158,7 +162,9 @@ class RolloutController:
             transition = command(state, Command(name), self.clock())
             self._save(transition, outcome=None, evidence={"command": str(name)})
             await self._guarded(rollout_id, self._act(transition))
-        return self.get(rollout_id)
+            state = self.get(rollout_id)
+            await self._generate(state)
+        return state
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
@@ -192,12 +198,44 @@ class RolloutController:
     async def tick(self, rollout_id: str) -> RolloutState:
         async with self._lock(rollout_id):
             state = self.get(rollout_id)
-            if state.terminal or state.paused:
-                return state
-            if state.not_before is not None and self.clock() < state.not_before:
-                return state
-            await self._guarded(rollout_id, self._advance(state))
-            return self.get(rollout_id)
+            waiting = state.not_before is not None and self.clock() < state.not_before
+            if not (state.terminal or state.paused or waiting):
+                await self._guarded(rollout_id, self._advance(state))
+                state = self.get(rollout_id)
+            await self._generate(state)
+            return state
+
+    async def _generate(self, state: RolloutState) -> None:
+        """Generated traffic runs exactly while a rollout that asks for it progresses."""
+        wanted = (
+            state.phase is Phase.PROGRESSING
+            and not state.paused
+            and state.spec.generated_rate_per_s > 0
+        )
+        if not wanted:
+            await self.generators.stop(state.id)
+            return
+        if self.generators.running(state.id):
+            return
+        try:
+            rows, _ = read_holdout(await load_holdout(_holdout_location(state), self._http))
+            targets = [self.deployer.candidate_url(state)]
+            stable = self.deployer.stable_url(state)
+        except (ReplayError, TrafficError) as exc:
+            logger.warning("rollout %s: cannot generate traffic yet: %s", state.id, exc)
+            return  # the next tick tries again
+        generator = TrafficGenerator(
+            self.generators.client,
+            [*targets, stable] if stable else targets,
+            state.model,
+            rows,
+            state.spec.generated_rate_per_s,
+        )
+        self.generators.start(state.id, generator)
+
+    def _targets(self, state: RolloutState) -> Targets:
+        targets = self.deployer.metrics_targets(state)
+        return dataclasses.replace(targets, generated=state.spec.generated_rate_per_s > 0)
 
     async def _guarded(self, rollout_id: str, work: Coroutine[Any, Any, None]) -> None:
         """Run a tick's work; any exception becomes an ``error`` decision with its
@@ -302,7 +340,7 @@ class RolloutController:
         window_s = (now - state.window_start).total_seconds() if state.window_start else 0.0
         try:
             measurement = await self.provider.measure(
-                self.deployer.metrics_targets(state), state.window_baseline, window_s
+                self._targets(state), state.window_baseline, window_s
             )
             verdict = analyze(
                 state.spec,
@@ -339,7 +377,7 @@ class RolloutController:
     async def _snapshot(self, state: RolloutState) -> None:
         """The window starts when its traffic split is in place."""
         try:
-            baseline = await self.provider.snapshot(self.deployer.metrics_targets(state))
+            baseline = await self.provider.snapshot(self._targets(state))
         except MetricsUnavailable as exc:
             logger.warning("rollout %s: baseline snapshot failed: %s", state.id, exc)
             return  # the next tick tries again; the window has not started
@@ -441,6 +479,7 @@ class RolloutController:
         }
 
     async def aclose(self) -> None:
+        await self.generators.aclose()
         await self._http.aclose()
 
 

@@ -117,6 +117,9 @@ class FakeBackend(TrafficBackend):
     def candidate_url(self, state: RolloutState) -> str:
         return "http://candidate"
 
+    def stable_url(self, state: RolloutState) -> str | None:
+        return "http://stable"
+
     async def get_weight(self, state: RolloutState) -> int:
         self._check()
         return self.weight

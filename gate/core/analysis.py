@@ -27,6 +27,12 @@ where stable still serves) moves on only when every margin is shown, and is exte
 until then, up to ``inconclusive_limit``. So no evidence is never a promotion, and a
 regression of the configured size is let through with probability at most ``alpha``.
 
+Requests the gate generated itself (``generated_rate_per_s``) are judged apart, with
+their own checks: their inputs are held-out rows, not live ones. A regression shown on
+them fails like any other; a pass may rest on them only with ``generated_counts``, and
+says so (``Verdict.passed_on``). Judging two kinds of evidence splits ``alpha`` between
+them on each side, so both promises above still hold.
+
 Evidence accumulates over the rollout (windows are folded into ``RolloutState.evidence``
 when a step ends): stable keeps its earlier traffic when the canary takes 100 %. The
 intervals assume requests are independent draws from one population during the
@@ -106,12 +112,18 @@ class WindowMeasurement(BaseModel):
     stable: RoleWindow
     canary: RoleWindow
     window_s: float
+    generated: WindowMeasurement | None = None
+    """The requests the gate sent itself, apart (``None``: it sent none)."""
 
     def plus(self, other: WindowMeasurement) -> WindowMeasurement:
+        generated = self.generated or other.generated
+        if self.generated is not None and other.generated is not None:
+            generated = self.generated.plus(other.generated)
         return WindowMeasurement(
             stable=self.stable.plus(other.stable),
             canary=self.canary.plus(other.canary),
             window_s=self.window_s + other.window_s,
+            generated=generated,
         )
 
 
@@ -138,6 +150,8 @@ class Check(BaseModel):
     detail: str
     needs: str | None = None
     """When inconclusive: roughly what more evidence would decide it."""
+    traffic: str = "live"
+    """Whose requests: ``live``, or ``generated`` by the gate (judged apart)."""
 
 
 class Verdict(BaseModel):
@@ -150,6 +164,8 @@ class Verdict(BaseModel):
     """Everything the rollout measured so far (the analysed evidence)."""
     early: bool = False
     """Passed before the step's deadline."""
+    passed_on: str | None = None
+    """A pass's evidence: ``live`` requests, or requests ``generated`` by the gate."""
 
 
 def _pair(interval: Interval) -> Bounds:
@@ -165,8 +181,10 @@ def _needs(estimate: float, interval: Interval, margin: float, n: float, unit: s
     if room <= 0:
         return f"the estimate {estimate:.4g}{unit} is beyond the margin {margin:.4g}{unit}"
     spread = interval.high - estimate
-    if not math.isfinite(spread) or n <= 0:
+    if n <= 0:
         return "canary traffic"
+    if not math.isfinite(spread):
+        return "more canary requests (its interval is still open above)"
     ratio = spread / room
     if ratio > 1e4:
         return f"the estimate {estimate:.4g}{unit} is at the margin {margin:.4g}{unit}"
@@ -240,9 +258,8 @@ def _ceiling(
 
 
 def _error_checks(
-    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float
+    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float, fail_alpha: float
 ) -> list[Check]:
-    fail_alpha = alpha / FAIL_CHECKS
     c, s = (canary.server_errors, canary.requests), (stable.server_errors, stable.requests)
     ceiling = _ceiling(
         "error_rate_ceiling",
@@ -271,9 +288,8 @@ def _error_checks(
 
 
 def _latency_checks(
-    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float
+    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float, fail_alpha: float
 ) -> list[Check]:
-    fail_alpha = alpha / FAIL_CHECKS
     q = spec.latency_quantile
     c_buckets, s_buckets = canary.buckets(), stable.buckets()
     n_c = c_buckets[-1][1] if c_buckets else 0.0
@@ -316,7 +332,7 @@ def _latency_checks(
 
 
 def _class_check(
-    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float
+    spec: AnalysisSpec, canary: RoleWindow, stable: RoleWindow, alpha: float, fail_alpha: float
 ) -> list[Check]:
     n_c, n_s = sum(canary.class_counts.values()), sum(stable.class_counts.values())
     if n_c <= 0 and n_s <= 0:
@@ -335,7 +351,7 @@ def _class_check(
         check.judged(
             sum(shares) / 2,
             total_variation_cs(canary.class_counts, stable.class_counts, alpha),
-            total_variation_cs(canary.class_counts, stable.class_counts, alpha / FAIL_CHECKS),
+            total_variation_cs(canary.class_counts, stable.class_counts, fail_alpha),
             "total-variation distance between the predicted-class mixes (share of answers "
             "that changed class)",
         )
@@ -360,41 +376,66 @@ def analyze(
     if measurement is None:
         return Verdict(outcome=Outcome.ERROR, reason="metrics backend unavailable")
     totals = measurement if earlier is None else earlier.plus(measurement)
-    canary, stable = totals.canary, totals.stable
     alpha = 1 - spec.confidence
-    checks = [
-        *_error_checks(spec, canary, stable, alpha),
-        *_latency_checks(spec, canary, stable, alpha),
-        *_class_check(spec, canary, stable, alpha),
-    ]
+    generating = spec.generated_rate_per_s > 0
+    # Generated requests are judged apart from live ones (their inputs differ), so each
+    # side has its own tests: the fail side splits alpha over both, and so does the pass
+    # side when a pass may come from either.
+    fail_alpha = alpha / (FAIL_CHECKS * (2 if generating else 1))
+    pass_alpha = alpha / 2 if generating and spec.generated_counts else alpha
+
+    def judge(evidence: WindowMeasurement, traffic: str) -> list[Check]:
+        canary, stable = evidence.canary, evidence.stable
+        checks = [
+            *_error_checks(spec, canary, stable, pass_alpha, fail_alpha),
+            *_latency_checks(spec, canary, stable, pass_alpha, fail_alpha),
+            *_class_check(spec, canary, stable, pass_alpha, fail_alpha),
+        ]
+        if traffic != "live":
+            checks = [c.model_copy(update={"traffic": traffic}) for c in checks]
+        return checks
+
+    live = judge(totals, "live")
+    generated = judge(totals.generated, "generated") if generating and totals.generated else []
     verdict = Verdict(
         outcome=Outcome.INCONCLUSIVE,
         reason="",
-        checks=checks,
+        checks=[*live, *generated],
         measurement=measurement,
         totals=totals,
     )
-    failed = [c for c in checks if c.outcome is Outcome.FAIL]
+    failed = [c for c in verdict.checks if c.outcome is Outcome.FAIL]
     if failed:
-        names = ", ".join(f"{c.name} {_shown(c)}" for c in failed)
+        names = ", ".join(f"{_named(c)} {_shown(c)}" for c in failed)
         verdict.outcome, verdict.reason = Outcome.FAIL, f"regression shown: {names}"
         return verdict
-    stepped = measurement.canary.requests > 0
-    open_checks = [c for c in checks if c.outcome is Outcome.INCONCLUSIVE]
-    if not open_checks and stepped:
-        verdict.outcome, verdict.early = Outcome.PASS, not deadline_reached
-        verdict.reason = (
-            f"all {len(checks)} checks shown within their margins at "
-            f"{spec.confidence:.0%} confidence ({canary.requests:.0f} canary, "
-            f"{stable.requests:.0f} stable requests)"
-        )
-        return verdict
+    window_generated = measurement.generated.canary.requests if measurement.generated else 0.0
+    sources = [("live", live, measurement.canary.requests > 0, totals)]
+    if spec.generated_counts and totals.generated is not None:
+        sources.append(("generated", generated, window_generated > 0, totals.generated))
+    for traffic, checks, stepped, evidence in sources:
+        if stepped and checks and all(c.outcome is Outcome.PASS for c in checks):
+            verdict.outcome, verdict.early = Outcome.PASS, not deadline_reached
+            verdict.passed_on = traffic
+            label = (
+                "" if traffic == "live" else " on generated traffic (held-out rows the gate sent)"
+            )
+            verdict.reason = (
+                f"all {len(checks)} checks shown within their margins{label} at "
+                f"{spec.confidence:.0%} confidence ({evidence.canary.requests:.0f} canary, "
+                f"{evidence.stable.requests:.0f} stable requests)"
+            )
+            return verdict
+    stepped = any(source[2] for source in sources)
+    open_checks = [c for c in live if c.outcome is Outcome.INCONCLUSIVE]
     if deadline_reached and not must_show_margins and stepped:
         verdict.outcome = Outcome.PASS
+        verdict.passed_on = "live" if measurement.canary.requests > 0 else "generated"
         verdict.reason = (
-            f"no regression shown in {canary.requests:.0f} canary requests; "
-            f"not yet within margins: {', '.join(c.name for c in open_checks)} "
-            "(the last step below 100 % must show them)"
+            f"no regression shown in {totals.canary.requests:.0f} canary requests"
+            f"{_and_generated(totals)}; not yet within margins: "
+            f"{', '.join(c.name for c in open_checks)} (the last step below 100 % must show "
+            "them)"
         )
         return verdict
     if not stepped:
@@ -406,6 +447,16 @@ def analyze(
             f"{c.name} needs {c.needs}" for c in open_checks
         )
     return verdict
+
+
+def _named(check: Check) -> str:
+    return check.name if check.traffic == "live" else f"{check.name} ({check.traffic})"
+
+
+def _and_generated(totals: WindowMeasurement) -> str:
+    if totals.generated is None or totals.generated.canary.requests <= 0:
+        return ""
+    return f" and {totals.generated.canary.requests:.0f} generated"
 
 
 def _shown(check: Check) -> str:

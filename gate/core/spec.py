@@ -49,6 +49,7 @@ MAX_STEPS = 100
 MAX_STEP_INTERVAL_S = 86_400.0  # one day per step
 MAX_P99_MS = 3_600_000.0  # one hour
 MAX_LATENCY_MARGIN = 1_000.0
+MAX_GENERATED_RATE = 200.0  # requests per second the gate may add
 MAX_LIMIT = 1_000
 
 # JSON numbers only: strict refuses "5", true and 5.5 for an int (lax pydantic takes them);
@@ -73,6 +74,7 @@ P99Ms = Annotated[float, Field(gt=0, le=MAX_P99_MS)]
 Confidence = Annotated[float, Field(ge=0.5, le=0.9999)]
 Quantile = Annotated[float, Field(ge=0.5, le=0.999)]
 LatencyMargin = Annotated[float, Field(gt=0, le=MAX_LATENCY_MARGIN)]
+GeneratedRate = Annotated[float, Field(ge=0, le=MAX_GENERATED_RATE)]
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT), Integral]
 
 
@@ -111,9 +113,17 @@ class AnalysisSpec(BaseModel):
     INTERNAL/UNAVAILABLE/...) is shown above this, whatever stable does."""
     max_p99_ms: P99Ms = 250.0
     """Hard ceiling: the canary fails when its latency p99 is shown above this."""
+    generated_rate_per_s: GeneratedRate = 0.0
+    """When live traffic is thin: the gate sends rows of the artifact's held-out set to
+    canary and stable at this rate (requests per second, split evenly), marked so the
+    predictors count them apart. 0: none. A regression shown on them always fails."""
+    generated_counts: bool = False
+    """Whether a step may also pass on the generated requests (judged apart from live
+    ones, with the pass-side confidence split between the two); every such decision is
+    labelled."""
     failure_limit: Limit = 2
     """Failed analyses that trigger a rollback."""
-    inconclusive_limit: Limit = 40
+    inconclusive_limit: Limit = 60
     """Extensions of a step (one step interval each) for lack of evidence before the
     rollout is rolled back; the last step needs every margin shown, so at low traffic
     it is extended until the evidence is there or this limit is reached."""
@@ -241,6 +251,8 @@ class AnalysisOverrides(BaseModel):
     class_shift_margin: Rate | None = None
     max_error_rate: Rate | None = None
     max_p99_ms: P99Ms | None = None
+    generated_rate_per_s: GeneratedRate | None = None
+    generated_counts: bool | None = None
     failure_limit: Limit | None = None
     inconclusive_limit: Limit | None = None
     error_limit: Limit | None = None

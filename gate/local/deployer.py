@@ -198,6 +198,11 @@ class LocalDeployer(Deployer):
         url: str = state.backend_state["canary"]["http"]
         return url
 
+    def stable_url(self, state: RolloutState) -> str | None:
+        stable = self.store.stable(state.model)
+        url = (stable.endpoint or {}).get("http") if stable else None
+        return str(url) if url else None
+
     def promoted_stable(self, state: RolloutState) -> Stable:
         canary = state.backend_state.get("canary")
         if canary is None:

@@ -16,6 +16,9 @@ from gate.core.analysis import WindowMeasurement
 REQUESTS = "irisgate_predictor_requests_total"
 LATENCY_BUCKET = "irisgate_predictor_request_duration_seconds_bucket"
 PREDICTIONS = "irisgate_predictor_predictions_total"
+# The predictor counts requests marked so apart (label traffic="generated"): the gate's own.
+TRAFFIC_HEADER = "x-irisgate-traffic"
+GENERATED = "generated"
 
 
 class MetricsUnavailable(Exception):
@@ -29,6 +32,7 @@ class Targets:
     canary_version: str
     stable_url: str = ""  # predictor base URLs, for the scrape provider
     canary_url: str = ""
+    generated: bool = False  # the gate sends traffic of its own: measure it apart
 
 
 class MetricsProvider(ABC):

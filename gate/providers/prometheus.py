@@ -18,25 +18,22 @@ from gate.providers.base import (
     Targets,
 )
 
+# live: every request not marked by the gate (series from before the label included)
+MATCH = {"live": 'traffic!="generated"', "generated": 'traffic="generated"'}
+
+SELECT = '{model="$model",version="$version",$traffic'
 DEFAULT_QUERIES: dict[str, str] = {
-    "requests": f'sum(increase({REQUESTS}{{model="$model",version="$version"}}[$window]))',
-    "server_errors": (
-        f'sum(increase({REQUESTS}{{model="$model",version="$version",'
-        f'outcome="server_error"}}[$window]))'
-    ),
-    "latency_buckets": (
-        f'sum by (le) (increase({LATENCY_BUCKET}{{model="$model",version="$version"}}[$window]))'
-    ),
-    "classes": (
-        f"sum by (class_name) (increase({PREDICTIONS}"
-        f'{{model="$model",version="$version"}}[$window]))'
-    ),
+    "requests": f"sum(increase({REQUESTS}{SELECT}}}[$window]))",
+    "server_errors": f'sum(increase({REQUESTS}{SELECT},outcome="server_error"}}[$window]))',
+    "latency_buckets": f"sum by (le) (increase({LATENCY_BUCKET}{SELECT}}}[$window]))",
+    "classes": f"sum by (class_name) (increase({PREDICTIONS}{SELECT}}}[$window]))",
 }
 
 
 class PrometheusProvider(MetricsProvider):
     """PromQL over Prometheus' HTTP API. Queries are templates with ``$model``,
-    ``$version`` and ``$window`` (e.g. ``90s``) and may be overridden one by one."""
+    ``$version``, ``$window`` (e.g. ``90s``) and ``$traffic`` (the label matcher that
+    keeps live and gate-generated requests apart) and may be overridden one by one."""
 
     name = "prometheus"
 
@@ -69,8 +66,8 @@ class PrometheusProvider(MetricsProvider):
         value = float(result[0]["value"][1])
         return None if math.isnan(value) else value
 
-    async def _role(self, model: str, version: str, window: str) -> RoleWindow:
-        values = {"model": model, "version": version, "window": window}
+    async def _role(self, model: str, version: str, window: str, kind: str) -> RoleWindow:
+        values = {"model": model, "version": version, "window": window, "traffic": MATCH[kind]}
         classes = await self._vector("classes", "class_name", values)
         return RoleWindow(
             requests=await self._scalar("requests", values) or 0.0,
@@ -95,11 +92,18 @@ class PrometheusProvider(MetricsProvider):
         self, targets: Targets, baseline: dict[str, Any] | None, window_s: float
     ) -> WindowMeasurement:
         window = f"{max(1, round(window_s))}s"
-        return WindowMeasurement(
-            stable=await self._role(targets.model, targets.stable_version, window),
-            canary=await self._role(targets.model, targets.canary_version, window),
-            window_s=window_s,
-        )
+
+        async def measured(kind: str) -> WindowMeasurement:
+            return WindowMeasurement(
+                stable=await self._role(targets.model, targets.stable_version, window, kind),
+                canary=await self._role(targets.model, targets.canary_version, window, kind),
+                window_s=window_s,
+            )
+
+        live = await measured("live")
+        if targets.generated:
+            live.generated = await measured("generated")
+        return live
 
     async def aclose(self) -> None:
         await self._client.aclose()

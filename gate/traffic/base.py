@@ -83,6 +83,11 @@ class Deployer(ABC):
     def candidate_url(self, state: RolloutState) -> str:
         """REST base URL of the candidate itself (not through the split), for the replay."""
 
+    def stable_url(self, state: RolloutState) -> str | None:
+        """REST base URL of stable itself (not through the split), for generated traffic;
+        ``None`` when the backend cannot reach it apart (the canary then gets it alone)."""
+        return None
+
     @abstractmethod
     def promoted_stable(self, state: RolloutState) -> Stable:
         """The stable record once the candidate is promoted."""

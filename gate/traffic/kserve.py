@@ -150,6 +150,7 @@ class KServeTrafficBackend(TrafficBackend):
     async def candidate_ready(self, state: RolloutState) -> Readiness:
         """Ready once every service's newest revision is ready with a 'latest' tag URL."""
         urls: dict[str, str] = {}
+        prev_urls: dict[str, str] = {}
         for name in self._names(state.model):
             service = await self._get(name)
             if _storage_uri(service) != state.candidate.artifact_uri:
@@ -159,21 +160,17 @@ class KServeTrafficBackend(TrafficBackend):
             latest = predictor.get("latestCreatedRevision")
             if not latest or latest != predictor.get("latestReadyRevision"):
                 return Readiness(False, f"InferenceService {name}: revision {latest} not ready")
-            url = next(
-                (
-                    str(entry["url"])
-                    for entry in predictor.get("traffic") or []
-                    if entry.get("tag") == "latest" and entry.get("url")
-                ),
-                None,
-            )
+            url = _tagged_url(predictor, "latest")
             if url is None:
                 return Readiness(
                     False,
                     f"InferenceService {name}: no 'latest' tag URL (is tag routing enabled?)",
                 )
             urls[name] = url
-        return Readiness(True, facts={"latest_urls": urls})
+            previous = _tagged_url(predictor, "prev")
+            if previous is not None:
+                prev_urls[name] = previous
+        return Readiness(True, facts={"latest_urls": urls, "prev_urls": prev_urls})
 
     def candidate_url(self, state: RolloutState) -> str:
         urls: dict[str, str] = state.backend_state.get("latest_urls", {})
@@ -181,6 +178,11 @@ class KServeTrafficBackend(TrafficBackend):
             if name in urls:
                 return urls[name]
         raise TrafficError("candidate URL unknown")
+
+    def stable_url(self, state: RolloutState) -> str | None:
+        """The previous revision's 'prev' tag URL, when KServe's tag routing gives one."""
+        urls: dict[str, str] = state.backend_state.get("prev_urls", {})
+        return next((urls[n] for n in self._names(state.model) if n in urls), None)
 
     async def get_weight(self, state: RolloutState) -> int:
         weights = set()
@@ -226,6 +228,18 @@ class KServeTrafficBackend(TrafficBackend):
             stable_version=stable.version if stable else "",
             canary_version=state.candidate.version,
         )
+
+
+def _tagged_url(predictor: dict[str, Any], tag: str) -> str | None:
+    """The URL of the traffic entry with ``tag`` (KServe's tag routing: latest, prev)."""
+    return next(
+        (
+            str(entry["url"])
+            for entry in predictor.get("traffic") or []
+            if entry.get("tag") == tag and entry.get("url")
+        ),
+        None,
+    )
 
 
 def _container(service: dict[str, Any]) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def test_canary_with_injected_errors_is_rolled_back_and_a_dead_webhook_blocks_no
         for decision in failures:
             checks = decision["evidence"]["checks"]
             failed = {c["name"] for c in checks if c["outcome"] == "fail"}
-            assert "error_rate" in failed
+            assert failed & {"error_rate", "error_rate_ceiling"}, failed
             assert decision["evidence"]["measurement"]["canary"]["server_errors"] > 0
         assert steps_taken(detail) == [50]  # never went further
         routes = stack.routes()
@@ -113,6 +113,30 @@ def test_canary_with_injected_latency_is_rolled_back(tmp_path: Path) -> None:
             assert checks["latency_p99_ceiling"]["estimate"] >= 300
             shown = {name for name, c in checks.items() if c["outcome"] == "fail"}
             assert shown and shown <= {"latency_p99_ceiling", "latency_p95"}, shown
+
+
+def test_no_live_traffic_generated_evidence_promotes_only_when_allowed(tmp_path: Path) -> None:
+    """No client sends anything: the gate sends held-out rows itself, the predictors count
+    them apart, and a pass resting on them says so; without permission it never passes."""
+    generated = {"generated_rate_per_s": 60.0, "step_interval_s": 2.0, **TEST_MARGINS}
+    with local_stack(tmp_path) as stack:
+        refused = stack.create("2", steps=[50, 100], inconclusive_limit=2, **generated)
+        detail = stack.wait_phase(refused, {"succeeded", "rolled_back", "failed"})
+        assert detail["phase"] == "rolled_back", detail["message"]
+        assert "inconclusive limit reached" in detail["message"]
+        seen = [c for d in judged(detail, "inconclusive") for c in d["evidence"]["checks"]]
+        assert any(c["traffic"] == "generated" and c["n_canary"] > 0 for c in seen)
+
+        allowed = stack.create("2", steps=[50, 100], generated_counts=True, **generated)
+        detail = stack.wait_phase(allowed, {"succeeded", "rolled_back", "failed"})
+        assert detail["phase"] == "succeeded", detail["message"]
+        for decision in judged(detail, "pass"):
+            assert decision["evidence"]["passed_on"] == "generated"
+            assert "on generated traffic" in decision["reason"]
+            totals = decision["evidence"]["totals"]
+            assert totals["canary"]["requests"] == 0  # no live request at all
+            assert totals["generated"]["canary"]["requests"] > 0
+            assert totals["generated"]["stable"]["requests"] > 0
 
 
 def test_gate_killed_mid_rollout_resumes_without_skipping_or_repeating(tmp_path: Path) -> None:

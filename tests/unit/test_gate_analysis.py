@@ -203,3 +203,47 @@ def test_any_counts_and_any_settings_give_a_verdict_in_plain_json(
     json.loads(verdict.model_dump_json())
     if canary.requests == 0:
         assert verdict.outcome is not Outcome.PASS  # no canary traffic is never a pass
+
+
+GENERATING = AnalysisSpec(generated_rate_per_s=20.0)
+
+
+def with_generated(live_canary: RoleWindow, generated: WindowMeasurement) -> WindowMeasurement:
+    window = measure(live_canary)
+    window.generated = generated
+    return window
+
+
+def test_generated_evidence_passes_only_when_the_user_lets_it_and_says_so() -> None:
+    plenty = WindowMeasurement(canary=role(), stable=role(), window_s=30)
+    thin_live = with_generated(role(20), plenty)
+    refused = analyze(GENERATING, thin_live, deadline_reached=False)
+    assert refused.outcome is Outcome.INCONCLUSIVE  # live evidence alone is thin
+    generated = [c for c in refused.checks if c.traffic == "generated"]
+    assert generated and all(c.outcome is Outcome.PASS for c in generated)
+    allowed = GENERATING.model_copy(update={"generated_counts": True})
+    verdict = analyze(allowed, thin_live, deadline_reached=False)
+    assert verdict.outcome is Outcome.PASS and verdict.passed_on == "generated"
+    assert "on generated traffic" in verdict.reason
+    live_pass = analyze(allowed, with_generated(role(), plenty))
+    assert live_pass.passed_on == "live"
+
+
+def test_a_regression_shown_on_generated_traffic_always_fails() -> None:
+    broken = WindowMeasurement(canary=role(errors=400), stable=role(), window_s=30)
+    verdict = analyze(GENERATING, with_generated(role(20), broken))
+    assert verdict.outcome is Outcome.FAIL
+    assert "error_rate (generated)" in verdict.reason
+
+
+def test_judging_two_kinds_of_evidence_splits_alpha() -> None:
+    both = GENERATING.model_copy(update={"generated_counts": True})
+    plenty = WindowMeasurement(canary=role(), stable=role(), window_s=30)
+    one = {c.name: c.alpha for c in analyze(SPEC, measure(role())).checks}
+    two = {
+        c.name: c.alpha
+        for c in analyze(both, with_generated(role(), plenty)).checks
+        if c.traffic == "live"
+    }
+    assert two["error_rate"] == pytest.approx(one["error_rate"] / 2)  # pass side
+    assert two["error_rate_ceiling"] == pytest.approx(one["error_rate_ceiling"] / 2)  # fail

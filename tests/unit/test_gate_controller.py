@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ from gate.controller import RolloutController
 from gate.core.analysis import WindowMeasurement
 from gate.core.decide import CommandError
 from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Phase
+from gate.generate import Generators
 from gate.store import SQLiteStore
 from gate.traffic.base import TrafficError
 from tests.gate_fakes import (
@@ -327,3 +329,48 @@ def test_overrides_apply_per_rollout(tmp_path: Path) -> None:
     )
     state = h.controller.create("iris", candidate, AnalysisOverrides(steps=[50, 100]))
     assert state.spec.steps == [50, 100] and state.spec.failure_limit == SPEC.failure_limit
+
+
+def test_generated_traffic_runs_while_the_rollout_progresses(tmp_path: Path) -> None:
+    """Held-out rows go to canary and stable, marked, paced, and stop with the rollout."""
+    seen: list[tuple[str, str | None, float]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("x-irisgate-traffic"), time.monotonic()))
+        return httpx.Response(200, json={"outputs": []})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    h = Harness(tmp_path)
+    h.controller = RolloutController(
+        h.store,
+        h.backend,
+        h.backend,
+        h.provider,
+        SPEC.model_copy(update={"generated_rate_per_s": 40.0}),
+        clock=h.clock,
+        http=httpx.AsyncClient(transport=candidate_transport(False)),
+        candidate_timeout_s=60,
+        generators=Generators(client),
+    )
+    rollout = h.create()
+    h.provider.default = healthy(requests=300)  # thin: the step lasts its 30 s
+
+    async def scenario() -> None:
+        controller = h.controller
+        await controller.tick(rollout)  # candidate started
+        await controller.tick(rollout)  # accuracy gate passed: progressing
+        await controller.tick(rollout)  # generation starts
+        assert controller.generators.running(rollout)
+        await asyncio.sleep(0.5)
+        await controller.command(rollout, "abort")
+        assert not controller.generators.running(rollout)
+        count = len(seen)
+        await asyncio.sleep(0.2)
+        assert len(seen) == count  # stopped with the rollout
+        await controller.aclose()
+
+    asyncio.run(scenario())
+    urls = {url for url, _, _ in seen}
+    assert urls == {"http://candidate/v2/models/iris/infer", "http://stable/v2/models/iris/infer"}
+    assert {marked for _, marked, _ in seen} == {"generated"}
+    assert 10 <= len(seen) <= 24  # 40 requests/s for about half a second, no burst
