@@ -60,6 +60,7 @@ class Scenario:
     extra_error_rate: float = 0.0
     latency_factor: float = 1.0
     flip_share: float = 0.0  # of versicolor answers, turned into virginica
+    generated_rate: float = 0.0  # requests/s the gate sends itself, allowed to count
 
     def bad_answers(self, requests: int, errors: int, flips: int) -> int:
         if self.latency_factor != 1.0:
@@ -81,6 +82,7 @@ SCENARIOS = (
     Scenario("class flip 15 %", flip_share=0.15),
     Scenario("class flip 30 % (at the margin)", flip_share=0.30),
     Scenario("class flip 40 %", flip_share=0.40),
+    Scenario("healthy, 20 generated req/s allowed to count", generated_rate=20.0),
 )
 RATES = (2.0, 10.0, 50.0, 200.0)
 
@@ -151,6 +153,7 @@ class Run:
     seconds: float
     canary_requests: int
     bad_answers: int
+    on_generated: bool = False  # promoted on the gate's own requests (labelled so)
 
 
 def _start(spec: AnalysisSpec, now: datetime) -> RolloutState:
@@ -177,10 +180,15 @@ def simulate(analysis: str, scenario: Scenario, rate: float, seed: int) -> Run:
     traffic = Traffic(scenario, rate, rng)
     sequential = analysis == ANALYSES[1]
     spec = AnalysisSpec() if sequential else AnalysisSpec(inconclusive_limit=5)
+    if scenario.generated_rate and sequential:  # today's analysis has no such thing
+        spec = spec.model_copy(
+            update={"generated_rate_per_s": scenario.generated_rate, "generated_counts": True}
+        )
     old = BaselineSpec()
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     state = _start(spec, t0)
     stable, canary = Role(), Role()
+    generated = (Role(), Role())  # stable, canary: held-out rows the gate sent to both
     reference: BaselineRole | None = None
     served = bad = 0
     ticks = int(HORIZON_S / TICK_S)
@@ -192,12 +200,20 @@ def simulate(analysis: str, scenario: Scenario, rate: float, seed: int) -> Run:
         errors, flips = traffic.serve(canary, to_canary, canary=True)
         served += to_canary
         bad += scenario.bad_answers(to_canary, errors, flips)
+        if spec.generated_rate_per_s:  # split evenly, not served to any user
+            sent = int(rng.poisson(spec.generated_rate_per_s * TICK_S))
+            traffic.serve(generated[0], sent // 2, canary=False)
+            traffic.serve(generated[1], sent - sent // 2, canary=True)
         deadline = state.step_deadline is not None and now >= state.step_deadline
         window_s = (now - state.window_start).total_seconds() if state.window_start else 0.0
         if sequential:
             measured = WindowMeasurement(
                 stable=stable.window(), canary=canary.window(), window_s=window_s
             )
+            if spec.generated_rate_per_s:
+                measured.generated = WindowMeasurement(
+                    stable=generated[0].window(), canary=generated[1].window(), window_s=window_s
+                )
             verdict = analyze(
                 spec,
                 measured,
@@ -219,8 +235,10 @@ def simulate(analysis: str, scenario: Scenario, rate: float, seed: int) -> Run:
         state = transition.state
         if transition.action in (Action.STEP, Action.RETRY_STEP):
             stable, canary = Role(), Role()
+            generated = (Role(), Role())
         elif transition.action is Action.PROMOTE:
-            return Run("promoted", tick * TICK_S, served, bad)
+            on_generated = sequential and verdict.passed_on == "generated"
+            return Run("promoted", tick * TICK_S, served, bad, on_generated)
         elif transition.action is Action.ROLLBACK:
             return Run("rolled_back", tick * TICK_S, served, bad)
     return Run("undecided", HORIZON_S, served, bad)
@@ -247,6 +265,7 @@ def _cell(job: tuple[str, int, float, int, int]) -> dict[str, Any]:
         "rate": rate,
         "runs": runs,
         "promoted": share("promoted"),
+        "promoted_on_generated": sum(r.on_generated for r in results) / len(results),
         "rolled_back": share("rolled_back"),
         "undecided": share("undecided"),
         "median_decision_s": median([r.seconds for r in decided]),
@@ -308,6 +327,13 @@ def _pct(value: float) -> str:
     return f"{value * 100:.1f} %"
 
 
+def _promoted(cell: dict[str, Any]) -> str:
+    text = _pct(cell["promoted"])
+    if cell["promoted_on_generated"]:
+        text += f" ({_pct(cell['promoted_on_generated'])} on generated)"
+    return text
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -330,7 +356,7 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for cell in cells:
         lines.append(
             f"| {cell['scenario']} | {cell['rate']:g} | {cell['analysis']} "
-            f"| {_pct(cell['promoted'])} | {_pct(cell['rolled_back'])} "
+            f"| {_promoted(cell)} | {_pct(cell['rolled_back'])} "
             f"| {_pct(cell['undecided'])} | {_num(cell['median_decision_s'])} "
             f"| {_num(cell['median_canary_requests'])} | {_num(cell['median_bad_answers'])} |"
         )

@@ -42,3 +42,9 @@ def test_the_benchmark_writes_its_tables(tmp_path: Path) -> None:
         "class_shift",
     }
     assert "| healthy | 200 | sequential (new) |" in (tmp_path / "GATE.md").read_text()
+
+
+def test_thin_traffic_with_generated_evidence_allowed_is_promoted_and_labelled() -> None:
+    allowed = next(s for s in SCENARIOS if s.generated_rate)
+    run = simulate(ANALYSES[1], allowed, 2.0, seed=5)
+    assert run.outcome == "promoted" and run.on_generated
