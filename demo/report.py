@@ -46,8 +46,11 @@ def statistics(checks: list[dict[str, Any]]) -> str:
         if check.get("margin") is None:
             continue  # hard ceilings: only ever a failure, listed in the reason then
         low, high = check.get("interval") or (None, None)
+        name = check["name"]
+        if check.get("traffic", "live") != "live":
+            name += f" ({check['traffic']})"
         parts.append(
-            f"{check['name']} {_fmt(check.get('estimate'))} [{_fmt(low)}, {_fmt(high)}] "
+            f"{name} {_fmt(check.get('estimate'))} [{_fmt(low)}, {_fmt(high)}] "
             f"< {_fmt(check['margin'])} {marks.get(check['outcome'], '?')}"
         )
     return "; ".join(parts)
