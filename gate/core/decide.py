@@ -231,8 +231,10 @@ def after_analysis(state: RolloutState, verdict: Verdict, now: datetime) -> Tran
             f"error limit reached ({errors}/{spec.error_limit}): {verdict.reason}",
         )
     # Look again soon, not every tick: each look that fails to gather evidence counts.
+    # An error early in a step never shortens it.
     retry_at = now + timedelta(seconds=min(spec.step_interval_s, 10.0))
-    updates.update(step_deadline=retry_at, not_before=retry_at)
+    deadline = max(state.step_deadline, retry_at) if state.step_deadline else retry_at
+    updates.update(step_deadline=deadline, not_before=retry_at)
     return Transition(state=state.model_copy(update=updates), action=Action.RETRY_ANALYSIS)
 
 

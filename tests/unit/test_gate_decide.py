@@ -262,3 +262,16 @@ def test_spec_validation_and_overrides() -> None:
     assert spec.steps == [20, 40, 60] and spec.failure_limit == SPEC.failure_limit
     with pytest.raises(ValueError, match="not both"):
         AnalysisOverrides(steps=[10], step_weight=10)
+
+
+def test_an_error_early_in_a_step_waits_but_never_shortens_the_step() -> None:
+    started = progressing(0).start_window(NOW)
+    assert started.step_deadline is not None
+    early = NOW + timedelta(seconds=2)
+    moved = after_tick(started, verdict(Outcome.ERROR), early, False)
+    assert moved is not None and moved.action is Action.RETRY_ANALYSIS
+    assert moved.state.step_deadline == started.step_deadline  # still 30 s after the start
+    assert moved.state.not_before == early + timedelta(seconds=10)
+    late = started.step_deadline + timedelta(seconds=1)
+    again = after_tick(started, verdict(Outcome.ERROR), late, True)
+    assert again is not None and again.state.step_deadline == late + timedelta(seconds=10)
