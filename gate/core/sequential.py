@@ -126,7 +126,7 @@ def _root(
             if side == 1:
                 f_high /= 2
             side = 1
-        if abs(value) < 1e-7:  # the level is log(1/alpha) >= 1e-4: far finer than needed
+        if abs(value) < 1e-7:  # against a level log(1/alpha) >= 0.69: fine enough
             return middle
     return (low + high) / 2
 
