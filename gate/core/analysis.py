@@ -80,14 +80,7 @@ class RoleWindow(BaseModel):
 
     def quantile_s(self, quantile: float) -> float | None:
         """Point estimate of a latency quantile (``histogram_quantile``'s interpolation)."""
-        ordered = self.buckets()
-        if not ordered or ordered[-1][1] <= 0:
-            return None
-        value = histogram_inverse(ordered, quantile * ordered[-1][1])
-        if math.isinf(value):
-            finite = [bound for bound, _ in ordered if math.isfinite(bound)]
-            return finite[-1] if finite else None
-        return value
+        return _point(self.buckets(), quantile)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -106,6 +99,18 @@ class RoleWindow(BaseModel):
             latency_buckets=add(self.latency_buckets, other.latency_buckets),
             class_counts=add(self.class_counts, other.class_counts),
         )
+
+
+def _point(ordered: list[tuple[float, float]], quantile: float) -> float | None:
+    """A quantile of sorted cumulative buckets, as Prometheus' ``histogram_quantile``
+    estimates it (the highest finite bound when it falls into ``+Inf``)."""
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    value = histogram_inverse(ordered, quantile * ordered[-1][1])
+    if math.isinf(value):
+        finite = [bound for bound, _ in ordered if math.isfinite(bound)]
+        return finite[-1] if finite else None
+    return value
 
 
 class WindowMeasurement(BaseModel):
@@ -294,7 +299,7 @@ def _latency_checks(
     c_buckets, s_buckets = canary.buckets(), stable.buckets()
     n_c = c_buckets[-1][1] if c_buckets else 0.0
     n_s = s_buckets[-1][1] if s_buckets else 0.0
-    p99 = canary.p99_s
+    p99 = _point(c_buckets, 0.99)
     ceiling = _ceiling(
         "latency_p99_ceiling",
         quantile_cs(c_buckets, 0.99, fail_alpha).scaled(1000),
@@ -311,7 +316,7 @@ def _latency_checks(
         n_c,
         n_s,
     )
-    c_point, s_point = canary.quantile_s(q), stable.quantile_s(q)
+    c_point, s_point = _point(c_buckets, q), _point(s_buckets, q)
     if n_s <= 0 or n_c <= 0 or not s_point or c_point is None:
         needs = "canary traffic" if n_c <= 0 else "stable traffic"
         return [ceiling, check.waiting("needs latency from both canary and stable", needs)]
