@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import httpx
 
 from gate.providers.base import GENERATED, TRAFFIC_HEADER
+from gate.replay import infer_body
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,7 @@ class TrafficGenerator:
             await asyncio.sleep(due - loop.time())
 
     async def _send(self, url: str, row: Sequence[float]) -> None:
-        body = {
-            "inputs": [
-                {"name": "input-0", "datatype": "FP64", "shape": [1, len(row)], "data": list(row)}
-            ]
-        }
+        body = infer_body([row])
         self.sent += 1
         try:
             response = await self.client.post(

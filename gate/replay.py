@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,21 @@ async def load_holdout(location: str, client: httpx.AsyncClient) -> str:
     return path.read_text()
 
 
+def infer_body(rows: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """An Open Inference Protocol v2 request for held-out rows, asking for the classes."""
+    return {
+        "inputs": [
+            {
+                "name": "input-0",
+                "datatype": "FP64",
+                "shape": [len(rows), len(rows[0]) if rows else len(FEATURES)],
+                "data": [v for row in rows for v in row],
+            }
+        ],
+        "outputs": [{"name": "predict"}],
+    }
+
+
 class _ServerError(Exception):
     pass
 
@@ -113,17 +129,7 @@ async def replay(
     url = f"{base_url}/v2/models/{model}/infer"
     for start in range(0, len(features), BATCH_ROWS):
         batch = features[start : start + BATCH_ROWS]
-        body = {
-            "inputs": [
-                {
-                    "name": "input-0",
-                    "datatype": "FP64",
-                    "shape": [len(batch), 4],
-                    "data": [v for row in batch for v in row],
-                }
-            ],
-            "outputs": [{"name": "predict"}],
-        }
+        body = infer_body(batch)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(attempts),
