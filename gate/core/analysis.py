@@ -58,7 +58,7 @@ from gate.core.sequential import (
 )
 from gate.core.spec import AnalysisSpec, Outcome
 
-FAIL_CHECKS = 5  # error rate, latency, class shift and the two ceilings share alpha
+FAIL_CHECKS = 6  # error rate, latency, class shift, accuracy and two ceilings share alpha
 
 
 class RoleWindow(BaseModel):
@@ -173,7 +173,7 @@ class Verdict(BaseModel):
     """A pass's evidence: ``live`` requests, or requests ``generated`` by the gate."""
 
 
-def _pair(interval: Interval) -> Bounds:
+def bounds(interval: Interval) -> Bounds:
     """JSON-safe ends: an unbounded end (no evidence yet) is ``None``."""
     low, high = interval.low, interval.high
     return (low if math.isfinite(low) else None, high if math.isfinite(high) else None)
@@ -238,8 +238,8 @@ class _Relative:
         return self._check(
             outcome=outcome,
             estimate=estimate,
-            interval=_pair(passing),
-            fail_interval=_pair(failing),
+            interval=bounds(passing),
+            fail_interval=bounds(failing),
             detail=detail,
             needs=needs,
         )
@@ -254,7 +254,7 @@ def _ceiling(
         name=name,
         outcome=Outcome.FAIL if shown.above(limit) else Outcome.PASS,
         estimate=estimate,
-        fail_interval=_pair(shown),
+        fail_interval=bounds(shown),
         fail_above=limit,
         alpha=alpha,
         n_canary=n,
@@ -363,6 +363,51 @@ def _class_check(
     ]
 
 
+class LabelEvidence(BaseModel):
+    """Answers whose true labels arrived (``POST /v1/feedback``), over the rollout so far."""
+
+    stable_rows: int = 0
+    stable_correct: int = 0
+    canary_rows: int = 0
+    canary_correct: int = 0
+
+
+def _accuracy_check(
+    spec: AnalysisSpec, labels: LabelEvidence | None, alpha: float, fail_alpha: float
+) -> list[Check]:
+    """Live accuracy from delayed labels: the canary's drop below stable's. It fails when
+    the drop is shown beyond half ``accuracy_margin``, passes when shown within it. Unless
+    the rollout requires label evidence (``require_labels``), it can only fail: labels
+    are often late or partial, and their absence must not hold a rollout."""
+    labels = labels or LabelEvidence()
+    n_c, n_s = labels.canary_rows, labels.stable_rows
+    margin = spec.accuracy_margin
+    check = _Relative("accuracy", margin, margin / 2, alpha, n_c, n_s)
+    if n_c <= 0 or n_s <= 0:
+        if not spec.require_labels:
+            return []
+        side = "canary" if n_c <= 0 else "stable"
+        return [check.waiting(f"no labelled {side} answers yet", f"labels for {side} answers")]
+    c_errors = (n_c - labels.canary_correct, n_c)
+    s_errors = (n_s - labels.stable_correct, n_s)
+    acc_c, acc_s = labels.canary_correct / n_c, labels.stable_correct / n_s
+    judged = check.judged(
+        acc_s - acc_c,
+        difference_cs(c_errors, s_errors, alpha),
+        difference_cs(c_errors, s_errors, fail_alpha),
+        f"labelled accuracy: canary {acc_c:.2%} of {n_c}, stable {acc_s:.2%} of {n_s} (the drop)",
+    )
+    if not spec.require_labels and judged.outcome is Outcome.INCONCLUSIVE:
+        judged = judged.model_copy(
+            update={
+                "outcome": Outcome.PASS,
+                "needs": None,
+                "detail": judged.detail + "; labels not required: only a drop shown fails",
+            }
+        )
+    return [judged]
+
+
 def analyze(
     spec: AnalysisSpec,
     measurement: WindowMeasurement | None,
@@ -370,6 +415,7 @@ def analyze(
     *,
     must_show_margins: bool = True,
     deadline_reached: bool = True,
+    labels: LabelEvidence | None = None,
 ) -> Verdict:
     """Judge the evidence so far: ``earlier`` (the rollout's finished windows) plus the
     current step's ``measurement``.
@@ -400,7 +446,7 @@ def analyze(
             checks = [c.model_copy(update={"traffic": traffic}) for c in checks]
         return checks
 
-    live = judge(totals, "live")
+    live = [*judge(totals, "live"), *_accuracy_check(spec, labels, pass_alpha, fail_alpha)]
     generated = judge(totals.generated, "generated") if generating and totals.generated else []
     verdict = Verdict(
         outcome=Outcome.INCONCLUSIVE,

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from gate.core.analysis import Verdict
 from gate.core.errors import Conflict
+from gate.core.paired import ShadowVerdict
 from gate.core.spec import Outcome, Phase
 from gate.core.state import RolloutState
 
@@ -34,7 +35,8 @@ class Action(StrEnum):
     CREATE = "create"
     CANDIDATE_STARTED = "candidate-started"  # deployed with no traffic; readiness awaited
     RETRY_VALIDATION = "retry-validation"  # accuracy gate could not run: try again later
-    FAIL = "fail"  # accuracy gate failed: the candidate never gets traffic
+    FAIL = "fail"  # accuracy gate or shadow failed: the candidate never answers a user
+    SHADOW = "shadow"  # live requests replayed to the candidate, answers compared
     STEP = "step"  # next canary weight
     RETRY_STEP = "retry-step"  # a failed analysis below the limit: judge the step again
     EXTEND_STEP = "extend-step"  # inconclusive: the window goes on
@@ -110,18 +112,9 @@ def after_validation(
 ) -> Transition | None:
     """What one attempt of the accuracy gate means; ``None``: keep waiting, nothing to record."""
     if verdict.outcome is Outcome.PASS:
-        first = state.model_copy(
-            update={
-                "phase": Phase.PROGRESSING,
-                "step_index": 0,
-                "canary_weight": state.spec.steps[0],
-                "errors": 0,
-                "not_before": None,
-                "message": verdict.reason,
-                "updated_at": now,
-            }
-        )
-        return Transition(state=first.start_window(now), action=Action.STEP, event="step")
+        if state.spec.shadow_s > 0 and state.stable_version is not None:
+            return _start_shadow(state, now, f"{verdict.reason}; shadow evaluation begins")
+        return _first_step(state, now, verdict.reason)
     if verdict.outcome is Outcome.FAIL:
         return _fail(state, now, verdict.reason)
     if verdict.outcome is Outcome.INCONCLUSIVE:
@@ -140,6 +133,76 @@ def after_validation(
     return _retry(
         state, errors, now, f"accuracy gate waiting: {verdict.reason}", Action.RETRY_VALIDATION
     )
+
+
+def _first_step(state: RolloutState, now: datetime, message: str) -> Transition:
+    first = state.model_copy(
+        update={
+            "phase": Phase.PROGRESSING,
+            "step_index": 0,
+            "canary_weight": state.spec.steps[0],
+            "errors": 0,
+            "not_before": None,
+            "message": message,
+            "updated_at": now,
+        }
+    )
+    return Transition(state=first.start_window(now), action=Action.STEP, event="step")
+
+
+def _start_shadow(state: RolloutState, now: datetime, message: str) -> Transition:
+    """The shadow phase's window: pairs of requests logged from ``now`` on count, until
+    ``now + shadow_s`` at the latest."""
+    shadow = state.model_copy(
+        update={
+            "phase": Phase.SHADOW,
+            "canary_weight": 0,
+            "errors": 0,
+            "not_before": None,
+            "window_start": now,
+            "window_baseline": None,
+            "step_deadline": now + timedelta(seconds=state.spec.shadow_s),
+            "message": message,
+            "updated_at": now,
+        }
+    )
+    return Transition(state=shadow, action=Action.SHADOW, event="shadow")
+
+
+# --- shadow evaluation --------------------------------------------------------------------
+
+
+def after_shadow(
+    state: RolloutState, verdict: ShadowVerdict, now: datetime, deadline_reached: bool
+) -> Transition | None:
+    """What one look at the paired answers means. Like a step's analysis it may look every
+    tick (the intervals are anytime-valid); undecided at the budget's end, the canary
+    steps begin and judge again on the traffic the candidate then answers. ``None``:
+    nothing to record."""
+    match verdict.outcome:
+        case Outcome.PASS:
+            return _first_step(state, now, f"{verdict.reason}; canary steps begin")
+        case Outcome.FAIL:
+            return _fail(state, now, verdict.reason)
+        case Outcome.INCONCLUSIVE:
+            if not deadline_reached:
+                return None
+            return _first_step(
+                state,
+                now,
+                f"shadow budget of {state.spec.shadow_s:g} s spent undecided ({verdict.reason}); "
+                "canary steps begin",
+            )
+        case Outcome.ERROR:
+            errors = state.errors + 1
+            if errors >= state.spec.error_limit:
+                return _fail(
+                    state.model_copy(update={"errors": errors}),
+                    now,
+                    f"shadow error limit reached ({errors}/{state.spec.error_limit}): "
+                    f"{verdict.reason}",
+                )
+            return _retry(state, errors, now, verdict.reason, Action.RETRY_ANALYSIS)
 
 
 def _retry(
@@ -279,6 +342,12 @@ def after_error(state: RolloutState, reason: str, now: datetime) -> Transition:
         return transition
     if state.phase is Phase.PROGRESSING:
         return after_analysis(state, Verdict(outcome=Outcome.ERROR, reason=reason), now)
+    if state.phase is Phase.SHADOW:
+        transition = after_shadow(
+            state, ShadowVerdict(outcome=Outcome.ERROR, reason=reason), now, False
+        )
+        assert transition is not None  # an error always leads somewhere
+        return transition
     errors = state.errors + 1
     if state.phase is Phase.PROMOTING and errors >= state.spec.error_limit:
         return _rollback(
@@ -341,6 +410,9 @@ def command(state: RolloutState, name: Command, now: datetime) -> Transition:
             )
             if resumed.phase is Phase.PROGRESSING:
                 resumed = resumed.start_window(now)  # a paused window is not evidence
+            elif resumed.phase is Phase.SHADOW:  # its budget starts again; pairs still count
+                deadline = now + timedelta(seconds=state.spec.shadow_s)
+                resumed = resumed.model_copy(update={"step_deadline": deadline})
             return Transition(state=resumed, action=Action.RESUME, event="resume")
         case Command.PROMOTE:
             if state.phase is not Phase.PROGRESSING:
@@ -385,6 +457,7 @@ __all__ = [
     "ValidationVerdict",
     "after_analysis",
     "after_error",
+    "after_shadow",
     "after_tick",
     "after_validation",
     "candidate_started",

@@ -22,6 +22,7 @@ from pydantic import (
 
 class Phase(StrEnum):
     VALIDATING = "validating"  # accuracy gate: candidate started, held-out set replayed
+    SHADOW = "shadow"  # live requests replayed to the candidate; clients get stable's answers
     PROGRESSING = "progressing"  # canary steps
     PROMOTING = "promoting"
     SUCCEEDED = "succeeded"
@@ -50,6 +51,7 @@ MAX_STEP_INTERVAL_S = 86_400.0  # one day per step
 MAX_P99_MS = 3_600_000.0  # one hour
 MAX_LATENCY_MARGIN = 1_000.0
 MAX_GENERATED_RATE = 200.0  # requests per second the gate may add
+MAX_SHADOW_RATE = 1_000.0  # logged requests per second the gate may replay to a candidate
 MAX_LIMIT = 1_000
 
 # JSON numbers only: strict refuses "5", true and 5.5 for an int (lax pydantic takes them);
@@ -75,6 +77,8 @@ Confidence = Annotated[float, Field(ge=0.5, le=0.9999)]
 Quantile = Annotated[float, Field(ge=0.5, le=0.999)]
 LatencyMargin = Annotated[float, Field(gt=0, le=MAX_LATENCY_MARGIN)]
 GeneratedRate = Annotated[float, Field(ge=0, le=MAX_GENERATED_RATE)]
+ShadowBudget = Annotated[float, Field(ge=0, le=MAX_STEP_INTERVAL_S)]
+ShadowRate = Annotated[float, Field(gt=0, le=MAX_SHADOW_RATE)]
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT), Integral]
 
 
@@ -121,6 +125,30 @@ class AnalysisSpec(BaseModel):
     """Whether a step may also pass on the generated requests (judged apart from live
     ones, with the pass-side confidence split between the two); every such decision is
     labelled."""
+    accuracy_margin: Rate = 0.02
+    """The live-accuracy drop not to let through, judged on answers whose true labels
+    arrived (``POST /v1/feedback``): the canary fails when its accuracy is shown more
+    than half this below stable's, and (with ``require_labels``) passes when shown less
+    than this below."""
+    require_labels: bool = False
+    """Whether a step must show the accuracy margin on labelled answers before it
+    passes (waiting for labels is inconclusive, up to ``inconclusive_limit``). Without
+    it, labels can only fail a canary."""
+    shadow_s: ShadowBudget = 120.0
+    """The shadow phase's budget, between the accuracy gate and the first step: live
+    requests stable answered are replayed to the candidate (clients only ever get
+    stable's answers) and the two answers compared per request. It ends early when the
+    disagreement is shown within its margin (the steps begin) or beyond it (the rollout
+    fails before any user got a candidate's answer); undecided at the budget's end, the
+    steps begin. 0: no shadow phase. Skipped when the model has no stable yet."""
+    shadow_disagreement_margin: Rate = 0.02
+    """The share of rows the candidate may classify differently from stable on the same
+    live requests (0.02 = 2 %): the shadow phase fails when it is shown above, passes
+    when shown below."""
+    shadow_rate_per_s: ShadowRate = 50.0
+    """At most this many logged requests per second are replayed to the candidate (the
+    rest are counted as skipped): the shadow phase never loads a candidate like live
+    traffic would."""
     failure_limit: Limit = 2
     """Failed analyses that trigger a rollback."""
     inconclusive_limit: Limit = 60
@@ -253,6 +281,11 @@ class AnalysisOverrides(BaseModel):
     max_p99_ms: P99Ms | None = None
     generated_rate_per_s: GeneratedRate | None = None
     generated_counts: bool | None = None
+    accuracy_margin: Rate | None = None
+    require_labels: bool | None = None
+    shadow_s: ShadowBudget | None = None
+    shadow_disagreement_margin: Rate | None = None
+    shadow_rate_per_s: ShadowRate | None = None
     failure_limit: Limit | None = None
     inconclusive_limit: Limit | None = None
     error_limit: Limit | None = None

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gate.core.analysis import RoleWindow, WindowMeasurement, analyze
+from gate.core.analysis import LabelEvidence, RoleWindow, WindowMeasurement, analyze
 from gate.core.spec import AnalysisSpec, Outcome
 from tests.gate_fakes import role
 
@@ -247,3 +247,26 @@ def test_judging_two_kinds_of_evidence_splits_alpha() -> None:
     }
     assert two["error_rate"] == pytest.approx(one["error_rate"] / 2)  # pass side
     assert two["error_rate_ceiling"] == pytest.approx(one["error_rate_ceiling"] / 2)  # fail
+
+
+def labelled(canary_accuracy: float, rows: int, stable_accuracy: float = 0.95) -> LabelEvidence:
+    return LabelEvidence(
+        stable_rows=rows,
+        stable_correct=round(rows * stable_accuracy),
+        canary_rows=rows,
+        canary_correct=round(rows * canary_accuracy),
+    )
+
+
+def test_labelled_accuracy_fails_a_drop_and_never_holds_a_rollout_unless_required() -> None:
+    healthy = measure(role())
+    assert analyze(SPEC, healthy).outcome is Outcome.PASS  # no labels: no accuracy check
+    dropped = analyze(SPEC, healthy, labels=labelled(0.90, 4_000))
+    assert dropped.outcome is Outcome.FAIL and "accuracy" in dropped.reason
+    thin = analyze(SPEC, healthy, labels=labelled(0.95, 50))
+    assert thin.outcome is Outcome.PASS  # not shown either way: labels not required
+    required = SPEC.model_copy(update={"require_labels": True})
+    waiting = analyze(required, healthy)
+    assert waiting.outcome is Outcome.INCONCLUSIVE and "labels for canary" in waiting.reason
+    assert analyze(required, healthy, labels=labelled(0.95, 50)).outcome is Outcome.INCONCLUSIVE
+    assert analyze(required, healthy, labels=labelled(0.95, 20_000)).outcome is Outcome.PASS
