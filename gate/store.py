@@ -12,10 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from gate.core.errors import Conflict
 from gate.core.spec import TERMINAL
 from gate.core.state import RolloutState
+from gate.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -138,19 +136,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class SQLiteStore:
+class SQLiteStore(Database):
     """One connection, serialised by a lock: the gate's write rate is a few per second."""
 
     def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        super().__init__(path, "FULL", SCHEMA)
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
             columns = {r["name"] for r in self._db.execute("PRAGMA table_info(stables)")}
             if "digest" not in columns:  # a database from before digests were pinned
                 self._db.execute("ALTER TABLE stables ADD COLUMN digest TEXT")
@@ -161,21 +153,6 @@ class SQLiteStore:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
         self.instance: str = row["value"]
         """Random, made once per database: marks what this gate (across restarts) owns."""
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # --- rollouts -------------------------------------------------------------------------
     def create(
