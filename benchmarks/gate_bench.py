@@ -7,65 +7,68 @@ controller does (one look every 2 s, the default ``GATE_TICK_INTERVAL_S``), and 
 beside today's fixed-threshold analysis (:mod:`benchmarks.gate_baseline`, judged once per
 step at its deadline, as it was) on the *same* simulated traffic.
 
-Traffic: Poisson arrivals at the given rate, each request sent to the canary with the
-step's weight; stable answers with 0.1 % server errors, lognormal latency (median 4 ms,
-sigma 0.5) observed into the predictor's own histogram buckets, and Iris' three classes
-in equal shares. Scenarios change the canary only: server errors +1 / +3 points, latency
-x1.5 / x4 (every quantile), and a share of versicolor answers turned into virginica.
+Traffic (:mod:`benchmarks.gate_traffic`): Poisson arrivals at the given rate, each
+request sent to the canary with the step's weight; stable answers with 0.1 % server
+errors, lognormal latency (median 4 ms, sigma 0.5) observed into the predictor's own
+histogram buckets, and Iris' three classes in equal shares. Scenarios change the canary
+only: server errors +1 / +3 points, latency x1.5 / x4 (every quantile), and a share of
+versicolor answers turned into virginica.
 
 Per cell it reports P(promoted), P(rolled back), P(undecided within the horizon), the
 median time to the decision, the canary requests and the bad answers served before it
 (server errors, flipped answers; for the latency scenarios every canary answer was slow).
+
+The "Shadow and labels" cells (:mod:`benchmarks.gate_bench_shadow`) run the whole
+rollout after the accuracy gate instead: the shadow phase (live requests replayed to the
+candidate, answers compared per request), then the canary steps, with true labels that
+arrive late. Today's analysis had neither, so they have no baseline beside them.
+``--only canary`` or ``--only shadow`` runs one of the two sets.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from benchmarks.gate_baseline import BaselineRole, BaselineSpec, baseline_analyze
+from benchmarks.gate_bench_shadow import (
+    LABEL_DELAY_S,
+    SHADOW_SCENARIOS,
+    STABLE_ACCURACY,
+    shadow_cell,
+    shadow_jobs,
+)
+from benchmarks.gate_traffic import (
+    CLASSES,
+    HORIZON_S,
+    LATENCY_MEDIAN_S,
+    LATENCY_SIGMA,
+    LE,
+    STABLE_ERROR_RATE,
+    TICK_S,
+    Role,
+    Scenario,
+    Traffic,
+    bucket_probabilities,
+)
 from gate.core.analysis import RoleWindow, Verdict, WindowMeasurement, analyze
 from gate.core.decide import Action, after_analysis, after_tick
 from gate.core.spec import AnalysisSpec, Candidate, Outcome, Phase
 from gate.core.state import RolloutState
-from predictor.metrics import LATENCY_BUCKETS
 
-TICK_S = 2.0
-HORIZON_S = 3600.0
-STABLE_ERROR_RATE = 0.001
-LATENCY_MEDIAN_S = 0.004
-LATENCY_SIGMA = 0.5
-CLASSES = ("setosa", "versicolor", "virginica")
-LE = [*(f"{b:g}" for b in LATENCY_BUCKETS), "+Inf"]
 ANALYSES = ("fixed thresholds (today)", "sequential (new)")
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    extra_error_rate: float = 0.0
-    latency_factor: float = 1.0
-    flip_share: float = 0.0  # of versicolor answers, turned into virginica
-    generated_rate: float = 0.0  # requests/s the gate sends itself, allowed to count
-
-    def bad_answers(self, requests: int, errors: int, flips: int) -> int:
-        if self.latency_factor != 1.0:
-            return requests
-        return errors + flips
 
 
 # "at the margin": a regression exactly as large as the default margin, which the
@@ -85,66 +88,7 @@ SCENARIOS = (
     Scenario("healthy, 20 generated req/s allowed to count", generated_rate=20.0),
 )
 RATES = (2.0, 10.0, 50.0, 200.0)
-
-
-def _bucket_probabilities(factor: float) -> np.ndarray:
-    """P(latency in each bucket) for the lognormal, scaled by ``factor``, last = +Inf."""
-    edges = np.array(LATENCY_BUCKETS)
-    cdf = norm.cdf((np.log(edges) - math.log(LATENCY_MEDIAN_S * factor)) / LATENCY_SIGMA)
-    return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
-
-
-@dataclass
-class Role:
-    """One predictor's counters over the current window."""
-
-    requests: int = 0
-    errors: int = 0
-    buckets: np.ndarray = field(default_factory=lambda: np.zeros(len(LE), dtype=np.int64))
-    classes: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
-
-    def window(self) -> RoleWindow:
-        cumulative = np.cumsum(self.buckets)
-        return RoleWindow(
-            requests=float(self.requests),
-            server_errors=float(self.errors),
-            latency_buckets={le: float(c) for le, c in zip(LE, cumulative, strict=True)},
-            class_counts={name: float(c) for name, c in zip(CLASSES, self.classes, strict=True)},
-        )
-
-    def baseline(self) -> BaselineRole:
-        window = self.window()
-        return BaselineRole(
-            requests=window.requests,
-            server_errors=window.server_errors,
-            p99_s=window.p99_s,
-            class_counts=window.class_counts,
-        )
-
-
-class Traffic:
-    """Requests of one tick, drawn for both roles."""
-
-    def __init__(self, scenario: Scenario, rate: float, rng: np.random.Generator) -> None:
-        self.scenario, self.rate, self.rng = scenario, rate, rng
-        self.stable_latency = _bucket_probabilities(1.0)
-        self.canary_latency = _bucket_probabilities(scenario.latency_factor)
-
-    def serve(self, role: Role, requests: int, canary: bool) -> tuple[int, int]:
-        """Add ``requests`` to ``role``; returns (server errors, flipped answers)."""
-        rng = self.rng
-        rate = STABLE_ERROR_RATE + (self.scenario.extra_error_rate if canary else 0.0)
-        errors = int(rng.binomial(requests, rate))
-        answered = requests - errors
-        role.requests += requests
-        role.errors += errors
-        role.buckets += rng.multinomial(
-            requests, self.canary_latency if canary else self.stable_latency
-        )
-        truth = rng.multinomial(answered, [1 / 3] * 3)
-        flips = int(rng.binomial(truth[1], self.scenario.flip_share)) if canary else 0
-        role.classes += truth + np.array([0, -flips, flips])
-        return errors, flips
+PARTS = ("canary", "shadow")
 
 
 @dataclass
@@ -283,7 +227,7 @@ MARGINS: dict[str, tuple[str, tuple[float, ...]]] = {
 
 def _expected(requests: float) -> RoleWindow:
     """Stable's expected counts for ``requests``, no noise."""
-    cumulative = np.cumsum(_bucket_probabilities(1.0)) * requests
+    cumulative = np.cumsum(bucket_probabilities(1.0)) * requests
     return RoleWindow(
         requests=requests,
         server_errors=STABLE_ERROR_RATE * requests,
@@ -338,7 +282,66 @@ def _num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def _shadow_stopped(cell: dict[str, Any]) -> str:
+    text = _pct(cell["failed_in_shadow"])
+    if cell["max_candidate_requests_failed_in_shadow"] is not None:
+        text += f" ({cell['max_candidate_requests_failed_in_shadow']:,})"
+    return text
+
+
+def shadow_markdown(cells: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """The "Shadow and labels" section."""
+    spec = meta["spec"]
+    lines = [
+        "## Shadow and labels",
+        "",
+        f"The whole rollout after a passed accuracy gate, {meta['runs']} runs per cell, "
+        "default `AnalysisSpec`: the shadow phase (every live request answered by stable; up "
+        f"to {spec['shadow_rate_per_s']:g} of them a second replayed to the candidate and "
+        f"the two answers compared; budget {spec['shadow_s']:g} s, disagreement margin "
+        f"{spec['shadow_disagreement_margin'] * 100:g} %), then the canary steps, on the "
+        f"canary-step table's traffic. Stable is right on {STABLE_ACCURACY * 100:g} % of "
+        "rows. A class flip is seen by the canary's class mix; an accuracy drop is not "
+        "(the wrong class is either other one): in the steps only labels can see it. A "
+        "healthy retrained candidate answers 0.5 % of rows differently, as often right as "
+        f"stable. Labels arrive {LABEL_DELAY_S:g} s after their request and join the "
+        "shadow's pairs and stable's and the canary's live answers (accuracy margin "
+        f"{spec['accuracy_margin'] * 100:g} points, labels not required). Today's analysis "
+        "had neither a shadow phase nor labels: on the same flips its results are the class "
+        "flip rows of the canary-step table, and an accuracy drop that keeps the class mix "
+        "is a healthy canary to it.",
+        "",
+        "Stopped: failed in shadow or rolled back in the steps. In shadow: failed there; in "
+        "brackets, the most live requests the candidate answered in those runs. Pairs: "
+        "paired rows judged when the shadow phase ended. Answered by candidate, wrong "
+        "answers (the candidate's, where stable's would have been right): medians over "
+        "decided runs. Stopped on labels: a check on labels was among those that failed "
+        "at the decision.",
+        "",
+        "| scenario | req/s | stopped | in shadow | shadow passed early "
+        "| shadow budget spent | rolled back in steps | promoted | undecided "
+        "| median s to decision | pairs in shadow | answered by candidate "
+        "| wrong answers | stopped on labels |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cell in cells:
+        lines.append(
+            f"| {cell['scenario']} | {cell['rate']:g} | {_pct(cell['stopped'])} "
+            f"| {_shadow_stopped(cell)} | {_pct(cell['shadow_passed_early'])} "
+            f"| {_pct(cell['shadow_budget_spent'])} | {_pct(cell['rolled_back'])} "
+            f"| {_pct(cell['promoted'])} | {_pct(cell['undecided'])} "
+            f"| {_num(cell['median_decision_s'])} | {_num(cell['median_shadow_pairs'])} "
+            f"| {_num(cell['median_candidate_requests'])} "
+            f"| {_num(cell['median_wrong_answers'])} | {_pct(cell['stopped_on_labels'])} |"
+        )
+    return lines
+
+
+def markdown(
+    cells: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    shadow_cells: Sequence[dict[str, Any]] = (),
+) -> str:
     lines = [
         "# Gate decision quality (`make gate-bench`)",
         "",
@@ -346,13 +349,17 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"`AnalysisSpec` (steps {meta['steps']}, {meta['step_interval_s']:g} s per step, "
         f"one look every {TICK_S:g} s); stable: {STABLE_ERROR_RATE:.1%} server errors, "
         f"lognormal latency (median {LATENCY_MEDIAN_S * 1000:g} ms, sigma "
-        f"{LATENCY_SIGMA:g}). Both analyses see the same traffic. Run "
-        f"{meta['finished']} in {meta['seconds']:.0f} s.",
-        "",
-        "| scenario | req/s | analysis | promoted | rolled back | undecided "
-        "| median s to decision | canary requests | bad answers |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        f"{LATENCY_SIGMA:g})."
+        + (" Both analyses see the same traffic." if cells else "")
+        + f" Run {meta['finished']} in {meta['seconds']:.0f} s.",
     ]
+    if cells:
+        lines += [
+            "",
+            "| scenario | req/s | analysis | promoted | rolled back | undecided "
+            "| median s to decision | canary requests | bad answers |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
     for cell in cells:
         lines.append(
             f"| {cell['scenario']} | {cell['rate']:g} | {cell['analysis']} "
@@ -360,16 +367,19 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {_pct(cell['undecided'])} | {_num(cell['median_decision_s'])} "
             f"| {_num(cell['median_canary_requests'])} | {_num(cell['median_bad_answers'])} |"
         )
-    lines += [
-        "",
-        "Canary requests (and as many for stable) before a healthy canary is shown within "
-        "a margin, at the default confidence:",
-        "",
-        "| check | margin | canary requests |",
-        "|---|---:|---:|",
-    ]
+    if meta["margins"]:
+        lines += [
+            "",
+            "Canary requests (and as many for stable) before a healthy canary is shown within "
+            "a margin, at the default confidence:",
+            "",
+            "| check | margin | canary requests |",
+            "|---|---:|---:|",
+        ]
     for row in meta["margins"]:
         lines.append(f"| {row['check']} | {row['margin']:g} | {_num(row['canary_requests'])} |")
+    if shadow_cells:
+        lines += ["", *shadow_markdown(shadow_cells, meta)]
     return "\n".join(lines) + "\n"
 
 
@@ -379,33 +389,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261202)
     parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        help="run one set of cells: canary (the steps, beside today's analysis) or shadow "
+        "(shadow phase and labels); the files written then hold that set alone",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="GATE.md, gate.json")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     rates = [float(r) for r in args.rates.split(",")]
+    parts = [args.only] if args.only else list(PARTS)
     started = time.monotonic()
-    jobs = list(_jobs(args.runs, args.seed, rates))
+    jobs = list(_jobs(args.runs, args.seed, rates)) if "canary" in parts else []
+    shadow = shadow_jobs(args.runs, args.seed, rates) if "shadow" in parts else []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        cells = list(pool.map(_cell, jobs))
+        pending = pool.map(_cell, jobs), pool.map(shadow_cell, shadow)  # both queued at once
+        cells, shadow_cells = list(pending[0]), list(pending[1])
     spec = AnalysisSpec()
     meta = {
         "runs": args.runs,
         "seed": args.seed,
+        "parts": parts,
         "steps": spec.steps,
         "step_interval_s": spec.step_interval_s,
         "spec": spec.model_dump(),
         "baseline_spec": asdict(BaselineSpec()),
+        "shadow_scenarios": [asdict(s) for s in SHADOW_SCENARIOS] if shadow else [],
+        "stable_accuracy": STABLE_ACCURACY,
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": time.monotonic() - started,
-        "margins": margin_table(),
+        "margins": margin_table() if jobs else [],
     }
-    table = markdown(cells, meta)
+    table = markdown(cells, meta, shadow_cells)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "GATE.md").write_text(table)
-    (args.out / "gate.json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=1))
+    report = {"meta": meta, "cells": cells, "shadow_cells": shadow_cells}
+    (args.out / "gate.json").write_text(json.dumps(report, indent=1))
     sys.stdout.write(table)
     return 0
+
+
+__all__ = [
+    "ANALYSES",
+    "RATES",
+    "SCENARIOS",
+    "Run",
+    "Scenario",  # defined with the traffic it shapes, benchmarks.gate_traffic
+    "main",
+    "margin_table",
+    "markdown",
+    "simulate",
+]
 
 
 if __name__ == "__main__":
