@@ -15,6 +15,14 @@ pooled keep-alive connection the backend had just closed is retried once on a ne
 answer from a running backend, even a 5xx, is passed on unchanged. Hop-by-hop headers are
 not forwarded; the upstream's ``date`` and ``server`` are passed on, ``date`` added if absent.
 
+Mirroring (a model's ``mirror`` route, :mod:`gate.local.mirror`): an inference exchange of
+such a model answered 200 becomes one record of bytes the proxy holds anyway: the request
+body is what is kept for a retry on stable (:data:`REPLAY_LIMIT_BYTES`), the answer is the
+verbatim read (with where its body starts) or the parsed body's pieces. Per request the
+proxy only picks the id and content type out of the headers and queues the record, after
+the answer went to the client; nothing is awaited or logged, and checking ids and encoding
+events is the emitter's work, in batches. A request that does not qualify is only counted.
+
 Hostile clients cost little: request line and headers are bounded (414, 431), a head must
 arrive within :data:`HEAD_TIMEOUT_S`, idle keep-alive connections close after
 :data:`KEEPALIVE_S`, bodies over :data:`MAX_PROXY_BODY_BYTES` are refused (413), protocol
@@ -35,6 +43,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from gate.local.mirror import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, ModelMirror
 from gate.local.route_table import Backend, Routes, RouteTable, rest_target, shown
 from gate.local.upstream import (
     HOP_BY_HOP,
@@ -135,6 +144,19 @@ def _target(url: bytes) -> tuple[bytes, str]:
     return target, unquote_to_bytes(raw_path).decode("utf-8", "replace")
 
 
+class Capture:
+    """A mirrored exchange in progress (made only for a model whose mirror is on)."""
+
+    __slots__ = ("mirror", "request_body", "request_time", "response_bytes", "response_chunks")
+
+    def __init__(self, mirror: ModelMirror) -> None:
+        self.mirror = mirror
+        self.request_time = time.time()
+        self.request_body = b""
+        self.response_chunks: list[bytes] | None = None  # the parsed path's answer so far
+        self.response_bytes = 0
+
+
 class ProxyExchange:
     """One client request on its way to a backend and its answer on the way back."""
 
@@ -143,6 +165,7 @@ class ProxyExchange:
         "backend",
         "body_bytes",
         "body_done",
+        "capture",
         "chunked_in",
         "chunks",
         "client",
@@ -152,6 +175,7 @@ class ProxyExchange:
         "finished",
         "forwarded",
         "fresh",
+        "headers",
         "held",
         "keep_alive",
         "kept_bytes",
@@ -179,6 +203,8 @@ class ProxyExchange:
         self.target = target  # path and query, raw as the client sent them
         self.path = path  # percent-decoded, for routing
         self.keep_alive = keep_alive
+        self.headers = headers  # read again only by a mirrored exchange
+        self.capture: Capture | None = None
         forwarded, _, hop = split_headers(headers, HOP_BY_HOP)
         self.chunked_in = b"chunked" in hop.get(b"transfer-encoding", b"").lower()
         length = hop.get(b"content-length")
@@ -227,6 +253,11 @@ class ProxyExchange:
             self.answer_locally(503, {"error": "no backend configured"})
             return
         self.table = table
+        if inference and table.mirror and table.tap is not None:
+            if self.chunked_in:  # its length is unknown until it has been forwarded
+                table.tap.skip("chunked")
+            else:
+                self.capture = Capture(table.tap)
         self.send_to(backend, role)
 
     def send_to(self, backend: Backend, role: str) -> None:
@@ -314,6 +345,8 @@ class ProxyExchange:
             backend.mark(True, self.role)
         if status >= 500:
             backend.errors += 1
+        if self.capture is not None and self._capture_request(self.capture, status):
+            self.capture.response_chunks = []
         self.chunks, self.kept_bytes = [], 0
         if not self.body_done:  # answered before the whole body arrived: no reuse after
             self.close_after = True
@@ -351,22 +384,74 @@ class ProxyExchange:
             backend.mark(True, self.role)
         if status >= 500:
             backend.errors += 1
-        self.chunks, self.kept_bytes = [], 0
         self.client.write(data)
+        capture = self.capture
+        if capture is not None:
+            self.capture = None
+            if self._capture_request(capture, status):
+                body_at = data.find(b"\r\n\r\n") + 4  # (the head is complete: found)
+                if len(data) - body_at > MAX_RESPONSE_BYTES:
+                    capture.mirror.skip("response_too_big")
+                else:
+                    capture.mirror.record(
+                        self.headers,
+                        self.role,
+                        capture.request_body,
+                        data,  # whole: the emitter reads from body_at, nothing is copied here
+                        body_at,
+                        capture.request_time,
+                    )
+        self.chunks, self.kept_bytes = [], 0
         self.upstream = None
         self._finish()
+
+    def _capture_request(self, capture: Capture, status: int) -> bool:
+        """At the answer's head: keep the request body if the exchange still qualifies,
+        else count why not and stop capturing. The body is complete in ``chunks`` (kept
+        for a retry: a body this small always is), and not chunk-encoded (never captured)."""
+        if self.body_bytes > MAX_REQUEST_BYTES:
+            reason = "request_too_big"
+        elif status != 200:
+            reason = "not_200"
+        elif not self.body_done:  # answered before the body was in
+            reason = "incomplete"
+        else:
+            capture.request_body = b"".join(self.chunks)
+            return True
+        capture.mirror.skip(reason)
+        self.capture = None
+        return False
 
     def response_body(self, data: bytes) -> None:
         out = b"%x\r\n%s\r\n" % (len(data), data) if self.out_chunked else data
         if self.held:
             out, self.held = self.held + out, b""
         self.client.write(out)
+        capture = self.capture
+        if capture is not None and capture.response_chunks is not None:
+            capture.response_bytes += len(data)
+            if capture.response_bytes > MAX_RESPONSE_BYTES:
+                capture.mirror.skip("response_too_big")
+                self.capture = None
+            else:
+                capture.response_chunks.append(data)
 
     def response_end(self) -> None:
         out = self.held + b"0\r\n\r\n" if self.out_chunked else self.held
         if out:
             self.held = b""
             self.client.write(out)
+        capture = self.capture
+        if capture is not None:
+            self.capture = None
+            capture.mirror.record(
+                self.headers,
+                self.role,
+                capture.request_body,
+                b"".join(capture.response_chunks or ()),
+                0,
+                capture.request_time,
+            )
         self.upstream = None
         self._finish()
 
@@ -426,6 +511,7 @@ class ProxyExchange:
     def client_gone(self) -> None:
         self.finished = True
         self._cancel_timer()
+        self._capture_ends("incomplete")
         if self.upstream is not None:
             self.upstream.abandon()
             self.upstream = None
@@ -439,10 +525,18 @@ class ProxyExchange:
     def _cancel_timer(self) -> None:
         self.deadline = 0.0
 
+    def _capture_ends(self, reason: str) -> None:
+        """A capture still open at the end: counted as skipped for ``reason``."""
+        if self.capture is not None:
+            self.capture.mirror.skip(reason)
+            self.capture = None
+
     def _finish(self) -> None:
         if not self.finished:
             self.finished = True
             self._cancel_timer()
+            # no answer from the backend (one of the router's own), or one cut off
+            self._capture_ends("incomplete" if self.answered else "not_200")
             self.client.exchange_done(self)
 
 

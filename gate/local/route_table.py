@@ -1,11 +1,13 @@
-"""The router's route table: per model, which backends serve it and at what canary weight.
+"""The router's route table: per model, which backends serve it, at what canary weight,
+and whether its REST inference is mirrored to the gate.
 
 Bookkeeping plus the connection pools each backend needs (REST:
 :class:`gate.local.upstream.HttpPool`, gRPC: :class:`gate.local.grpc_proxy.GrpcPool`); no
 servers here. The table is an immutable mapping replaced in one assignment, so a change
-never disturbs a request in flight: it keeps the backend it started with. A backend that
-leaves the table has its connections closed only after a grace period. Which model a
-request is for is read by :mod:`gate.local.names` (re-exported here).
+never disturbs a request in flight: it keeps the backend it started with (and mirrors or
+not as its table said when it began). A backend that leaves the table has its connections
+closed only after a grace period; turning the mirror on or off reopens nothing. Which
+model a request is for is read by :mod:`gate.local.names` (re-exported here).
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from gate.local.grpc_proxy import GrpcPool
+from gate.local.mirror import EventEmitter, ModelMirror
 from gate.local.names import (  # re-exported: the router's modules and tests read them here
     MODEL_NAME,
     MalformedMessage,
@@ -41,6 +52,7 @@ __all__ = [
     "RouteTable",
     "Routes",
     "RoutesSpec",
+    "check_http_url",
     "grpc_model_name",
     "rest_target",
     "shown",
@@ -49,6 +61,20 @@ __all__ = [
 logger = logging.getLogger("gate.local.router")
 
 CLOSE_GRACE_S = 30.0
+NO_EVENTS_URL = "the router was started without --events-url"
+
+
+def check_http_url(value: str) -> str:
+    """An http(s) URL with a host and nothing a client could smuggle in (raises
+    ValueError): a backend's base URL, the gate's events URL."""
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError("must be printable ASCII without spaces")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// base URL with a host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must not carry a query, fragment or credentials")
+    return value
 
 
 class BackendSpec(BaseModel):
@@ -62,12 +88,7 @@ class BackendSpec(BaseModel):
     @field_validator("http")
     @classmethod
     def _http_base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// base URL with a host")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("must not carry a query, fragment or credentials")
-        return value.rstrip("/")
+        return check_http_url(value).rstrip("/")
 
     @field_validator("grpc")
     @classmethod
@@ -88,6 +109,11 @@ class RoutesSpec(BaseModel):
     stable: BackendSpec | None = None
     canary: BackendSpec | None = None
     canary_weight: StrictInt = Field(0, ge=0, le=100)
+    mirror: StrictBool = Field(
+        False,
+        description="send each REST inference exchange answered 200 to the gate's events "
+        "URL (KServe InferenceService-logger events); needs the router's --events-url",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RoutesSpec:
@@ -146,6 +172,8 @@ class RouteTable:
     stable: Backend | None = None
     canary: Backend | None = None
     canary_weight: int = 0
+    mirror: bool = False
+    tap: ModelMirror | None = None  # the model's mirror (its counters even while off)
     _random: random.Random = field(default_factory=random.Random, compare=False)
 
     def pick(self, inference: bool) -> tuple[str, Backend | None]:
@@ -195,13 +223,17 @@ class RouteTable:
             "stable": self.stable.describe("stable") if self.stable else None,
             "canary": self.canary.describe("canary") if self.canary else None,
             "canary_weight": self.canary_weight,
+            "mirror": self.mirror,
+            "mirror_stats": self.tap.describe() if self.tap is not None else None,
         }
 
 
 class Routes:
-    """model -> RouteTable, replaced as a whole on every change."""
+    """model -> RouteTable, replaced as a whole on every change. ``emitter``: where
+    mirrored exchanges go (None: the router has no --events-url, no model may mirror)."""
 
-    def __init__(self) -> None:
+    def __init__(self, emitter: EventEmitter | None = None) -> None:
+        self.emitter = emitter
         self.tables: Mapping[str, RouteTable] = MappingProxyType({})
         self._pending_close: set[asyncio.Task[None]] = set()
 
@@ -218,6 +250,8 @@ class Routes:
         Needs a running event loop (old backends are closed later on it)."""
         if not MODEL_NAME.match(model):
             raise ValueError(f"model name must match {MODEL_NAME.pattern}")
+        if spec.mirror and self.emitter is None:
+            raise ValueError(f"mirror: {NO_EVENTS_URL}")
         old = self.tables.get(model, RouteTable())
 
         def reuse(wanted: BackendSpec | None) -> Backend | None:
@@ -228,7 +262,13 @@ class Routes:
                     return backend
             return Backend.open(wanted, model)
 
-        table = RouteTable(reuse(spec.stable), reuse(spec.canary), spec.canary_weight)
+        table = RouteTable(
+            reuse(spec.stable),
+            reuse(spec.canary),
+            spec.canary_weight,
+            mirror=spec.mirror,
+            tap=self.emitter.model(model) if self.emitter is not None else None,
+        )
         self.tables = MappingProxyType({**self.tables, model: table})
         kept = {id(b) for b in table.backends()}
         for backend in old.backends():
@@ -240,7 +280,12 @@ class Routes:
         return table
 
     def describe(self) -> dict[str, Any]:
-        return {"models": {model: table.describe() for model, table in self.tables.items()}}
+        described: dict[str, Any] = {
+            "models": {model: table.describe() for model, table in self.tables.items()}
+        }
+        if self.emitter is not None:
+            described["mirror"] = self.emitter.describe()
+        return described
 
     async def _close_later(self, backend: Backend) -> None:
         await asyncio.sleep(CLOSE_GRACE_S)  # requests in flight finish on the old backend

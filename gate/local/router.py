@@ -15,6 +15,32 @@ protocols with no per-request logging, on one event loop (uvloop's when installe
 decoded); :mod:`gate.local.route_table` holds the routes. A request line and headers (an
 HTTP/2 connection preface) must arrive within ``--head-timeout-s``; idle REST client
 connections close after ``--keepalive-s``.
+
+Mirroring (the gate's shadow phase replays live requests to a candidate and compares
+answers per request id): with ``--events-url`` (the gate's ingestion endpoint, e.g.
+http://127.0.0.1:8000/v1/events; the POSTs carry ``Authorization: Bearer
+$ROUTER_EVENTS_TOKEN``), a model whose routes say ``"mirror": true`` has each REST
+inference exchange (``:predict``, ``/infer``) its stable or canary answered 200 sent to the
+gate as the two CloudEvents KServe's InferenceService logger sends on a cluster
+(``org.kubeflow.serving.inference.request`` and ``.response``, with its extension
+attributes ``inferenceservicename``, ``namespace``, ``component``, ``endpoint`` =
+default|canary, ``metadata`` and ``recordedtime``, and the request's content type on both),
+so the gate ingests local and cluster traffic one way. The id is the client's ``ce-id``,
+else its ``x-request-id``, else a new one. Where KServe posts one event per call (binary
+mode), the router posts CloudEvents JSON batches (``application/cloudevents-batch+json``,
+bodies as ``data_base64``) of up to 256 exchanges, at most 100 ms after the first waits:
+the encoding and posting share the proxy's event loop, and per-event calls would cost more
+than the requests. A busy or absent gate never costs clients: only bodies up to 64 KiB
+(request, not chunked) and 256 KiB (answer) are mirrored, at most 10,000 exchanges (and 64
+MiB of them) wait, a failed POST's batch is dropped (not retried: it would age while newer
+ones are dropped) and the next waits a back-off (1 s doubling to 30 s), with one warning
+per streak of failures. Nothing is dropped silently: ``GET /router/routes/{model}`` shows
+per model in ``mirror_stats`` the exchanges ``sent``, ``dropped`` (the queue was full),
+``lost`` (in a failed POST, or still queued at stop), ``failed_batches``, ``ids_replaced``
+(a client id over 128 characters or outside ``[A-Za-z0-9._:-]``) and ``skipped`` by reason
+(``chunked``, ``request_too_big``, ``response_too_big``, ``not_200``, ``incomplete``), so
+the gate can tell a thin sample from a quiet model. At a stop what is queued gets 2 s to go
+out. gRPC is not mirrored: KServe's logger does not log gRPC either.
 """
 
 from __future__ import annotations
@@ -22,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -36,7 +63,9 @@ from pydantic import ValidationError
 from gate.local.admin import TOKEN_MIN_CHARS, AdminApp, validation_message
 from gate.local.grpc_proxy import GrpcProxy
 from gate.local.http_proxy import HEAD_TIMEOUT_S, KEEPALIVE_S, HttpProxy
-from gate.local.route_table import MODEL_NAME, BackendSpec, Routes, RoutesSpec
+from gate.local.mirror import STOP_FLUSH_S, EventEmitter
+from gate.local.mirror import TOKEN_MIN_CHARS as EVENTS_TOKEN_MIN_CHARS
+from gate.local.route_table import MODEL_NAME, BackendSpec, Routes, RoutesSpec, check_http_url
 
 logger = logging.getLogger("gate.local.router")
 GRACE_S = 10  # requests in flight at a stop signal get this long to finish
@@ -93,8 +122,15 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    if routes.emitter is not None:
+        routes.emitter.start()
     if initial is not None:
         routes.apply(*initial)
+    # What is loaded by now (modules, classes, pydantic schemas: ~100k objects) is never
+    # garbage: frozen, a full collection does not walk it. Otherwise the mirror's records,
+    # which outlive a request by up to 100 ms, trigger full collections of ~30 ms each,
+    # a stall every client in flight sees in its p99.
+    gc.freeze()
     logger.info(
         "router: REST %s, gRPC %s, admin %s",
         _address(http_sock),
@@ -108,6 +144,8 @@ async def serve(
         )
     finally:
         await asyncio.gather(*stopping, return_exceptions=True)
+        if routes.emitter is not None:  # after the drain: the last answers are queued too
+            await routes.emitter.aclose(STOP_FLUSH_S)
         await routes.aclose()
 
 
@@ -157,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="environment: ROUTER_ADMIN_TOKEN (required, at least "
-        f"{TOKEN_MIN_CHARS} characters): bearer token of the admin API",
+        f"{TOKEN_MIN_CHARS} characters): bearer token of the admin API; "
+        "ROUTER_EVENTS_TOKEN (required with --events-url, at least "
+        f"{EVENTS_TOKEN_MIN_CHARS} characters): bearer token the router sends to the events URL",
     )
     parser.add_argument("--host", default="127.0.0.1", help="client-facing bind address")
     parser.add_argument("--http-port", type=int, default=8000, help="REST port (default 8000)")
@@ -187,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stable-http", default="", help="initial stable's REST base URL")
     parser.add_argument("--stable-grpc", default="", help="initial stable's gRPC host:port")
+    parser.add_argument(
+        "--events-url",
+        default="",
+        help="the gate's event ingestion URL (http:// or https://), where models with "
+        '"mirror": true send their REST inference exchanges; without it no model can mirror',
+    )
     return parser
 
 
@@ -204,6 +250,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--head-timeout-s and --keepalive-s must be within (0, 3600]")
     if not MODEL_NAME.match(args.model):
         parser.error(f"--model must match {MODEL_NAME.pattern}")
+    emitter = None
+    if args.events_url:
+        try:
+            check_http_url(args.events_url)
+        except ValueError as exc:
+            parser.error(f"--events-url {exc}")
+        try:
+            emitter = EventEmitter(args.events_url, os.environ.get("ROUTER_EVENTS_TOKEN", ""))
+        except ValueError:
+            print(
+                f"router: with --events-url, ROUTER_EVENTS_TOKEN must be set (at least "
+                f"{EVENTS_TOKEN_MIN_CHARS} printable ASCII characters, no spaces)",
+                file=sys.stderr,
+            )
+            return 2
     initial = None
     if args.stable_http or args.stable_grpc:
         if not (args.stable_http and args.stable_grpc):
@@ -233,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             timeouts = (args.head_timeout_s, args.keepalive_s)
-            runner.run(serve(Routes(), initial, token, sockets, timeouts))
+            runner.run(serve(Routes(emitter), initial, token, sockets, timeouts))
     except OSError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 1

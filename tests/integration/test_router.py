@@ -62,7 +62,7 @@ class Router:
 
 
 @contextlib.contextmanager
-def run_router(log_dir: Path, *extra: str) -> Iterator[Router]:
+def run_router(log_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[Router]:
     http_port, grpc_port, admin_port = free_port(), free_port(), free_port()
     running = start_process(
         [
@@ -77,7 +77,7 @@ def run_router(log_dir: Path, *extra: str) -> Iterator[Router]:
             *extra,
         ],
         log_dir / f"router-{http_port}.log",
-        env={"ROUTER_ADMIN_TOKEN": TOKEN},
+        env={"ROUTER_ADMIN_TOKEN": TOKEN, **(env or {})},
     )
     router = Router(
         running,
