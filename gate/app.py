@@ -14,8 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from gate.api import install_error_handlers, operations, quarantine, rollouts
 from gate.controller import CrashAfter, RolloutController
+from gate.ingest_api import events, feedback
 from gate.notify import WebhookNotifier
 from gate.observability import GateMetrics
+from gate.payload_store import PayloadStore
 from gate.providers.base import MetricsProvider
 from gate.settings import GateSettings
 from gate.store import SQLiteStore, Stable
@@ -94,6 +96,9 @@ def create_app(
         gate_metrics,
         candidate_timeout_s=settings.candidate_timeout_s,
         crash_after=CrashAfter(settings.crash_after) if settings.crash_after else None,
+        payloads=PayloadStore(
+            settings.db_path, settings.payload_retention_s, settings.payload_max_rows
+        ),
     )
     notifier = WebhookNotifier(
         settings.webhook_urls, store, gate_metrics, max_passes=settings.webhook_max_passes
@@ -132,6 +137,7 @@ def create_app(
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await controller.aclose()
+            controller.payloads.close()
             await notifier.aclose()
             await provider.aclose()
             await router.aclose()
@@ -152,5 +158,7 @@ def create_app(
     app.state.not_ready = "starting"
     app.include_router(rollouts)
     app.include_router(quarantine)
+    app.include_router(events)
+    app.include_router(feedback)
     app.include_router(operations)
     return app

@@ -31,13 +31,14 @@ from typing import Any, assert_never
 
 import httpx
 
-from gate.core.analysis import Verdict, analyze
+from gate.core.analysis import LabelEvidence, Verdict, analyze
 from gate.core.decide import (
     Action,
     Command,
     Transition,
     ValidationVerdict,
     after_error,
+    after_shadow,
     after_tick,
     after_validation,
     candidate_started,
@@ -46,13 +47,17 @@ from gate.core.decide import (
     reconcile,
 )
 from gate.core.errors import NotFound
+from gate.core.paired import judge_shadow
 from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Outcome, Phase
 from gate.core.state import RolloutState
 from gate.generate import Generators, TrafficGenerator
 from gate.observability import GateMetrics
+from gate.payload_store import PayloadStore
 from gate.providers.base import MetricsProvider, MetricsUnavailable, Targets
 from gate.replay import ReplayError, judge_accuracy, load_holdout, read_holdout, replay
+from gate.shadow import ShadowReplayer
 from gate.store import SQLiteStore, Stable
+from gate.tasks import RolloutTasks
 from gate.traffic.base import Deployer, Router, TrafficError
 
 logger = logging.getLogger(__name__)
@@ -98,6 +103,7 @@ class RolloutController:
         candidate_timeout_s: float = 120.0,
         crash_after: CrashAfter | None = None,
         generators: Generators | None = None,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -111,6 +117,9 @@ class RolloutController:
         self._http = http or httpx.AsyncClient(timeout=30.0)
         self._locks: dict[str, asyncio.Lock] = {}
         self.generators = generators or Generators()
+        self.payloads = payloads or PayloadStore(":memory:")
+        """Live requests and answers (payload events) and the shadow phase's pairs."""
+        self.shadows = RolloutTasks("shadow replay")
         self.last_loop: float | None = None
         """monotonic time of the loop's last complete pass (``/readyz`` reads it)."""
 
@@ -163,7 +172,7 @@ class RolloutController:
             self._save(transition, outcome=None, evidence={"command": str(name)})
             await self._guarded(rollout_id, self._act(transition))
             state = self.get(rollout_id)
-            await self._generate(state)
+            await self._background(state)
         return state
 
     # --- the loop ------------------------------------------------------------------------
@@ -202,8 +211,44 @@ class RolloutController:
             if not (state.terminal or state.paused or waiting):
                 await self._guarded(rollout_id, self._advance(state))
                 state = self.get(rollout_id)
-            await self._generate(state)
+            await self._background(state)
             return state
+
+    async def _background(self, state: RolloutState) -> None:
+        await self._generate(state)
+        await self._replay_shadow(state)
+
+    async def _replay_shadow(self, state: RolloutState) -> None:
+        """The router sends payload events while a rollout is in its shadow phase or its
+        steps (the answers delayed labels are joined with), asked again each tick so a
+        restarted router or gate converges; the shadow replayer runs exactly while its
+        rollout is in an unpaused shadow phase."""
+        if state.phase in (Phase.SHADOW, Phase.PROGRESSING):
+            try:
+                await self.router.set_mirror(state.model, True)
+            except TrafficError as exc:  # no pairs then: the shadow budget runs out
+                logger.warning("rollout %s: payload events not on: %s", state.id, exc)
+        if state.phase is not Phase.SHADOW or state.paused:
+            await self.shadows.stop(state.id)
+            return
+        if self.shadows.running(state.id):
+            return
+        since = state.window_start or state.created_at
+        since_seq = await asyncio.to_thread(self.payloads.seq_before, since.timestamp())
+        replayer = ShadowReplayer(
+            self.payloads,
+            self._http,
+            state.id,
+            state.model,
+            self.deployer.candidate_url(state),
+            state.spec.shadow_rate_per_s,
+            since_seq,
+        )
+        self.shadows.start(
+            state.id,
+            replayer,
+            f"up to {state.spec.shadow_rate_per_s:g} logged requests/s to {replayer.base}",
+        )
 
     async def _generate(self, state: RolloutState) -> None:
         """Generated traffic runs exactly while a rollout that asks for it progresses."""
@@ -231,7 +276,7 @@ class RolloutController:
             rows,
             state.spec.generated_rate_per_s,
         )
-        self.generators.start(state.id, generator)
+        self.generators.start(state.id, generator, generator.describe())
 
     def _targets(self, state: RolloutState) -> Targets:
         targets = self.deployer.metrics_targets(state)
@@ -268,6 +313,8 @@ class RolloutController:
         match state.phase:
             case Phase.VALIDATING:
                 await self._validate(state)
+            case Phase.SHADOW:
+                await self._shadow(state)
             case Phase.PROGRESSING:
                 await self._progress(state)
             case Phase.PROMOTING | Phase.ROLLING_BACK:
@@ -323,6 +370,18 @@ class RolloutController:
         outcome = Outcome.PASS if passed else Outcome.FAIL
         return ValidationVerdict(outcome=outcome, reason=reason, evidence=evidence)
 
+    async def _shadow(self, state: RolloutState) -> None:
+        """Judge the pairs so far; the budget's end decides what inconclusive means."""
+        now = self.clock()
+        deadline_reached = state.step_deadline is None or now >= state.step_deadline
+        paired = await asyncio.to_thread(self.payloads.paired_evidence, state.id)
+        verdict = judge_shadow(state.spec, paired)
+        transition = after_shadow(state, verdict, self.clock(), deadline_reached)
+        if transition is None:
+            return
+        evidence = verdict.model_dump(mode="json", exclude={"outcome", "reason"})
+        await self._apply(transition, outcome=verdict.outcome, evidence=evidence)
+
     async def _progress(self, state: RolloutState) -> None:
         now = self.clock()
         actual = await self.router.get_weight(state)
@@ -348,6 +407,7 @@ class RolloutController:
                 state.evidence,
                 must_show_margins=state.spec.proving_step(state.step_index),
                 deadline_reached=deadline_reached,
+                labels=await self._labels(state),
             )
         except MetricsUnavailable as exc:
             verdict = Verdict(outcome=Outcome.ERROR, reason=f"metrics: {exc}")
@@ -362,6 +422,18 @@ class RolloutController:
             "window_start": state.window_start.isoformat() if state.window_start else None,
         }
         await self._apply(transition, outcome=verdict.outcome, evidence=evidence)
+
+    async def _labels(self, state: RolloutState) -> LabelEvidence:
+        """Labelled answers of stable and the canary logged since the rollout began."""
+        since = await asyncio.to_thread(self.payloads.seq_before, state.created_at.timestamp())
+        scored = await asyncio.to_thread(self.payloads.label_evidence, state.model, since)
+        stable, canary = scored.get("default", (0, 0)), scored.get("canary", (0, 0))
+        return LabelEvidence(
+            stable_rows=stable[0],
+            stable_correct=stable[1],
+            canary_rows=canary[0],
+            canary_correct=canary[1],
+        )
 
     async def _finish(self, state: RolloutState) -> None:
         """Promote or roll back in the traffic layer, then record the terminal phase
@@ -406,12 +478,15 @@ class RolloutController:
         match transition.action:
             case Action.CANDIDATE_STARTED:
                 await self.deployer.start_candidate(state)
+            case Action.SHADOW:
+                await self.router.set_mirror(state.model, True)
             case Action.STEP | Action.RETRY_STEP | Action.RECONCILE:
                 await self.router.set_weight(state, state.canary_weight)
                 await self._snapshot(state)
             case Action.PROMOTE | Action.ROLLBACK:
                 await self._finish(state)
             case Action.PROMOTED | Action.ROLLED_BACK | Action.ABORTED | Action.FAIL:
+                await self.router.set_mirror(state.model, False)
                 await self.deployer.retire()
             case (
                 Action.CREATE
@@ -480,6 +555,7 @@ class RolloutController:
 
     async def aclose(self) -> None:
         await self.generators.aclose()
+        await self.shadows.stop_all()
         await self._http.aclose()
 
 

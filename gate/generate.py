@@ -14,7 +14,6 @@ it), gives every request a short timeout and stops with its rollout's progressin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import httpx
 
 from gate.providers.base import GENERATED, TRAFFIC_HEADER
 from gate.replay import infer_body
+from gate.tasks import RolloutTasks
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,13 @@ class TrafficGenerator:
             due = max(due + self.round_s, loop.time())  # late: no catching up in a burst
             await asyncio.sleep(due - loop.time())
 
+    def describe(self) -> str:
+        rate = len(self.urls) / self.round_s
+        return f"{rate:.3g} requests/s to {', '.join(self.urls)}"
+
+    def summary(self) -> str:
+        return f"{self.sent} sent, {self.failed} failed"
+
     async def _send(self, url: str, row: Sequence[float]) -> None:
         body = infer_body([row])
         self.sent += 1
@@ -72,43 +79,13 @@ class TrafficGenerator:
             self.failed += 1  # the predictor counts what it answered; this is for the log
 
 
-class Generators:
+class Generators(RolloutTasks):
     """One generator task per rollout at most, started and stopped by the controller."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__("generated traffic")
         self.client = client or httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S)
-        self._tasks: dict[str, tuple[asyncio.Task[None], TrafficGenerator]] = {}
-
-    def running(self, rollout_id: str) -> bool:
-        entry = self._tasks.get(rollout_id)
-        return entry is not None and not entry[0].done()
-
-    def start(self, rollout_id: str, generator: TrafficGenerator) -> None:
-        task = asyncio.create_task(generator.run(), name=f"generate-{rollout_id}")
-        self._tasks[rollout_id] = (task, generator)
-        logger.info(
-            "rollout %s: generating %.3g requests/s to %s",
-            rollout_id,
-            len(generator.urls) / generator.round_s,
-            ", ".join(generator.urls),
-        )
-
-    async def stop(self, rollout_id: str) -> None:
-        entry = self._tasks.pop(rollout_id, None)
-        if entry is None:
-            return
-        task, generator = entry
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        logger.info(
-            "rollout %s: generated traffic stopped (%d sent, %d failed)",
-            rollout_id,
-            generator.sent,
-            generator.failed,
-        )
 
     async def aclose(self) -> None:
-        for rollout_id in list(self._tasks):
-            await self.stop(rollout_id)
+        await self.stop_all()
         await self.client.aclose()

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 COLOURS = {
     "start": "#439FE0",
+    "shadow": "#439FE0",
     "step": "#439FE0",
     "pause": "#daa038",
     "resume": "#439FE0",
@@ -31,12 +32,13 @@ COLOURS = {
 }
 TITLES = {
     "start": "rollout started",
+    "shadow": "shadow evaluation on live requests",
     "step": "canary step",
     "pause": "rollout paused",
     "resume": "rollout resumed",
     "promotion": "candidate promoted",
     "rollback": "rollout rolled back",
-    "failure": "candidate failed the accuracy gate",
+    "failure": "candidate failed before any user got its answer (accuracy gate or shadow)",
 }
 
 

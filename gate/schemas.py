@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from gate.core.decide import RolloutState
 from gate.core.spec import STRICT_FINITE, AnalysisOverrides, AnalysisSpec, Candidate
 from gate.store import Decision, DecisionEntry
+
+MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+MAX_LABELS_PER_POST = 1_000
+MAX_LABEL_ROWS = 10_000
 
 
 class RolloutCreate(BaseModel):
     model_config = ConfigDict(**STRICT_FINITE)
 
     model: str = Field(
-        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
-        max_length=63,
-        description="model name (a DNS label)",
+        pattern=MODEL_NAME_PATTERN, max_length=63, description="model name (a DNS label)"
     )
     candidate: Candidate
     analysis: AnalysisOverrides | None = None
@@ -70,6 +73,48 @@ class DecisionPublic(DecisionEntry):
 class RolloutDetail(RolloutPublic):
     analysis: AnalysisSpec
     decisions: list[DecisionPublic]
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+        description="the request's id: its x-request-id or ce-id header, as the router or "
+        "KServe's logger recorded it",
+    )
+    label: (
+        StrictInt
+        | Annotated[StrictStr, Field(min_length=1, max_length=200)]
+        | Annotated[
+            list[StrictInt | Annotated[StrictStr, Field(min_length=1, max_length=200)]],
+            Field(min_length=1, max_length=MAX_LABEL_ROWS),
+        ]
+    ) = Field(
+        description="the true class, in the form the answer gives it (class id for "
+        "'predict', name for 'label'); a list, one per row, for a request of several rows"
+    )
+
+    def rows(self) -> tuple[str, ...]:
+        values = self.label if isinstance(self.label, list) else [self.label]
+        return tuple(str(v) for v in values)
+
+
+class FeedbackCreate(BaseModel):
+    """True labels for answered requests: delayed ground truth, for live accuracy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(pattern=MODEL_NAME_PATTERN, max_length=63, description="model name")
+    labels: list[Label] = Field(min_length=1, max_length=MAX_LABELS_PER_POST)
+
+
+class FeedbackResult(BaseModel):
+    accepted: int
+    """Labels kept (a label sent again replaces the earlier one)."""
+    unknown: int
+    """Of those, ids with no recorded answer yet (kept: the answer may be on its way;
+    never an error)."""
 
 
 class ErrorPublic(BaseModel):

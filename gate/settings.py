@@ -27,6 +27,17 @@ class GateSettings(BaseSettings):
     """Bearer token for mutating endpoints (create, pause, resume, promote, abort)."""
     db_path: Path = Path(".irisgate/gate.db")
     """SQLite file holding rollouts, decisions and the webhook outbox."""
+    events_token: SecretStr | None = Field(None, min_length=16)
+    """Token for ``POST /v1/events`` (payload events from the router or KServe's logger):
+    a bearer token, or the last path segment for senders that cannot add headers. Unset:
+    ingestion is off (503), and so are shadow phases' pairs."""
+    feedback_token: SecretStr | None = Field(None, min_length=16)
+    """A token for ``POST /v1/feedback`` only (the API token works too): what a label
+    source holds, so it can add labels but never steer a rollout."""
+    payload_retention_s: float = Field(86_400.0, gt=0, le=90 * 86_400)
+    """How long logged payloads and shadow pairs are kept."""
+    payload_max_rows: int = Field(200_000, ge=1_000, le=100_000_000)
+    """At most this many logged payloads are kept (the oldest go first)."""
     tick_interval_s: float = Field(2.0, gt=0)
     """How often every active rollout is reconsidered."""
     traffic_backend: str = "local"
@@ -84,6 +95,10 @@ class GateSettings(BaseSettings):
     kserve_services: dict[str, list[str]] = Field(default_factory=dict)
     """KServe backend: InferenceService names per model, JSON, e.g.
     {"iris": ["iris-rest", "iris-grpc"]} (serverless allows one protocol per service)."""
+    kserve_gate_url: str = ""
+    """KServe backend: the gate's URL as the cluster sees it (e.g.
+    http://irisgate-gate.irisgate.svc.cluster.local:8090); with GATE_EVENTS_TOKEN set, the
+    gate points the REST InferenceService's payload logger at it."""
     kserve_api_url: str = ""
     """KServe backend: Kubernetes API URL; empty means in-cluster or kubeconfig."""
 

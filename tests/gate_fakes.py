@@ -25,6 +25,24 @@ HOLDOUT = [
     ([5.8, 2.7, 5.1, 1.9], 2),
 ]
 
+# What KServe's agent sends for one logged request (pkg/logger/worker.go: binary mode via
+# cloudevents sdk-go; extensions inferenceservicename, namespace, component, endpoint,
+# metadata, recordedtime; the data is the body as it was, under the request's type).
+KSERVE_HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-id": "4d0b1e8e-3f0a-4c43-9a43-0b6c1f0e0a11",
+    "ce-source": "http://localhost:9081/",
+    "ce-type": "org.kubeflow.serving.inference.request",
+    "ce-time": "2026-12-02T10:00:00.123456789Z",
+    "ce-inferenceservicename": "iris",
+    "ce-namespace": "models",
+    "ce-component": "predictor",
+    "ce-endpoint": "default",
+    "ce-metadata": "{}",
+    "ce-recordedtime": "2026-12-02T10:00:00.2Z",
+    "content-type": "application/json",
+}
+
 
 def write_holdout(directory: Path) -> Path:
     """An artifact directory as the gate sees it: its held-out split and a manifest
@@ -86,6 +104,7 @@ class FakeBackend(TrafficBackend):
         self.ready_after: int | None = 0
         self.exited = False
         self.readiness_checks = 0
+        self.mirror: dict[str, bool] = {}
 
     def _check(self) -> None:
         if self.unreachable:
@@ -123,6 +142,10 @@ class FakeBackend(TrafficBackend):
     async def get_weight(self, state: RolloutState) -> int:
         self._check()
         return self.weight
+
+    async def set_mirror(self, model: str, on: bool) -> None:
+        self._check()
+        self.mirror[model] = on
 
     async def set_weight(self, state: RolloutState, weight: int) -> None:
         self._check()

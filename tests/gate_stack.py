@@ -37,6 +37,10 @@ TEST_MARGINS: dict[str, Any] = {
     "class_shift_margin": 0.3,
 }
 ROUTER_TOKEN = "router-admin-token-0123456789"
+EVENTS_TOKEN = "router-events-token-0123456789"
+# No shadow phase unless a test asks for one (``shadow_s``): most tests are about the
+# steps, and a shadow phase without mirrored traffic waits out its whole budget.
+STACK_DEFAULTS: dict[str, Any] = {"shadow_s": 0}
 ROUTER_AUTH = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
 NO_ROUTES = {"stable": None, "canary": None, "canary_weight": 0}
 
@@ -207,6 +211,7 @@ class LocalStack:
             "GATE_DB_PATH": str(root / "gate.db"),
             "GATE_ROUTER_ADMIN_URL": self.router_admin_url,
             "GATE_ROUTER_TOKEN": ROUTER_TOKEN,
+            "GATE_EVENTS_TOKEN": EVENTS_TOKEN,
             "GATE_RUN_DIR": str(root / "predictors"),
             "GATE_STABLE_MODEL_DIR": str(registry / "iris" / "1"),
             "GATE_TICK_INTERVAL_S": "0.5",
@@ -214,9 +219,9 @@ class LocalStack:
             "GATE_CANARY_ARGS": canary_args,
             "GATE_WEBHOOK_URLS": json.dumps(webhook_urls or []),
         }
-        if analysis:
-            (root / "analysis.yaml").write_text(json.dumps(analysis))  # JSON is YAML
-            self.env["GATE_ANALYSIS_FILE"] = str(root / "analysis.yaml")
+        defaults = {**STACK_DEFAULTS, **(analysis or {})}
+        (root / "analysis.yaml").write_text(json.dumps(defaults))  # JSON is YAML
+        self.env["GATE_ANALYSIS_FILE"] = str(root / "analysis.yaml")
         self.router: RunningProcess | None = None
         self.gate: RunningProcess | None = None
         self._gate_starts = 0
@@ -232,9 +237,11 @@ class LocalStack:
                 str(self.router_grpc),
                 "--admin-port",
                 str(self.router_admin),
+                "--events-url",
+                f"{self.gate_url}/v1/events",
             ],
             self.root / "router.log",
-            env={"ROUTER_ADMIN_TOKEN": ROUTER_TOKEN},
+            env={"ROUTER_ADMIN_TOKEN": ROUTER_TOKEN, "ROUTER_EVENTS_TOKEN": EVENTS_TOKEN},
         )
         wait_until(
             lambda: httpx.get(f"{self.router_admin_url}/router/healthz").status_code == 200,

@@ -2,7 +2,8 @@
 
 The admin API listens on its own loopback port and wants the router's bearer token
 (``GATE_ROUTER_TOKEN`` here, ``ROUTER_ADMIN_TOKEN`` there). Routes are per model:
-``PUT /router/routes/{model}`` with the stable and canary endpoints and the weight.
+``PUT /router/routes/{model}`` with the stable and canary endpoints, the weight, and
+whether the router mirrors the model's live requests to the gate as payload events.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class LocalRouter(Router):
         self.admin_url = admin_url.rstrip("/")
         self.store = store
         self._client = httpx.AsyncClient(timeout=5.0, headers={"Authorization": f"Bearer {token}"})
+        self._mirror: dict[str, bool] = {}
+        """Per model: should the router send payload events (every PUT carries it)."""
 
     async def _routes(self, model: str) -> dict[str, Any]:
         url = f"{self.admin_url}/router/routes/{model}"
@@ -47,7 +50,12 @@ class LocalRouter(Router):
                 return None
             return {"http": endpoint["http"], "grpc": endpoint["grpc"]}
 
-        body = {"stable": spec(stable), "canary": spec(canary), "canary_weight": weight}
+        body = {
+            "stable": spec(stable),
+            "canary": spec(canary),
+            "canary_weight": weight,
+            "mirror": self._mirror.get(model, False),
+        }
         try:
             response = await self._client.put(f"{self.admin_url}/router/routes/{model}", json=body)
         except httpx.HTTPError as exc:
@@ -95,6 +103,14 @@ class LocalRouter(Router):
         if routes.get("canary") is None:
             return
         await self._put(state.model, self._stable_endpoint(state.model), None, 0)
+
+    async def set_mirror(self, model: str, on: bool) -> None:
+        self._mirror[model] = on
+        routes = await self._routes(model)
+        if bool(routes.get("mirror", False)) == on or routes.get("stable") is None:
+            return
+        weight = int(routes.get("canary_weight", 0))
+        await self._put(model, routes.get("stable"), routes.get("canary"), weight)
 
     async def aclose(self) -> None:
         await self._client.aclose()

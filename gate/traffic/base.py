@@ -55,6 +55,11 @@ class Router(ABC):
     async def rollback(self, state: RolloutState) -> None:
         """All traffic back to stable; the canary is out of the split."""
 
+    async def set_mirror(self, model: str, on: bool) -> None:  # noqa: B027 - optional hook
+        """Send payload events (KServe's logger format) of the model's live requests to the
+        gate, or stop. Idempotent. Traffic layers whose logger is configured with the
+        service itself (KServe's ``spec.predictor.logger``) have nothing to do."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients."""
 

@@ -172,6 +172,7 @@ def test_schemathesis_finds_nothing_in_the_gate(tmp_path: Path) -> None:
         "GATE_RUN_DIR": str(tmp_path / "predictors"),
         "GATE_ROUTER_ADMIN_URL": f"http://127.0.0.1:{free_port()}",  # nobody listens
         "GATE_ROUTER_TOKEN": "router-token-0123456789",
+        "GATE_EVENTS_TOKEN": "events-token-0123456789",
         "GATE_TICK_INTERVAL_S": "0.5",
     }
     gate = start_process(["-m", "gate"], tmp_path / "gate.log", env=env)

@@ -1,0 +1,144 @@
+"""The shadow phase with real processes: the router mirrors live REST requests as payload
+events to the gate, which replays them to the candidate and pairs the answers; delayed
+labels join them; a SIGKILLed gate resumes without losing a pair.
+
+Registry: v1 and v2 are logistic regressions (C=1, C=2: on the tests' uniform rows they
+disagree on about 4 % of answers), v3 a random forest (about 43 %). The shadow margin
+here is 15 %: v2 is shown within it, v3 beyond it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gate_stack import AUTH, TEST_MARGINS, LocalStack, build_registry, local_stack
+
+pytestmark = pytest.mark.integration
+
+SHADOW: dict[str, Any] = {
+    **TEST_MARGINS,
+    "steps": [50, 100],
+    "step_interval_s": 2.0,
+    "shadow_s": 60.0,
+    "shadow_disagreement_margin": 0.15,
+}
+TERMINAL = {"succeeded", "rolled_back", "failed", "aborted"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    root = tmp_path_factory.mktemp("shadow")
+    registry = build_registry(root, ("logreg", "logreg", "forest"))
+    stacked = LocalStack(root, registry)
+    try:
+        stacked.start_router()
+        stacked.start_gate()
+        yield stacked
+    finally:
+        stacked.stop()
+
+
+def actions(detail: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(d["action"], d["outcome"]) for d in detail["decisions"]]
+
+
+def labelled_request(stack: LocalStack, request_id: str, row: list[float]) -> int:
+    response = httpx.post(
+        f"{stack.router_url}/v1/models/iris:predict",
+        json={"instances": [row]},
+        headers={"x-request-id": request_id},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return int(response.json()["predictions"][0])
+
+
+def pairs(stack: LocalStack) -> set[tuple[str, int]]:
+    with sqlite3.connect(stack.root / "gate.db") as db:
+        return set(db.execute("SELECT rollout_id, payload_seq FROM shadow_pairs").fetchall())
+
+
+def test_an_agreeing_candidate_passes_shadow_on_live_requests_then_steps(
+    stack: LocalStack,
+) -> None:
+    row = [6.1, 2.8, 4.7, 1.2]
+    with stack.traffic():
+        rollout = stack.create("2", **SHADOW)
+        stack.wait_phase(rollout, {"shadow"}, timeout=60)
+        assert stack.routes()["mirror"] is True
+        assert stack.routes()["canary_weight"] == 0
+        ids = [f"labelled-{uuid.uuid4().hex}" for _ in range(20)]
+        answers = [labelled_request(stack, request_id, row) for request_id in ids]
+        detail = stack.wait_phase(rollout, {"progressing", *TERMINAL}, timeout=90)
+        assert detail["phase"] == "progressing", detail["message"]
+        # delayed labels: the requests' true class (versicolor), some unknown ids too
+        feedback = httpx.post(
+            f"{stack.gate_url}/v1/feedback",
+            headers=AUTH,
+            json={
+                "model": "iris",
+                "labels": [{"id": i, "label": 1} for i in ids] + [{"id": "never-sent", "label": 0}],
+            },
+            timeout=10,
+        )
+        assert feedback.status_code == 200 and feedback.json()["unknown"] == 1
+        final = stack.wait_phase(rollout, TERMINAL, timeout=120)
+    shadow = next(d for d in final["decisions"] if d["action"] == "step")
+    assert shadow["outcome"] == "pass" and "shadow: disagreement" in shadow["reason"]
+    paired = shadow["evidence"]["paired"]
+    assert paired["rows"] >= 20 and paired["disagreements"] < 0.15 * paired["rows"]
+    assert paired["candidate_errors"] == 0
+    assert sum(paired["flips"].values()) == paired["rows"]
+    assert actions(final)[:3] == [("create", None), ("candidate-started", None), ("shadow", "pass")]
+    assert final["phase"] == "succeeded", final["message"]
+    assert set(answers) <= {0, 1, 2}
+
+
+def test_a_candidate_that_answers_differently_fails_in_shadow_and_never_serves(
+    stack: LocalStack,
+) -> None:
+    with stack.traffic():
+        rollout = stack.create("3", **SHADOW)
+        final = stack.wait_phase(rollout, TERMINAL, timeout=120)
+        routes = stack.routes()
+    assert final["phase"] == "failed", final["message"]
+    assert final["message"].startswith("shadow: regression shown on live requests")
+    decision = final["decisions"][-1]
+    assert decision["action"] == "fail" and decision["outcome"] == "fail"
+    checks = {c["name"]: c for c in decision["evidence"]["checks"]}
+    assert checks["disagreement"]["outcome"] == "fail"
+    assert checks["disagreement"]["fail_interval"][0] > 0.15
+    assert not any(d["action"] == "step" for d in final["decisions"])  # no user answered
+    assert routes["canary"] is None and routes["mirror"] is False
+
+
+def test_a_killed_gate_resumes_its_shadow_phase_without_losing_pairs(tmp_path: Path) -> None:
+    with local_stack(tmp_path) as killed, killed.traffic():
+        rollout = killed.create(
+            "2", **{**SHADOW, "shadow_s": 15.0, "shadow_disagreement_margin": 0.06}
+        )
+        killed.wait_phase(rollout, {"shadow"}, timeout=60)
+        deadline = time.monotonic() + 30
+        while len(pairs(killed)) < 50 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert killed.gate is not None
+        killed.gate.process.kill()  # SIGKILL: no chance to flush anything
+        killed.gate.process.wait(10)
+        before = pairs(killed)
+        assert len(before) >= 50
+        killed.start_gate()
+        final = killed.wait_phase(rollout, {"progressing", *TERMINAL}, timeout=90)
+        after = pairs(killed)
+    assert before <= after and len(after) > len(before)  # kept, and more made
+    assert final["phase"] != "failed", final["message"]
+    moved = next(d for d in final["decisions"] if d["phase"] == "progressing")
+    # the verdict counted every pair kept before the kill (a pair or two may follow it)
+    assert len(before) < moved["evidence"]["paired"]["requests"] <= len(after)
