@@ -13,6 +13,11 @@ model in lock-step. A rollout:
 - promote: the field is removed (the latest revision takes all traffic).
 - rollback: ``canaryTrafficPercent: 0`` (all traffic back to the previous revision).
 - the actual split is read back from ``status.components.predictor.traffic``.
+- payload events: the REST service (the first of a model's) gets KServe's logger,
+  ``spec.predictor.logger: {mode: all, url: <gate>/v1/events/<events token>}``, so every
+  request and answer reaches the gate for the shadow phase and delayed labels. The gate
+  sets it when it brings up the stable, never during a rollout (a changed predictor spec
+  is a new revision), and the URL carries the events token, so it lives in no manifest.
 
 Not yet run against a live cluster; tested against a stand-in API server that validates
 every patch with KServe's InferenceService schema.
@@ -46,11 +51,14 @@ class KServeTrafficBackend(TrafficBackend):
         namespace: str,
         services: dict[str, list[str]],
         store: SQLiteStore,
+        logger_url: str | None = None,
     ) -> None:
         self.api = api  # kubernetes.client.CustomObjectsApi
         self.namespace = namespace
         self.services = services
         self.store = store
+        self.logger_url = logger_url
+        """Where KServe's logger sends payload events (with the key), or None: not set."""
 
     @classmethod
     def from_settings(cls, settings: Any, store: SQLiteStore) -> KServeTrafficBackend:
@@ -70,11 +78,16 @@ class KServeTrafficBackend(TrafficBackend):
             except config.ConfigException:
                 config.load_kube_config()
             api_client = client.ApiClient()
+        logger_url = None
+        if settings.kserve_gate_url and settings.events_token is not None:
+            key = settings.events_token.get_secret_value()
+            logger_url = f"{settings.kserve_gate_url.rstrip('/')}/v1/events/{key}"
         return cls(
             client.CustomObjectsApi(api_client),
             settings.kserve_namespace,
             settings.kserve_services,
             store,
+            logger_url,
         )
 
     # --- Kubernetes calls (sync client, run in a thread) -----------------------------------
@@ -124,8 +137,10 @@ class KServeTrafficBackend(TrafficBackend):
     # --- interface ---------------------------------------------------------------------------
     async def ensure_stable(self, model: str) -> Stable | None:
         found = None
-        for name in self._names(model):
+        for index, name in enumerate(self._names(model)):
             service = await self._get(name)
+            if index == 0:
+                await self._ensure_logger(name, service)
             if self.store.stable(model) is None and found is None:
                 version = (service["metadata"].get("annotations") or {}).get(VERSION_ANNOTATION)
                 if version:
@@ -134,6 +149,20 @@ class KServeTrafficBackend(TrafficBackend):
                     )
                     self.store.set_stable(found)
         return found or self.store.stable(model)
+
+    async def _ensure_logger(self, name: str, service: dict[str, Any]) -> None:
+        """KServe's payload logger on the REST service, pointed at the gate; only while no
+        rollout moves its traffic (the patch makes a new revision of the same model)."""
+        if self.logger_url is None:
+            return
+        predictor = service.get("spec", {}).get("predictor", {})
+        wanted = {"mode": "all", "url": self.logger_url}
+        current = predictor.get("logger") or {}
+        if {k: current.get(k) for k in wanted} == wanted:
+            return
+        if predictor.get("canaryTrafficPercent") is not None:
+            return  # a rollout is under way: the next start sets it
+        await self._patch(name, {"spec": {"predictor": {"logger": wanted}}})
 
     async def ensure_stable_route(self, stable: Stable) -> None:
         """KServe routes to the previous revision by itself."""

@@ -52,7 +52,7 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         model="iris", version="1", artifact_uri="gs://models/iris/1"
     )
     clock = FakeClock()
-    spec = AnalysisSpec(steps=[10, 50, 100], step_interval_s=30)
+    spec = AnalysisSpec(steps=[10, 50, 100], step_interval_s=30, shadow_s=0)
     holdout = write_holdout(tmp_path / "holdout")
     controller = RolloutController(
         store,
@@ -150,3 +150,27 @@ def test_missing_service_is_a_clear_error(standin: StandIn, tmp_path: Path) -> N
     backend = KServeTrafficBackend(api, "models", {"iris": ["iris-missing"]}, store)
     with pytest.raises(TrafficError, match="cannot read InferenceService models/iris-missing: 404"):
         asyncio.run(backend.ensure_stable("iris"))
+
+
+def test_the_stable_rest_service_gets_kserves_payload_logger(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """``spec.predictor.logger`` on the REST service (the stand-in validates it with the
+    CRD's schema), pointed at the gate's events endpoint with its key; set once, and never
+    while a rollout moves traffic."""
+    store = SQLiteStore(tmp_path / "gate.db")
+    api = client.CustomObjectsApi(client.ApiClient(client.Configuration(host=standin.url)))
+    url = "http://irisgate-gate.irisgate.svc.cluster.local:8090/v1/events/events-key-0123456789"
+    backend = KServeTrafficBackend(api, "models", {"iris": SERVICES}, store, logger_url=url)
+    asyncio.run(backend.ensure_stable("iris"))
+    rest = standin.objects["iris-rest"]["spec"]["predictor"]
+    assert rest["logger"] == {"mode": "all", "url": url}
+    assert "logger" not in standin.objects["iris-grpc"]["spec"]["predictor"]  # not logged
+    patches = len(standin.patches)
+    asyncio.run(backend.ensure_stable("iris"))
+    assert len(standin.patches) == patches  # already set: no new revision
+    standin.objects["iris-rest"]["spec"]["predictor"]["canaryTrafficPercent"] = 10
+    moved = KServeTrafficBackend(api, "models", {"iris": SERVICES}, store, logger_url=url + "x")
+    asyncio.run(moved.ensure_stable("iris"))
+    assert len(standin.patches) == patches  # a rollout is under way: left alone
+    assert standin.rejected == []
