@@ -1,6 +1,7 @@
 """The demo's report: what was decided at each step and why, as JSON, HTML and a terminal
-summary. Built from the gate's decision history (the evidence it recorded), the router's
-final split and locust's statistics."""
+summary. Built from the gate's decision history (the evidence it recorded: the accuracy
+gate, the shadow phase's paired answers, each canary analysis), the router's final split,
+locust's statistics and the label poster's counters."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import html
 import io
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,13 @@ OUTCOMES = {
     "failed": "failed",
     "aborted": "aborted",
 }
+FAILED_IN_SHADOW = "failed_in_shadow"  # failed before any user got a candidate's answer
+CLASS_NAMES = {"0": "setosa", "1": "versicolor", "2": "virginica"}
+# the canary analysis' accuracy check says both figures only in its detail (analysis.py)
+ACCURACY_DETAIL = re.compile(
+    r"canary (?P<canary>[\d.]+)% of (?P<canary_rows>\d+), "
+    r"stable (?P<stable>[\d.]+)% of (?P<stable_rows>\d+)"
+)
 
 
 def _check(evidence: dict[str, Any], name: str) -> float | None:
@@ -93,6 +102,7 @@ def ticks_of(detail: dict[str, Any]) -> list[dict[str, Any]]:
                 "stable_p99_ms": _ms(stable.get("p99_s")),
                 "class_shift": _check(evidence, "class_shift"),
                 "statistics": statistics(evidence.get("checks") or []),
+                "accuracy": canary_accuracy(evidence.get("checks") or []),
                 "canary_classes": canary.get("class_counts") or {},
                 "stable_classes": stable.get("class_counts") or {},
                 "checks": evidence.get("checks") or [],
@@ -101,21 +111,136 @@ def ticks_of(detail: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def class_name(value: str) -> str:
+    """Iris class ids as names; a name (a ``label`` output) stays as it is."""
+    return CLASS_NAMES.get(value, value)
+
+
+def flip_matrix(flips: dict[str, int]) -> dict[str, dict[str, int]]:
+    """``{"1->2": rows}`` as ``{stable class: {candidate class: rows}}``, named, every
+    class seen on either side in both dimensions (zeros included)."""
+    pairs: list[tuple[str, str, int]] = []
+    for key, count in flips.items():
+        stable, arrow, candidate = key.partition("->")
+        if arrow:
+            pairs.append((class_name(stable), class_name(candidate), int(count)))
+    seen = {s for s, _, _ in pairs} | {c for _, c, _ in pairs}
+    named = list(CLASS_NAMES.values())
+    order = [n for n in named if n in seen] + sorted(seen - set(named))
+    matrix = {row: dict.fromkeys(order, 0) for row in order}
+    for stable, candidate, count in pairs:
+        matrix[stable][candidate] += count
+    return matrix
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def shadow_of(detail: dict[str, Any]) -> dict[str, Any] | None:
+    """The shadow phase's last verdict (the one that ended it) with its paired evidence."""
+    decision = next(
+        (
+            d
+            for d in reversed(detail.get("decisions", []))
+            if isinstance((d.get("evidence") or {}).get("paired"), dict)
+        ),
+        None,
+    )
+    if decision is None:
+        return None
+    evidence = decision["evidence"]
+    paired = evidence["paired"]
+    checks = {c["name"]: c for c in evidence.get("checks") or []}
+    disagreement = checks.get("disagreement") or {}
+    labelled = int(paired.get("labelled_rows") or 0)
+    return {
+        "outcome": decision["outcome"],
+        "reason": decision["reason"],
+        "requests": paired.get("requests", 0),
+        "rows": paired.get("rows", 0),
+        "disagreements": paired.get("disagreements", 0),
+        "disagreement": disagreement.get("estimate"),
+        "interval": disagreement.get("interval"),
+        "fail_interval": disagreement.get("fail_interval"),
+        "margin": disagreement.get("margin"),
+        "flips": flip_matrix(paired.get("flips") or {}),
+        "skipped": paired.get("skipped", 0),
+        "not_comparable": paired.get("not_comparable", 0),
+        "candidate_errors": paired.get("candidate_errors", 0),
+        # replays are paced: the candidate's own answer time on live inputs, not under load
+        "candidate_mean_ms": (
+            round(paired.get("latency_ms_sum", 0.0) / paired["requests"], 1)
+            if paired.get("requests")
+            else None
+        ),
+        "labelled_rows": labelled,
+        "stable_accuracy": _share(int(paired.get("stable_correct") or 0), labelled),
+        "candidate_accuracy": _share(int(paired.get("candidate_correct") or 0), labelled),
+        "statistics": statistics(evidence.get("checks") or []),
+    }
+
+
+def canary_accuracy(checks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A canary analysis' ``accuracy`` check (labelled answers since the rollout began):
+    both accuracies, their row counts and the drop; None when no labels were joined."""
+    check = next((c for c in checks if c["name"] == "accuracy"), None)
+    if check is None:
+        return None
+    found: dict[str, Any] = {
+        "drop": check.get("estimate"),
+        "outcome": check.get("outcome"),
+        "detail": check.get("detail", ""),
+    }
+    match = ACCURACY_DETAIL.search(found["detail"])
+    if match is not None:
+        found |= {
+            "canary": round(float(match["canary"]) / 100, 4),
+            "canary_rows": int(match["canary_rows"]),
+            "stable": round(float(match["stable"]) / 100, 4),
+            "stable_rows": int(match["stable_rows"]),
+        }
+    return found
+
+
+def live_accuracy(
+    shadow: dict[str, Any] | None, ticks: list[dict[str, Any]], labels: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the delayed labels showed: on the shadow pairs (both models, the same
+    requests) and in the canary steps (each on the requests it answered)."""
+    in_shadow = None
+    if shadow is not None and shadow["labelled_rows"]:
+        in_shadow = {
+            "rows": shadow["labelled_rows"],
+            "stable": shadow["stable_accuracy"],
+            "candidate": shadow["candidate_accuracy"],
+        }
+    in_steps = next((t["accuracy"] for t in reversed(ticks) if t.get("accuracy")), None)
+    return {"shadow": in_shadow, "canary": in_steps, "labels": labels}
+
+
+def _outcome(detail: dict[str, Any] | None, pipeline_runs: dict[str, dict[str, Any]]) -> str:
+    if detail is None:
+        rejected = pipeline_runs.get("candidate", {}).get("outcome") == "rejected"
+        return "rejected" if rejected else "failed"
+    if detail["phase"] == "failed" and any(
+        d["outcome"] == "fail" and isinstance((d.get("evidence") or {}).get("paired"), dict)
+        for d in detail.get("decisions", [])
+    ):
+        return FAILED_IN_SHADOW
+    phase = str(detail["phase"])
+    return OUTCOMES.get(phase, phase)
+
+
 def build_report(
     scenario: str,
     pipeline_runs: dict[str, dict[str, Any]],
     detail: dict[str, Any] | None,
     routes: dict[str, Any] | None,
     load_csv: Path | None,
+    labels_json: Path | None = None,
 ) -> dict[str, Any]:
-    if detail is None:
-        outcome = (
-            "rejected"
-            if pipeline_runs.get("candidate", {}).get("outcome") == "rejected"
-            else "failed"
-        )
-    else:
-        outcome = OUTCOMES.get(detail["phase"], detail["phase"])
+    outcome = _outcome(detail, pipeline_runs)
     report: dict[str, Any] = {
         "scenario": scenario,
         "outcome": outcome,
@@ -123,10 +248,12 @@ def build_report(
         "pipeline": pipeline_runs,
         "rollout": None,
         "accuracy_gate": None,
+        "shadow": None,
         "ticks": [],
         "weights": [],
         "final_split": routes,
         "load": [],
+        "live_accuracy": None,
     }
     if detail is not None:
         report["rollout"] = {
@@ -157,6 +284,7 @@ def build_report(
                 "outcome": gate["outcome"],
                 "reason": gate["reason"],
             }
+        report["shadow"] = shadow_of(detail)
         report["ticks"] = ticks_of(detail)
         report["weights"] = [
             {"time": d["at"], "canary_weight": d["canary_weight"], "action": d["action"]}
@@ -174,6 +302,10 @@ def build_report(
             }
             for s in read_stats(load_csv)
         ]
+    labels = None
+    if labels_json is not None and labels_json.exists():
+        labels = json.loads(labels_json.read_text())  # the label poster's counters
+    report["live_accuracy"] = live_accuracy(report["shadow"], report["ticks"], labels)
     return report
 
 
@@ -257,6 +389,66 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
 # --- outputs ----------------------------------------------------------------------------
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def shadow_lines(shadow: dict[str, Any] | None) -> list[str]:
+    """The shadow phase in a few sentences (the flip matrix is a table of its own)."""
+    if shadow is None:
+        return ["no shadow phase"]
+    verdict = {"pass": "passed", "fail": "failed", "inconclusive": "undecided"}.get(
+        shadow["outcome"] or "", str(shadow["outcome"])
+    )
+    low, high = shadow["interval"] or (None, None)
+    return [
+        f"shadow {verdict}: {shadow['requests']} live REST "
+        f"requests replayed to the candidate, {shadow['rows']} rows paired, "
+        f"{shadow['skipped']} requests skipped by the replay rate bound, "
+        f"{shadow['candidate_errors']} failed on the candidate, "
+        f"{shadow['not_comparable']} not comparable",
+        f"disagreement with stable {_pct(shadow['disagreement'])} "
+        f"({shadow['disagreements']} rows), interval [{_pct(low)}, {_pct(high)}], "
+        f"margin {_pct(shadow['margin'])}",
+        f"the candidate answered a replayed request in {_fmt(shadow['candidate_mean_ms'])} ms "
+        "on average",
+    ]
+
+
+def accuracy_lines(live: dict[str, Any] | None) -> list[str]:
+    """Live accuracy from the delayed labels, wherever the gate could join them."""
+    live = live or {}
+    lines = []
+    if live.get("shadow"):
+        shadow = live["shadow"]
+        lines.append(
+            f"live accuracy on the shadow pairs (the same {shadow['rows']} labelled rows): "
+            f"stable {_pct(shadow['stable'])}, candidate {_pct(shadow['candidate'])}"
+        )
+    canary = live.get("canary")
+    if canary and "canary" in canary:
+        lines.append(
+            f"live accuracy in the canary steps: canary {_pct(canary['canary'])} of "
+            f"{canary['canary_rows']} labelled rows, stable {_pct(canary['stable'])} of "
+            f"{canary['stable_rows']}"
+        )
+    elif canary:
+        lines.append(f"live accuracy in the canary steps: {canary['detail']}")
+    if not lines:
+        lines.append("live accuracy: no labelled answer joined")
+    labels = live.get("labels")
+    if labels:
+        text = (
+            f"labels posted: {labels['posted']} of {labels['answered']} answered REST requests "
+            f"({labels['unknown']} for answers the gate had not recorded), "
+            f"{labels['failed_posts']} failed POSTs"
+        )
+        if labels.get("last_error"):
+            text += f" (last: {labels['last_error']})"
+        lines.append(text)
+    return lines
+
+
 def write_html(report: dict[str, Any], path: Path) -> None:
     images = plots(report)
     escape = html.escape
@@ -294,19 +486,48 @@ def write_html(report: dict[str, Any], path: Path) -> None:
     )
     gate = report.get("accuracy_gate") or {}
     rollout = report.get("rollout") or {}
+    shadow = report.get("shadow")
+    shadow_html = "".join(f"<p>{escape(line)}</p>" for line in shadow_lines(shadow))
+    if shadow is not None:
+        shadow_html += f"<p>{escape(shadow['reason'])}</p>"
+        matrix = shadow["flips"]
+        if matrix:
+            names = list(matrix)
+            head = "".join(f"<th>{escape(n)}</th>" for n in names)
+            body = "".join(
+                f"<tr><th>{escape(row)}</th>"
+                + "".join(
+                    f'<td class="{"same" if row == col else "flip"}">{matrix[row][col]}</td>'
+                    for col in names
+                )
+                + "</tr>"
+                for row in names
+            )
+            shadow_html += (
+                "<table><caption>paired rows: stable's class (rows) x the candidate's "
+                f"(columns)</caption><tr><th></th>{head}</tr>{body}</table>"
+            )
+        if shadow["statistics"]:
+            shadow_html += f"<p>statistics: {escape(shadow['statistics'])}</p>"
+    accuracy_html = "".join(
+        f"<p>{escape(line)}</p>" for line in accuracy_lines(report.get("live_accuracy"))
+    )
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>irisgate demo: {escape(report["scenario"])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 6px;
 font-size:13px}}th{{background:#eee}}figure{{display:inline-block;margin:0.5em}}
-.outcome{{font-size:1.4em;font-weight:bold}}</style></head><body>
+.outcome{{font-size:1.4em;font-weight:bold}}td.flip{{background:#fde2e1}}
+caption{{font-size:13px;text-align:left}}</style></head><body>
 <h1>irisgate demo - scenario <code>{escape(report["scenario"])}</code></h1>
 <p class="outcome">Outcome: {escape(report["outcome"])}</p>
 <p>{escape(str(rollout.get("message") or ""))}</p>
 <h2>Accuracy gate</h2>
 <p>{escape(str(gate.get("reason", "not reached")))}
 ({escape(str(gate.get("replayed_rows", "-")))} held-out rows replayed)</p>
+<h2>Shadow</h2>{shadow_html}
+<h2>Live accuracy (delayed labels)</h2>{accuracy_html}
 <h2>Canary analysis</h2>{figures}
 <table><tr><th>time</th><th>weight</th><th>outcome</th><th>action</th><th>canary req</th>
 <th>stable req</th><th>canary err</th><th>stable err</th><th>canary p99 ms</th>
@@ -363,15 +584,39 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     gate = report.get("accuracy_gate")
     if gate:
         console.print(f"accuracy gate: {gate['reason']}")
+    shadow = report.get("shadow")
+    if shadow is not None:
+        for line in shadow_lines(shadow):
+            console.print(line)
+        matrix = shadow["flips"]
+        if matrix:
+            flips = Table(title="shadow: stable's class (rows) x the candidate's (columns)")
+            flips.add_column("")
+            for name in matrix:
+                flips.add_column(name, justify="right")
+            for row, counts in matrix.items():
+                flips.add_row(
+                    row,
+                    *(
+                        str(n) if col == row or not n else f"[bold red]{n}[/]"
+                        for col, n in counts.items()
+                    ),
+                )
+            console.print(flips)
+    for line in accuracy_lines(report.get("live_accuracy")):
+        console.print(line)
     for load in report["load"]:
         if load["name"] == "Aggregated":
             console.print(
                 f"load: {load['requests']} requests, {load['failures']} failures, "
                 f"p99 {load['p99_ms']:.0f} ms"
             )
-    colour = {"promoted": "green", "rolled_back": "yellow", "rejected": "yellow"}.get(
-        report["outcome"], "red"
-    )
+    colour = {
+        "promoted": "green",
+        "rolled_back": "yellow",
+        "rejected": "yellow",
+        FAILED_IN_SHADOW: "yellow",
+    }.get(report["outcome"], "red")
     message = (
         (report.get("rollout") or {}).get("message")
         or report["pipeline"].get("candidate", {}).get("reason")

@@ -21,6 +21,7 @@ from mirakuru import HTTPExecutor, SimpleExecutor
 from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
 
 from load_tests.command import headless_command
+from load_tests.labels import TOKEN_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +45,10 @@ class Stack:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     # the router's admin token: only the gate gets it (the pipeline gets ``token``)
     router_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    # the router sends payload events (live requests and answers) to the gate with it
+    events_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    # the label poster's: it can add labels (POST /v1/feedback) and steer nothing
+    feedback_token: str = field(default_factory=lambda: secrets.token_hex(16))
     executors: list[tuple[str, SimpleExecutor, IO[bytes]]] = field(default_factory=list)
 
     @property
@@ -96,11 +101,16 @@ class Stack:
                 str(self.ports.router_grpc),
                 "--admin-port",
                 str(self.ports.router_admin),
+                "--events-url",
+                f"{self.gate_url}/v1/events",
             ],
             url=f"{self.router_admin_url}/router/healthz",
             method="GET",
             timeout=60,
-            envvars={"ROUTER_ADMIN_TOKEN": self.router_token},
+            envvars={
+                "ROUTER_ADMIN_TOKEN": self.router_token,
+                "ROUTER_EVENTS_TOKEN": self.events_token,
+            },
         )
 
     def start_gate(self, stable_dir: Path, analysis: dict[str, Any], canary_args: str = "") -> None:
@@ -112,6 +122,8 @@ class Stack:
             "GATE_DB_PATH": str(self.run_dir / "gate.db"),
             "GATE_ROUTER_ADMIN_URL": self.router_admin_url,
             "GATE_ROUTER_TOKEN": self.router_token,
+            "GATE_EVENTS_TOKEN": self.events_token,
+            "GATE_FEEDBACK_TOKEN": self.feedback_token,
             "GATE_RUN_DIR": str(self.logs),
             "GATE_STABLE_MODEL_DIR": str(stable_dir),
             "GATE_ANALYSIS_FILE": str(analysis_file),
@@ -128,8 +140,24 @@ class Stack:
             envvars=env,
         )
 
-    def start_load(self, users: int, rps_per_user: float) -> None:
-        """REST v1 and gRPC users through the router, until stopped."""
+    @property
+    def labels_report(self) -> Path:
+        """The label poster's counters (JSON), rewritten each second while locust runs."""
+        return self.run_dir / "labels.json"
+
+    def start_load(
+        self,
+        users: int,
+        rps_per_user: float,
+        *,
+        rows_per_request: int = 1,
+        labels_share: float = 0.5,
+        labels_delay_s: float = 5.0,
+    ) -> None:
+        """REST v1 and gRPC users through the router, until stopped. They send labelled
+        Iris rows measured the way today's clients measure them (load_tests.pool: the
+        petal width drifted), and the true labels of ``labels_share`` of the REST
+        requests go to the gate's /v1/feedback ``labels_delay_s`` after the answer."""
         command = headless_command(
             ["RestV1User", "GrpcV2User"],
             users=users,
@@ -141,11 +169,30 @@ class Stack:
                 self.router_grpc,
                 "--rps-per-user",
                 str(rps_per_user),
+                "--batch-size",
+                str(rows_per_request),
                 "--invalid-share",
                 "0.02",
+                "--traffic",
+                "labelled",
+                *(
+                    [
+                        "--labels-url",
+                        f"{self.gate_url}/v1/feedback",
+                        "--labels-share",
+                        str(labels_share),
+                        "--labels-delay-s",
+                        str(labels_delay_s),
+                        "--labels-report",
+                        str(self.labels_report),
+                    ]
+                    if labels_share > 0
+                    else []
+                ),
             ],
         )
-        self._start("locust", SimpleExecutor, command)
+        # the feedback-only token through the environment, never on a command line
+        self._start("locust", SimpleExecutor, command, envvars={TOKEN_ENV: self.feedback_token})
 
     def stop_load(self) -> None:
         self._stop(lambda name: name == "locust")

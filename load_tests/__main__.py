@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from load_tests.command import headless_command
+from load_tests.labels import TOKEN_ENV
 from load_tests.slo import judge, read_stats
 
 USERS = {"rest-v1": "RestV1User", "rest-v2": "RestV2User", "grpc": "GrpcV2User"}
@@ -50,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.02,
         help="share of deliberately invalid requests (default 0.02)",
     )
+    parser.add_argument(
+        "--traffic",
+        choices=["uniform", "labelled"],
+        default="uniform",
+        help="uniform: random rows in the features' ranges (default); labelled: Iris "
+        "flowers jittered, petal width drifted +0.15 cm (load_tests/pool.py)",
+    )
+    parser.add_argument(
+        "--labels-url",
+        default="",
+        help="REST only: post the true labels of half the answered requests, 5 s later, "
+        f"to this URL (a gate's /v1/feedback; token in {TOKEN_ENV}); needs --traffic "
+        "labelled",
+    )
     return parser
 
 
@@ -77,6 +92,9 @@ def locust_command(args: argparse.Namespace, prefix: Path) -> list[str]:
             str(args.batch_size),
             "--invalid-share",
             str(args.invalid_share),
+            "--traffic",
+            args.traffic,
+            *(["--labels-url", args.labels_url] if args.labels_url else []),
             *extra,
         ],
     )

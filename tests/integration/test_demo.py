@@ -43,6 +43,8 @@ def demo_command(run_dir: Path, scenario: str) -> list[str]:
         "50,100",
         "--step-interval",
         "3",
+        "--labels-delay-s",
+        "2",
         "--timeout",
         "240",
     ]
@@ -77,6 +79,18 @@ def test_good_scenario_promotes_and_writes_the_report(tmp_path: Path) -> None:
     assert code == 0, output[-3000:]
     assert report["outcome"] == "promoted"
     assert report["accuracy_gate"]["live_accuracy"] >= 0.9
+    # the shadow phase: the candidate answered copies of live requests, close to stable
+    shadow = report["shadow"]
+    assert shadow["outcome"] == "pass", shadow["reason"]
+    assert shadow["reason"].startswith("shadow: disagreement")
+    assert shadow["rows"] >= shadow["requests"] > 0
+    assert shadow["disagreement"] < shadow["margin"] == 0.04
+    assert set(shadow["flips"]) == {"setosa", "versicolor", "virginica"}
+    # live accuracy from the delayed labels, on the same requests for both models
+    live = report["live_accuracy"]
+    assert live["shadow"]["rows"] > 0
+    assert live["shadow"]["stable"] >= 0.85 and live["shadow"]["candidate"] >= 0.85
+    assert live["labels"]["posted"] > 0 and live["labels"]["failed_posts"] == 0
     ticks = report["ticks"]
     # 50 % is the proving step: extended (inconclusive) until its margins are shown
     assert [(t["canary_weight"], t["outcome"]) for t in ticks][-2:] == [(50, "pass"), (100, "pass")]
@@ -94,13 +108,44 @@ def test_good_scenario_promotes_and_writes_the_report(tmp_path: Path) -> None:
         assert tick["canary_requests"] >= 1
     proof = ticks[-2]
     assert proof["class_shift"] is not None and proof["stable_p99_ms"] is not None
-    assert proof["statistics"].count("✓") == 3  # error rate, latency, class shift shown
+    # error rate, latency, class shift shown (and live accuracy, once canary labels arrived)
+    for name in ("error_rate", "latency_p95", "class_shift"):
+        assert name in proof["statistics"]
+    assert proof["statistics"].count("✓") >= 3 and "✗" not in proof["statistics"]
     assert report["final_split"]["canary"] is None
     names = {row["name"] for row in report["load"]}
     assert {"/v1/models/iris:predict", "ModelInfer", "Aggregated"} <= names
     html = (run_dir / "report.html").read_text()
     assert html.count("latency_p95") >= len(ticks)  # the statistics of every step
     assert html.count("data:image/png;base64,") == 4
+    assert "<h2>Shadow</h2>" in html and "live accuracy on the shadow pairs" in html
+    assert_nothing_left(run_dir)
+
+
+def test_subtle_scenario_fails_in_shadow_before_any_user_meets_the_candidate(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "subtle"
+    code, report, output = run_demo(run_dir, "subtle")
+    assert code == 0, output[-3000:]
+    assert report["outcome"] == "failed_in_shadow"
+    assert report["pipeline"]["candidate"]["accuracy"] >= 0.9  # it passed its held-out test
+    assert report["accuracy_gate"]["outcome"] == "pass"
+    assert report["rollout"]["phase"] == "failed"
+    assert report["rollout"]["message"].startswith("shadow: regression shown on live requests")
+    shadow = report["shadow"]
+    assert shadow["outcome"] == "fail"
+    assert shadow["disagreement"] > shadow["margin"]
+    flips = shadow["flips"]
+    assert set(flips) == {"setosa", "versicolor", "virginica"}
+    assert flips["versicolor"]["virginica"] + flips["virginica"]["versicolor"] > 0
+    # no user got a candidate's answer: no canary step, weight 0 throughout, no canary route
+    assert report["ticks"] == []
+    assert {w["canary_weight"] for w in report["weights"]} == {0}
+    assert report["final_split"]["canary"] is None
+    html = (run_dir / "report.html").read_text()
+    assert '<td class="flip">' in html
+    assert "outcome: failed_in_shadow" in output
     assert_nothing_left(run_dir)
 
 

@@ -79,3 +79,21 @@ def test_error_rate_slo_breach_exits_non_zero(tmp_path: Path) -> None:
         assert load_test(faulty.grpc_target, "grpc", tmp_path, "--max-error-rate", "0.1") == 1
         rows = read_stats(tmp_path / "grpc_stats.csv")
         assert rows[-1].error_rate > 0.2
+
+
+def test_labelled_traffic_is_answered_like_uniform_rows(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    code = load_test(
+        predictor.url, "rest-v2", tmp_path, "--traffic", "labelled", "--max-error-rate", "0.01"
+    )
+    assert code == 0
+    rows = {row.name: row for row in read_stats(tmp_path / "rest-v2_stats.csv")}
+    assert rows["Aggregated"].requests > 50 and rows["Aggregated"].failures == 0
+
+
+def test_labels_need_labelled_traffic(predictor: Predictor, tmp_path: Path) -> None:
+    # uniform rows have no labels to post: locust refuses to start, the runner exits 2
+    code = load_test(predictor.url, "rest-v1", tmp_path, "--labels-url", "http://127.0.0.1:9/x")
+    assert code == 2
+    assert "--labels-url needs --traffic labelled" in (tmp_path / "rest-v1-locust.log").read_text()
