@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from pydantic import BaseModel
 
-from gate.api import INVALID, UNAUTHORIZED
+from gate.api import INVALID, UNAUTHORIZED, UNREADABLE
 from gate.controller import RolloutController
 from gate.providers.payloads import (
     BATCH_CONTENT_TYPE,
@@ -134,7 +134,7 @@ def require_feedback_token(request: Request) -> None:
 @feedback.post(
     "",
     dependencies=[Depends(require_feedback_token)],
-    responses={**UNAUTHORIZED, **INVALID},
+    responses={**UNREADABLE, **UNAUTHORIZED, **INVALID},
 )
 async def post_feedback(body: FeedbackCreate, request: Request) -> FeedbackResult:
     """True labels for request ids (one or many; sending one again replaces it). The gate

@@ -8,12 +8,14 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from gate.core.decide import RolloutState
-from gate.core.spec import STRICT_FINITE, AnalysisOverrides, AnalysisSpec, Candidate
+from gate.core.spec import STRICT_FINITE, AnalysisOverrides, AnalysisSpec, Candidate, Integral
 from gate.store import Decision, DecisionEntry
 
 MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 MAX_LABELS_PER_POST = 1_000
 MAX_LABEL_ROWS = 10_000
+# 1.0 is an integer to JSON Schema (and to schemathesis): taken as 1; true, 1.5 are not
+ClassId = Annotated[StrictInt, Integral]
 
 
 class RolloutCreate(BaseModel):
@@ -84,10 +86,10 @@ class Label(BaseModel):
         "KServe's logger recorded it",
     )
     label: (
-        StrictInt
+        ClassId
         | Annotated[StrictStr, Field(min_length=1, max_length=200)]
         | Annotated[
-            list[StrictInt | Annotated[StrictStr, Field(min_length=1, max_length=200)]],
+            list[ClassId | Annotated[StrictStr, Field(min_length=1, max_length=200)]],
             Field(min_length=1, max_length=MAX_LABEL_ROWS),
         ]
     ) = Field(

@@ -19,7 +19,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gate_stack import AUTH, TEST_MARGINS, LocalStack, build_registry, local_stack
+from tests.gate_fakes import KSERVE_HEADERS
+from tests.gate_stack import (
+    AUTH,
+    EVENTS_TOKEN,
+    TEST_MARGINS,
+    LocalStack,
+    build_registry,
+    local_stack,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +98,14 @@ def test_an_agreeing_candidate_passes_shadow_on_live_requests_then_steps(
             timeout=10,
         )
         assert feedback.status_code == 200 and feedback.json()["unknown"] == 1
+        with sqlite3.connect(stack.root / "gate.db") as db:
+            scored = db.execute(
+                "SELECT COUNT(*), SUM(correct = labelled) FROM payloads WHERE request_id "
+                f"IN ({','.join('?' * len(ids))}) AND labelled IS NOT NULL",
+                ids,
+            ).fetchone()
+        assert scored[0] == len(ids)  # every labelled request's answer was scored
+        assert scored[1] == sum(answer == 1 for answer in answers)
         final = stack.wait_phase(rollout, TERMINAL, timeout=120)
     shadow = next(d for d in final["decisions"] if d["action"] == "step")
     assert shadow["outcome"] == "pass" and "shadow: disagreement" in shadow["reason"]
@@ -142,3 +158,24 @@ def test_a_killed_gate_resumes_its_shadow_phase_without_losing_pairs(tmp_path: P
     moved = next(d for d in final["decisions"] if d["phase"] == "progressing")
     # the verdict counted every pair kept before the kill (a pair or two may follow it)
     assert len(before) < moved["evidence"]["paired"]["requests"] <= len(after)
+
+
+def test_kserve_logger_events_reach_a_real_gate(stack: LocalStack) -> None:
+    """One request and its answer as KServe's agent posts them (binary mode, the key in
+    the URL path, as ``spec.predictor.logger.url`` carries it) are kept as one exchange."""
+    url = f"{stack.gate_url}/v1/events/{EVENTS_TOKEN}"
+    request_id = f"kserve-{uuid.uuid4().hex}"
+    headers = {**KSERVE_HEADERS, "ce-id": request_id}
+    body = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
+    assert httpx.post(url, content=body, headers=headers, timeout=10).json() == {"accepted": 1}
+    answer = {**headers, "ce-type": "org.kubeflow.serving.inference.response"}
+    assert httpx.post(url, content=b'{"predictions": [0]}', headers=answer, timeout=10).json() == {
+        "accepted": 1
+    }
+    refused = httpx.post(f"{stack.gate_url}/v1/events/wrong-key", content=body, headers=headers)
+    assert refused.status_code == 401
+    with sqlite3.connect(stack.root / "gate.db") as db:
+        row = db.execute(
+            "SELECT endpoint, request, response FROM payloads WHERE request_id = ?", (request_id,)
+        ).fetchone()
+    assert row == ("default", body, b'{"predictions": [0]}')

@@ -154,3 +154,17 @@ def test_malformed_feedback_names_the_field(
     )
     assert response.status_code == 422
     assert any(issue["loc"][: len(where)] == where for issue in response.json()["detail"])
+
+
+def test_feedback_reads_integral_numbers_as_class_ids(client: TestClient) -> None:
+    body = {"model": "iris", "labels": [{"id": "f", "label": 2.0}, {"id": "g", "label": [1.0, 0]}]}
+    response = client.post(
+        "/v1/feedback", json=body, headers={"authorization": f"Bearer {API_TOKEN}"}
+    )
+    assert response.status_code == 200, response.text
+    unreadable = client.post(
+        "/v1/feedback",
+        content=b"\x11\xff\xfe",
+        headers={"authorization": f"Bearer {API_TOKEN}", "content-type": "application/json"},
+    )
+    assert unreadable.status_code in (400, 422)
