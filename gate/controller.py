@@ -486,7 +486,10 @@ class RolloutController:
             case Action.PROMOTE | Action.ROLLBACK:
                 await self._finish(state)
             case Action.PROMOTED | Action.ROLLED_BACK | Action.ABORTED | Action.FAIL:
-                await self.router.set_mirror(state.model, False)
+                try:
+                    await self.router.set_mirror(state.model, False)
+                except TrafficError as exc:  # never in the way of retiring: logged
+                    logger.warning("rollout %s: payload events not off: %s", state.id, exc)
                 await self.deployer.retire()
             case (
                 Action.CREATE
