@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -74,19 +74,27 @@ RolloutId = Annotated[
 ]
 
 
+def check_token(
+    given: str | None, *accepted: SecretStr | None, message: str = "missing or wrong bearer token"
+) -> None:
+    """401 unless ``given`` is one of the ``accepted`` tokens (compared in constant time;
+    an unset token accepts nothing)."""
+    if given is None or not any(
+        token is not None and hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+        for token in accepted
+    ):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
 def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
-    expected: str = request.app.state.settings.api_token.get_secret_value()
-    if credentials is None or not hmac.compare_digest(
-        credentials.credentials.encode(), expected.encode()
-    ):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    check_token(
+        credentials.credentials if credentials else None, request.app.state.settings.api_token
+    )
 
 
 TokenDep = Depends(require_token)

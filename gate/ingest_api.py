@@ -12,13 +12,13 @@ and nothing of its POST is kept.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from gate.api import INVALID, UNAUTHORIZED, UNREADABLE
+from gate.api import INVALID, UNAUTHORIZED, UNREADABLE, bearer, check_token
 from gate.controller import RolloutController
 from gate.providers.payloads import (
     BATCH_CONTENT_TYPE,
@@ -54,13 +54,7 @@ def _check(request: Request, given: str | None) -> None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "payload ingestion is off: set GATE_EVENTS_TOKEN"
         )
-    expected = settings.events_token.get_secret_value().encode()
-    if given is None or not hmac.compare_digest(given.encode(), expected):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong events token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    check_token(given, settings.events_token, message="missing or wrong events token")
 
 
 async def _body(request: Request) -> bytes:
@@ -115,20 +109,17 @@ async def post_events_keyed(key: EventsKey, request: Request) -> Ingested:
     return await _ingest(request)
 
 
-def require_feedback_token(request: Request) -> None:
+def require_feedback_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
     """The API token, or the feedback-only token (``GATE_FEEDBACK_TOKEN``)."""
     settings: GateSettings = request.app.state.settings
-    given = _bearer(request)
-    accepted = [settings.api_token, settings.feedback_token]
-    if given is None or not any(
-        token is not None and hmac.compare_digest(given.encode(), token.get_secret_value().encode())
-        for token in accepted
-    ):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    check_token(
+        credentials.credentials if credentials else None,
+        settings.api_token,
+        settings.feedback_token,
+    )
 
 
 @feedback.post(
