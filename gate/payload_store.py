@@ -87,6 +87,11 @@ _UPSERT = (
 )
 _UPSERT_REQUEST = _UPSERT.format("request")
 _UPSERT_RESPONSE = _UPSERT.format("response")
+# What the shadow replayer reads: the model's exchanges stable answered, both halves in.
+_STABLE_EXCHANGES = (
+    "FROM payloads WHERE model = ? AND endpoint = 'default' "
+    "AND request IS NOT NULL AND response IS NOT NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -196,9 +201,8 @@ class PayloadStore(Database):
         """Stable's complete exchanges after ``after_seq``, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, request_id, content_type, request, response FROM payloads "
-                "WHERE model = ? AND endpoint = 'default' AND seq > ? "
-                "AND request IS NOT NULL AND response IS NOT NULL ORDER BY seq LIMIT ?",
+                "SELECT seq, request_id, content_type, request, response "
+                f"{_STABLE_EXCHANGES} AND seq > ? ORDER BY seq LIMIT ?",
                 (model, after_seq, limit),
             ).fetchall()
         return [LoggedExchange(r[0], r[1], r[2], bytes(r[3]), bytes(r[4])) for r in rows]
@@ -206,8 +210,7 @@ class PayloadStore(Database):
     def backlog(self, model: str, after_seq: int) -> int:
         with self._lock:
             row = self._db.execute(
-                "SELECT COUNT(*) FROM payloads WHERE model = ? AND endpoint = 'default' "
-                "AND seq > ? AND request IS NOT NULL AND response IS NOT NULL",
+                f"SELECT COUNT(*) {_STABLE_EXCHANGES} AND seq > ?",
                 (model, after_seq),
             ).fetchone()
         return int(row[0])
@@ -216,9 +219,7 @@ class PayloadStore(Database):
         """The position after which exactly the ``keep`` newest complete exchanges lie."""
         with self._lock:
             row = self._db.execute(
-                "SELECT seq FROM payloads WHERE model = ? AND endpoint = 'default' "
-                "AND request IS NOT NULL AND response IS NOT NULL "
-                "ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                f"SELECT seq {_STABLE_EXCHANGES} ORDER BY seq DESC LIMIT 1 OFFSET ?",
                 (model, keep),
             ).fetchone()
         return int(row[0]) if row else None
