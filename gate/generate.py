@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections.abc import Sequence
 
 import httpx
@@ -23,8 +22,6 @@ import httpx
 from gate.providers.base import GENERATED, TRAFFIC_HEADER
 from gate.replay import infer_body
 from gate.tasks import RolloutTasks
-
-logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 2.0
 

@@ -17,7 +17,6 @@ queued behind.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 import httpx
@@ -32,8 +31,6 @@ from gate.payload_store import (
     PayloadStore,
 )
 from gate.providers.base import GENERATED, TRAFFIC_HEADER
-
-logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 5.0
 MAX_BACKLOG_S = 10.0
