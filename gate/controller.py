@@ -41,13 +41,14 @@ from gate.core.decide import (
     after_shadow,
     after_tick,
     after_validation,
+    after_watch,
     candidate_started,
     command,
     finish,
     reconcile,
 )
 from gate.core.errors import NotFound
-from gate.core.paired import judge_shadow
+from gate.core.paired import PairedEvidence, ShadowVerdict, judge_shadow, judge_watch
 from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Outcome, Phase
 from gate.core.state import RolloutState
 from gate.generate import Generators, TrafficGenerator
@@ -219,33 +220,43 @@ class RolloutController:
         await self._replay_shadow(state)
 
     async def _replay_shadow(self, state: RolloutState) -> None:
-        """The router sends payload events while a rollout is in its shadow phase or its
-        steps (the answers delayed labels are joined with), asked again each tick so a
-        restarted router or gate converges; the shadow replayer runs exactly while its
-        rollout is in an unpaused shadow phase."""
-        if state.phase in (Phase.SHADOW, Phase.PROGRESSING):
+        """The router sends payload events while a rollout is in its shadow phase, its
+        steps or its watch (the answers delayed labels are joined with), asked again each
+        tick so a restarted router or gate converges. A replayer runs exactly while its
+        rollout is in an unpaused shadow phase (stable's requests to the candidate) or
+        watch (the new stable's requests to the previous one, paired under
+        :func:`watch_key`)."""
+        if state.phase in (Phase.SHADOW, Phase.PROGRESSING, Phase.WATCHING):
             try:
                 await self.router.set_mirror(state.model, True)
             except TrafficError as exc:  # no pairs then: the shadow budget runs out
                 logger.warning("rollout %s: payload events not on: %s", state.id, exc)
-        if state.phase is not Phase.SHADOW or state.paused:
-            await self.shadows.stop(state.id)
+        wanted = None if state.paused else _REPLAYS.get(state.phase)
+        for key in (state.id, watch_key(state.id)):
+            if wanted is None or key != wanted(state.id):
+                await self.shadows.stop(key)
+        if wanted is None or self.shadows.running(wanted(state.id)):
             return
-        if self.shadows.running(state.id):
-            return
+        target = (
+            self.deployer.candidate_url(state)
+            if state.phase is Phase.SHADOW
+            else self.deployer.previous_url(state)
+        )
+        if target is None:
+            return  # the previous stable cannot be reached apart: the watch pairs nothing
         since = state.window_start or state.created_at
         since_seq = await asyncio.to_thread(self.payloads.seq_before, since.timestamp())
         replayer = ShadowReplayer(
             self.payloads,
             self._http,
-            state.id,
+            wanted(state.id),
             state.model,
-            self.deployer.candidate_url(state),
+            target,
             state.spec.shadow_rate_per_s,
             since_seq,
         )
         self.shadows.start(
-            state.id,
+            wanted(state.id),
             replayer,
             f"up to {state.spec.shadow_rate_per_s:g} logged requests/s to {replayer.base}",
         )
@@ -314,9 +325,11 @@ class RolloutController:
             case Phase.VALIDATING:
                 await self._validate(state)
             case Phase.SHADOW:
-                await self._shadow(state)
+                await self._judge_pairs(state, state.id, judge_shadow, after_shadow)
             case Phase.PROGRESSING:
                 await self._progress(state)
+            case Phase.WATCHING:  # after a promotion: the new stable against the previous
+                await self._judge_pairs(state, watch_key(state.id), judge_watch, after_watch)
             case Phase.PROMOTING | Phase.ROLLING_BACK:
                 await self._finish(state)
             case _:  # terminal phases never get here
@@ -370,13 +383,20 @@ class RolloutController:
         outcome = Outcome.PASS if passed else Outcome.FAIL
         return ValidationVerdict(outcome=outcome, reason=reason, evidence=evidence)
 
-    async def _shadow(self, state: RolloutState) -> None:
-        """Judge the pairs so far; the budget's end decides what inconclusive means."""
+    async def _judge_pairs(
+        self,
+        state: RolloutState,
+        key: str,
+        judge: Callable[[AnalysisSpec, PairedEvidence | None], ShadowVerdict],
+        after: Callable[[RolloutState, ShadowVerdict, datetime, bool], Transition | None],
+    ) -> None:
+        """The shadow phase and the watch: judge the pairs so far (kept under ``key``);
+        the budget's end decides what inconclusive means."""
         now = self.clock()
         deadline_reached = state.step_deadline is None or now >= state.step_deadline
-        paired = await asyncio.to_thread(self.payloads.paired_evidence, state.id)
-        verdict = judge_shadow(state.spec, paired)
-        transition = after_shadow(state, verdict, self.clock(), deadline_reached)
+        paired = await asyncio.to_thread(self.payloads.paired_evidence, key)
+        verdict = judge(state.spec, paired)
+        transition = after(state, verdict, self.clock(), deadline_reached)
         if transition is None:
             return
         evidence = verdict.model_dump(mode="json", exclude={"outcome", "reason"})
@@ -440,8 +460,16 @@ class RolloutController:
         (with the new stable, in the same transaction), then retire what is unused."""
         stable: Stable | None = None
         if state.phase is Phase.PROMOTING:
+            previous = self.store.stable(state.model)
             await self.router.promote(state)
             stable = self.deployer.promoted_stable(state)
+            if previous is not None:  # what a watch compares with and may restore
+                kept = {**state.backend_state, "previous": previous.model_dump(mode="json")}
+                state = state.model_copy(update={"backend_state": kept})
+        elif state.promoted:  # rolled back during the watch: the previous stable again
+            stable = Stable.model_validate(state.backend_state["previous"])
+            await self.deployer.ensure_serving(stable)
+            await self.router.restore(state, stable)
         else:
             await self.router.rollback(state)
         await self._apply(finish(state, self.clock()), outcome=None, evidence={}, stable=stable)
@@ -478,14 +506,16 @@ class RolloutController:
         match transition.action:
             case Action.CANDIDATE_STARTED:
                 await self.deployer.start_candidate(state)
-            case Action.SHADOW:
+            case Action.SHADOW | Action.WATCH:
                 await self.router.set_mirror(state.model, True)
             case Action.STEP | Action.RETRY_STEP | Action.RECONCILE:
                 await self.router.set_weight(state, state.canary_weight)
                 await self._snapshot(state)
             case Action.PROMOTE | Action.ROLLBACK:
                 await self._finish(state)
-            case Action.PROMOTED | Action.ROLLED_BACK | Action.ABORTED | Action.FAIL:
+            case (
+                Action.PROMOTED | Action.WATCHED | Action.ROLLED_BACK | Action.ABORTED | Action.FAIL
+            ):
                 try:
                     await self.router.set_mirror(state.model, False)
                 except TrafficError as exc:  # never in the way of retiring: logged
@@ -562,10 +592,22 @@ class RolloutController:
         await self._http.aclose()
 
 
+def watch_key(rollout_id: str) -> str:
+    """Where a rollout's post-promotion watch keeps its pairs in the payload store (its
+    shadow phase uses the rollout id itself)."""
+    return f"{rollout_id}/watch"
+
+
+_REPLAYS: dict[Phase, Callable[[str], str]] = {
+    Phase.SHADOW: lambda rollout_id: rollout_id,
+    Phase.WATCHING: watch_key,
+}
+
+
 def _holdout_location(state: RolloutState) -> str:
     if state.candidate.holdout_uri:
         return state.candidate.holdout_uri
     return f"{state.candidate.artifact_uri.rstrip('/')}/holdout.csv"
 
 
-__all__ = ["CrashAfter", "RolloutController", "RolloutNotFound"]
+__all__ = ["CrashAfter", "RolloutController", "RolloutNotFound", "watch_key"]

@@ -27,6 +27,8 @@ COLOURS = {
     "pause": "#daa038",
     "resume": "#439FE0",
     "promotion": "good",
+    "watch": "good",
+    "watch-failure": "danger",
     "rollback": "danger",
     "failure": "danger",
 }
@@ -37,6 +39,8 @@ TITLES = {
     "pause": "rollout paused",
     "resume": "rollout resumed",
     "promotion": "candidate promoted",
+    "watch": "post-promotion watch over: no accuracy drop shown",
+    "watch-failure": "post-promotion watch: the new stable's accuracy is shown worse",
     "rollback": "rollout rolled back",
     "failure": "candidate failed before any user got its answer (accuracy gate or shadow)",
 }

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gate.core.answers import Unreadable, read_answer, score
+from gate.core.answers import Unreadable, paired_score, read_answer, score
 from gate.core.paired import PairedEvidence
 from gate.database import Database
 from gate.providers.payloads import PayloadEvent
@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS shadow_pairs (
     labelled INTEGER,
     correct INTEGER,
     stable_correct INTEGER,
+    only_stable INTEGER,
+    only_candidate INTEGER,
     PRIMARY KEY (rollout_id, payload_seq)
 );
 CREATE INDEX IF NOT EXISTS shadow_pairs_by_request ON shadow_pairs(model, request_id);
@@ -129,6 +131,11 @@ class PayloadStore(Database):
         max_payloads: int = 200_000,
     ) -> None:
         super().__init__(path, "NORMAL", SCHEMA)
+        with self._transaction() as db:  # stores made before the discordant counts
+            columns = {row[1] for row in db.execute("PRAGMA table_info(shadow_pairs)")}
+            for column in ("only_stable", "only_candidate"):
+                if column not in columns:
+                    db.execute(f"ALTER TABLE shadow_pairs ADD COLUMN {column} INTEGER")
         self.retention_s = retention_s
         self.max_payloads = max_payloads
         self._inserted_since_prune = 0
@@ -325,7 +332,8 @@ class PayloadStore(Database):
                 "COALESCE(SUM(shift_rows), 0), COALESCE(SUM(shift_sum), 0), "
                 "COALESCE(SUM(outcome = ?), 0), COALESCE(SUM(outcome = ?), 0), "
                 "COALESCE(SUM(latency_ms), 0), COALESCE(SUM(labelled), 0), "
-                "COALESCE(SUM(correct), 0), COALESCE(SUM(stable_correct), 0) "
+                "COALESCE(SUM(correct), 0), COALESCE(SUM(stable_correct), 0), "
+                "COALESCE(SUM(only_stable), 0), COALESCE(SUM(only_candidate), 0) "
                 "FROM shadow_pairs WHERE rollout_id = ?",
                 (CANDIDATE_ERROR, NOT_COMPARABLE, rollout_id),
             ).fetchone()
@@ -349,6 +357,8 @@ class PayloadStore(Database):
             labelled_rows=totals[8],
             candidate_correct=totals[9],
             stable_correct=totals[10],
+            only_stable_correct=totals[11],
+            only_candidate_correct=totals[12],
             flips={str(key): int(count) for key, count in flips},
             skipped=int(progress[0]) if progress else 0,
         )
@@ -390,14 +400,14 @@ def _score_pair(
     label: tuple[str, ...],
 ) -> None:
     """Both models' answers to the same labelled request: a paired accuracy."""
-    on_candidate = score(tuple(json.loads(candidate)), label)
-    on_stable = score(tuple(json.loads(stable)), label)
-    if on_candidate is None or on_stable is None:
+    scored = paired_score(tuple(json.loads(stable)), tuple(json.loads(candidate)), label)
+    if scored is None:
         return
+    rows, stable_right, candidate_right, only_stable, only_candidate = scored
     db.execute(
-        "UPDATE shadow_pairs SET labelled = ?, correct = ?, stable_correct = ? "
-        "WHERE rollout_id = ? AND payload_seq = ?",
-        (on_candidate[0], on_candidate[1], on_stable[1], rollout_id, seq),
+        "UPDATE shadow_pairs SET labelled = ?, correct = ?, stable_correct = ?, "
+        "only_stable = ?, only_candidate = ? WHERE rollout_id = ? AND payload_seq = ?",
+        (rows, candidate_right, stable_right, only_stable, only_candidate, rollout_id, seq),
     )
 
 

@@ -35,6 +35,9 @@ class RolloutPublic(BaseModel):
     paused: bool
     candidate: Candidate
     stable_version: str | None
+    promoted: bool = Field(
+        False, description="the candidate took all traffic (true during a post-promotion watch)"
+    )
     canary_weight: int
     step_index: int
     steps: list[int]
@@ -54,6 +57,7 @@ class RolloutPublic(BaseModel):
             paused=state.paused,
             candidate=state.candidate,
             stable_version=state.stable_version,
+            promoted=state.promoted,
             canary_weight=state.canary_weight,
             step_index=state.step_index,
             steps=state.spec.steps,

@@ -85,7 +85,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 class ActiveRolloutExists(Conflict):
     def __init__(self, model: str) -> None:
-        super().__init__(f"model {model} already has an active rollout")
+        super().__init__(
+            f"model {model} already has an active rollout (a post-promotion watch counts: "
+            "promote it to end the watch now)"
+        )
         self.model = model
 
 

@@ -105,6 +105,7 @@ class FakeBackend(TrafficBackend):
         self.exited = False
         self.readiness_checks = 0
         self.mirror: dict[str, bool] = {}
+        self.restored: list[str] = []
 
     def _check(self) -> None:
         if self.unreachable:
@@ -168,6 +169,14 @@ class FakeBackend(TrafficBackend):
         self._check()
         self.rolled_back += 1
         self.weight = 0
+
+    async def restore(self, state: RolloutState, previous: Stable) -> None:
+        self._check()
+        self.restored.append(previous.version)
+        self.weight = 0
+
+    def previous_url(self, state: RolloutState) -> str | None:
+        return "http://previous"
 
     async def retire(self) -> list[str]:
         self.retired += 1

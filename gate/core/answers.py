@@ -152,11 +152,27 @@ def score(classes: tuple[str, ...], labels: tuple[str, ...]) -> tuple[int, int] 
     return len(labels), sum(c == y for c, y in zip(classes, labels, strict=True))
 
 
+def paired_score(
+    stable: tuple[str, ...], candidate: tuple[str, ...], labels: tuple[str, ...]
+) -> tuple[int, int, int, int, int] | None:
+    """Two models' answers to the same labelled request: (labelled rows, stable right,
+    candidate right, only stable right, only candidate right); ``None`` when the counts
+    differ. The last two are the discordant rows a paired test needs."""
+    on_stable, on_candidate = score(stable, labels), score(candidate, labels)
+    if on_stable is None or on_candidate is None:
+        return None
+    rights = [(s == y, c == y) for s, c, y in zip(stable, candidate, labels, strict=True)]
+    only_stable = sum(s and not c for s, c in rights)
+    only_candidate = sum(c and not s for s, c in rights)
+    return len(labels), on_stable[1], on_candidate[1], only_stable, only_candidate
+
+
 __all__ = [
     "Answer",
     "Pairing",
     "Unreadable",
     "pair",
+    "paired_score",
     "protocol_of",
     "read_answer",
     "score",

@@ -44,6 +44,8 @@ class Action(StrEnum):
     RECONCILE = "reconcile"  # the traffic layer disagreed with the persisted weight
     PROMOTE = "promote"
     PROMOTED = "promoted"
+    WATCH = "watch"  # promoted; the previous stable kept warm and compared on labels
+    WATCHED = "watched"  # the watch is over: the previous stable can go
     ROLLBACK = "rollback"
     ROLLED_BACK = "rolled-back"
     ABORTED = "aborted"
@@ -348,6 +350,12 @@ def after_error(state: RolloutState, reason: str, now: datetime) -> Transition:
         )
         assert transition is not None  # an error always leads somewhere
         return transition
+    if state.phase is Phase.WATCHING:
+        transition = after_watch(
+            state, ShadowVerdict(outcome=Outcome.ERROR, reason=reason), now, False
+        )
+        assert transition is not None  # an error always leads somewhere
+        return transition
     errors = state.errors + 1
     if state.phase is Phase.PROMOTING and errors >= state.spec.error_limit:
         return _rollback(
@@ -364,7 +372,27 @@ def after_error(state: RolloutState, reason: str, now: datetime) -> Transition:
 
 
 def finish(state: RolloutState, now: datetime) -> Transition:
-    """After the traffic layer promoted or rolled back: the terminal phase."""
+    """After the traffic layer promoted or rolled back: the terminal phase, or after a
+    promotion with ``watch_s`` and a previous stable to compare with, the watch."""
+    if state.phase is Phase.PROMOTING and state.spec.watch_s > 0 and state.stable_version:
+        watching = state.model_copy(
+            update={
+                "phase": Phase.WATCHING,
+                "promoted": True,
+                "canary_weight": 0,
+                "errors": 0,
+                "not_before": None,
+                "window_start": now,
+                "window_baseline": None,
+                "step_deadline": now + timedelta(seconds=state.spec.watch_s),
+                "updated_at": now,
+                "message": (
+                    f"version {state.candidate.version} promoted to stable; watching it against "
+                    f"version {state.stable_version} for {state.spec.watch_s:g} s"
+                ),
+            }
+        )
+        return Transition(state=watching, action=Action.WATCH, event="promotion")
     if state.phase is Phase.PROMOTING:
         done = state.model_copy(
             update={
@@ -386,6 +414,54 @@ def finish(state: RolloutState, now: datetime) -> Transition:
         action=Action.ABORTED if state.aborted else Action.ROLLED_BACK,
         event="rollback",
     )
+
+
+# --- the post-promotion watch ------------------------------------------------------------
+
+
+def after_watch(
+    state: RolloutState, verdict: ShadowVerdict, now: datetime, deadline_reached: bool
+) -> Transition | None:
+    """What one look at the watch's pairs means (:func:`gate.core.paired.judge_watch`:
+    it can only fail). ``None``: nothing to record yet."""
+    match verdict.outcome:
+        case Outcome.FAIL if state.spec.watch_rollback:
+            return _rollback(
+                state, {"updated_at": now, "errors": 0}, f"{verdict.reason}; rolling back"
+            )
+        case Outcome.FAIL:
+            return _watched(
+                state, now, f"{verdict.reason}; kept (watch_rollback is off)", "watch-failure"
+            )
+        case Outcome.PASS | Outcome.INCONCLUSIVE:
+            if not deadline_reached:
+                return None
+            return _watched(
+                state, now, f"watch over after {state.spec.watch_s:g} s: {verdict.reason}", "watch"
+            )
+        case Outcome.ERROR:
+            errors = state.errors + 1
+            if errors >= state.spec.error_limit:
+                message = (
+                    f"watch ended at the error limit ({errors}/{state.spec.error_limit}): "
+                    f"{verdict.reason}"
+                )
+                return _watched(state.model_copy(update={"errors": errors}), now, message, None)
+            return _retry(state, errors, now, verdict.reason, Action.RETRY_ANALYSIS)
+
+
+def _watched(state: RolloutState, now: datetime, message: str, event: str | None) -> Transition:
+    done = state.model_copy(
+        update={
+            "phase": Phase.SUCCEEDED,
+            "errors": 0,
+            "not_before": None,
+            "paused": False,
+            "updated_at": now,
+            "message": message,
+        }
+    )
+    return Transition(state=done, action=Action.WATCHED, event=event)
 
 
 # --- manual control -----------------------------------------------------------------------
@@ -410,15 +486,20 @@ def command(state: RolloutState, name: Command, now: datetime) -> Transition:
             )
             if resumed.phase is Phase.PROGRESSING:
                 resumed = resumed.start_window(now)  # a paused window is not evidence
-            elif resumed.phase is Phase.SHADOW:  # its budget starts again; pairs still count
-                deadline = now + timedelta(seconds=state.spec.shadow_s)
+            elif resumed.phase in (Phase.SHADOW, Phase.WATCHING):  # its budget starts again
+                budget = (
+                    state.spec.shadow_s if resumed.phase is Phase.SHADOW else state.spec.watch_s
+                )
+                deadline = now + timedelta(seconds=budget)  # the pairs so far still count
                 resumed = resumed.model_copy(update={"step_deadline": deadline})
             return Transition(state=resumed, action=Action.RESUME, event="resume")
         case Command.PROMOTE:
+            if state.phase is Phase.WATCHING:  # accept the new stable: the watch ends
+                return _watched(state, now, "watch ended by user: new stable kept", None)
             if state.phase is not Phase.PROGRESSING:
                 raise CommandError(
                     f"rollout {state.id} is {state.phase.value}; only a "
-                    "progressing canary can be promoted"
+                    "progressing canary (or a watched promotion) can be promoted"
                 )
             promoted = state.model_copy(
                 update={
@@ -460,6 +541,7 @@ __all__ = [
     "after_shadow",
     "after_tick",
     "after_validation",
+    "after_watch",
     "candidate_started",
     "command",
     "finish",

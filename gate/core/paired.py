@@ -33,7 +33,12 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from gate.core.analysis import Check, bounds
-from gate.core.sequential import Interval, difference_cs, proportion_cs
+from gate.core.sequential import (
+    Interval,
+    difference_cs,
+    discordant_difference_cs,
+    proportion_cs,
+)
 from gate.core.spec import AnalysisSpec, Outcome
 
 FAIL_CHECKS = 3  # disagreement, replay errors and labelled accuracy share the fail alpha
@@ -65,6 +70,10 @@ class PairedEvidence(BaseModel):
     candidate_correct: int = 0
     stable_correct: int = 0
     """Of the labelled rows: how many each model classified right (the same requests)."""
+    only_stable_correct: int = 0
+    only_candidate_correct: int = 0
+    """Of the labelled rows: how many only one of the two classified right (the
+    discordant rows a paired test uses)."""
     skipped: int = 0
     """Logged requests left out by the replay rate bound (``shadow_rate_per_s``)."""
     latency_ms_sum: float = 0.0
@@ -198,6 +207,54 @@ def _accuracy(spec: AnalysisSpec, paired: PairedEvidence, fail_alpha: float) -> 
     ]
 
 
+def judge_watch(spec: AnalysisSpec, paired: PairedEvidence | None) -> ShadowVerdict:
+    """The post-promotion watch: the shadow phase turned around. The new stable answers
+    users; their requests are replayed to the previous stable, kept warm, so in these
+    pairs ``stable_*`` is the new stable and ``candidate_*`` the previous one. Where
+    labels arrived, the new stable's accuracy drop below the previous one's on the same
+    rows (a paired confidence sequence on the rows only one of them got right,
+    :func:`gate.core.sequential.discordant_difference_cs`) fails the watch when shown
+    beyond half ``accuracy_margin`` at level ``1 - confidence``, as a canary's labelled
+    accuracy does. It can only fail: a watch
+    that shows nothing until its end is over (``INCONCLUSIVE`` until then)."""
+    if paired is None:
+        return ShadowVerdict(outcome=Outcome.ERROR, reason="paired evidence unavailable")
+    n = paired.labelled_rows
+    if n <= 0:
+        reason = f"watch: no labelled answer paired yet ({paired.requests} requests replayed)"
+        return ShadowVerdict(outcome=Outcome.INCONCLUSIVE, reason=reason, paired=paired)
+    alpha = 1 - spec.confidence
+    shown = discordant_difference_cs(  # previous right only, minus new right only
+        paired.only_candidate_correct, paired.only_stable_correct, float(n), alpha
+    )
+    limit = spec.accuracy_margin / 2
+    acc_new, acc_old = paired.stable_correct / n, paired.candidate_correct / n
+    outcome = Outcome.FAIL if shown.above(limit) else Outcome.INCONCLUSIVE
+    detail = (
+        f"labelled accuracy on the same {n} rows: new stable {acc_new:.2%}, previous {acc_old:.2%}"
+    )
+    check = Check(
+        name="watch_accuracy",
+        outcome=outcome,
+        estimate=acc_old - acc_new,
+        fail_interval=bounds(shown),
+        fail_above=limit,
+        alpha=alpha,
+        n_canary=float(n),
+        n_stable=float(n),
+        detail=f"{detail} (the drop)",
+        traffic="watch",
+    )
+    if outcome is Outcome.FAIL:
+        reason = (
+            f"watch: the new stable's accuracy is shown worse than the previous stable's: "
+            f"drop >= {shown.low:.4g} > {limit:.4g} ({detail})"
+        )
+    else:
+        reason = f"watch: no drop shown ({detail})"
+    return ShadowVerdict(outcome=outcome, reason=reason, checks=[check], paired=paired)
+
+
 def _needs(paired: PairedEvidence, margin: float, interval: Interval) -> str:
     rate = paired.disagreement_rate
     if rate is None:
@@ -225,4 +282,4 @@ def _off_diagonal(pair: str) -> bool:
     return stable != candidate
 
 
-__all__ = ["PairedEvidence", "ShadowVerdict", "judge_shadow"]
+__all__ = ["PairedEvidence", "ShadowVerdict", "judge_shadow", "judge_watch"]

@@ -25,6 +25,7 @@ class Phase(StrEnum):
     SHADOW = "shadow"  # live requests replayed to the candidate; clients get stable's answers
     PROGRESSING = "progressing"  # canary steps
     PROMOTING = "promoting"
+    WATCHING = "watching"  # promoted; the previous stable kept warm and compared on labels
     SUCCEEDED = "succeeded"
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
@@ -149,6 +150,16 @@ class AnalysisSpec(BaseModel):
     """At most this many logged requests per second are replayed to the candidate (the
     rest are counted as skipped): the shadow phase never loads a candidate like live
     traffic would."""
+    watch_s: ShadowBudget = 0.0
+    """The post-promotion watch: for this long after a promotion the previous stable
+    stays warm, the new stable's live requests are replayed to it, and where true labels
+    arrive the two accuracies on the same requests are compared. A drop shown beyond
+    half ``accuracy_margin`` is recorded and announced (``watch-failure``) and, with
+    ``watch_rollback``, rolls back to the previous stable. 0: no watch (the rollout ends
+    at promotion). Needs labels (``POST /v1/feedback``) to find anything."""
+    watch_rollback: bool = True
+    """Whether a drop the watch shows rolls back to the previous stable (true) or is
+    only recorded and announced (false)."""
     failure_limit: Limit = 2
     """Failed analyses that trigger a rollback."""
     inconclusive_limit: Limit = 60
@@ -286,6 +297,8 @@ class AnalysisOverrides(BaseModel):
     shadow_s: ShadowBudget | None = None
     shadow_disagreement_margin: Rate | None = None
     shadow_rate_per_s: ShadowRate | None = None
+    watch_s: ShadowBudget | None = None
+    watch_rollback: bool | None = None
     failure_limit: Limit | None = None
     inconclusive_limit: Limit | None = None
     error_limit: Limit | None = None

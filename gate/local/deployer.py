@@ -203,6 +203,20 @@ class LocalDeployer(Deployer):
         url = (stable.endpoint or {}).get("http") if stable else None
         return str(url) if url else None
 
+    def previous_url(self, state: RolloutState) -> str | None:
+        endpoint = (state.backend_state.get("previous") or {}).get("endpoint") or {}
+        url = endpoint.get("http")
+        return str(url) if url else None
+
+    async def ensure_serving(self, previous: Stable) -> None:
+        endpoint = previous.endpoint
+        if endpoint is None or "process" not in endpoint:
+            raise TrafficError(f"previous stable v{previous.version} has no local endpoint")
+        self._launch(previous.model, endpoint, _pinned(previous.digest))  # if it exited
+        if not await self._ready(endpoint):
+            problem = self._exited(endpoint)
+            raise TrafficError(problem or f"previous stable not ready yet; see {endpoint['log']}")
+
     def promoted_stable(self, state: RolloutState) -> Stable:
         canary = state.backend_state.get("canary")
         if canary is None:
@@ -220,9 +234,13 @@ class LocalDeployer(Deployer):
             str((s.endpoint or {}).get("process")) for s in self.store.stables() if s.endpoint
         }
         for state in self.store.rollouts(active_only=True):
+            if state.phase in TERMINAL:
+                continue
             canary = state.backend_state.get("canary") or {}
-            if canary.get("process") and state.phase not in TERMINAL:
-                wanted.add(str(canary["process"]))
+            previous = (state.backend_state.get("previous") or {}).get("endpoint") or {}
+            for process in (canary.get("process"), previous.get("process")):
+                if process:  # the canary, and the previous stable a watch keeps warm
+                    wanted.add(str(process))
         stopped = []
         for process_id, pids in self._ours().items():
             if process_id in wanted:

@@ -104,6 +104,11 @@ class LocalRouter(Router):
             return
         await self._put(state.model, self._stable_endpoint(state.model), None, 0)
 
+    async def restore(self, state: RolloutState, previous: Stable) -> None:
+        if previous.endpoint is None:
+            raise TrafficError(f"previous stable v{previous.version} has no endpoint")
+        await self._put(state.model, previous.endpoint, None, 0)
+
     async def set_mirror(self, model: str, on: bool) -> None:
         self._mirror[model] = on
         routes = await self._routes(model)

@@ -55,6 +55,10 @@ class Router(ABC):
     async def rollback(self, state: RolloutState) -> None:
         """All traffic back to stable; the canary is out of the split."""
 
+    @abstractmethod
+    async def restore(self, state: RolloutState, previous: Stable) -> None:
+        """After a promotion (during its watch): all traffic back to the previous stable."""
+
     async def set_mirror(self, model: str, on: bool) -> None:  # noqa: B027 - optional hook
         """Send payload events (KServe's logger format) of the model's live requests to the
         gate, or stop. Idempotent. Traffic layers whose logger is configured with the
@@ -96,6 +100,16 @@ class Deployer(ABC):
     @abstractmethod
     def promoted_stable(self, state: RolloutState) -> Stable:
         """The stable record once the candidate is promoted."""
+
+    def previous_url(self, state: RolloutState) -> str | None:
+        """REST base URL of the previous stable during a post-promotion watch, for the
+        replay that compares it with the new one; ``None`` when it cannot be reached apart
+        (the watch then has no pairs to judge)."""
+        return None
+
+    async def ensure_serving(self, previous: Stable) -> None:  # noqa: B027 - optional hook
+        """Before traffic goes back to the previous stable: make sure it serves (local: start
+        it again if its process exited); raise :class:`TrafficError` while it does not."""
 
     @abstractmethod
     async def retire(self) -> list[str]:

@@ -11,7 +11,10 @@ model in lock-step. A rollout:
   its ``latest`` tag URL, which the accuracy gate's replay uses.
 - steps: ``canaryTrafficPercent`` on every service.
 - promote: the field is removed (the latest revision takes all traffic).
-- rollback: ``canaryTrafficPercent: 0`` (all traffic back to the previous revision).
+- rollback: ``canaryTrafficPercent: 0`` (all traffic back to the previous revision);
+  after a promotion (the post-promotion watch) the same patch pins the previous
+  rolled-out revision, as KServe's canary guide's "rollback and pin" does. The watch has
+  no pairs here (the previous revision has no URL of its own after a promotion).
 - the actual split is read back from ``status.components.predictor.traffic``.
 - payload events: the REST service (the first of a model's) gets KServe's logger,
   ``spec.predictor.logger: {mode: all, url: <gate>/v1/events/<events token>}``, so every
@@ -245,6 +248,17 @@ class KServeTrafficBackend(TrafficBackend):
 
     async def rollback(self, state: RolloutState) -> None:
         await self._patch_all(state.model, {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
+
+    async def restore(self, state: RolloutState, previous: Stable) -> None:
+        """KServe's "rollback and pin the previous model": ``canaryTrafficPercent: 0`` on
+        the promoted revision sends all traffic to the previously rolled-out one."""
+        await self._patch_all(
+            state.model,
+            {
+                "metadata": {"annotations": {VERSION_ANNOTATION: previous.version}},
+                "spec": {"predictor": {"canaryTrafficPercent": 0}},
+            },
+        )
 
     async def retire(self) -> list[str]:
         """KServe keeps revisions itself; a rolled-back one takes no traffic."""

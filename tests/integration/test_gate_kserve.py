@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -44,7 +44,10 @@ def backend_for(standin: StandIn, store: SQLiteStore) -> KServeTrafficBackend:
     return KServeTrafficBackend(api, "models", {"iris": SERVICES}, store)
 
 
-def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: Path) -> None:
+def kserve_rollout(
+    standin: StandIn, tmp_path: Path, spec: AnalysisSpec
+) -> tuple[SQLiteStore, RolloutController, str, Callable[[float], Phase]]:
+    """v1 serving on both services, recorded as stable; a rollout of v2 created."""
     store = SQLiteStore(tmp_path / "gate.db")
     backend = backend_for(standin, store)
     asyncio.run(backend.ensure_stable("iris"))
@@ -52,7 +55,6 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         model="iris", version="1", artifact_uri="gs://models/iris/1"
     )
     clock = FakeClock()
-    spec = AnalysisSpec(steps=[10, 50, 100], step_interval_s=30, shadow_s=0)
     holdout = write_holdout(tmp_path / "holdout")
     controller = RolloutController(
         store,
@@ -78,8 +80,15 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         clock.advance(advance)
         return asyncio.run(controller.tick(state.id)).phase
 
-    assert tick() is Phase.VALIDATING  # candidate revision requested, not waited for
-    assert tick() is Phase.PROGRESSING
+    return store, controller, state.id, tick
+
+
+def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: Path) -> None:
+    spec = AnalysisSpec(steps=[10, 50, 100], step_interval_s=30, shadow_s=0)
+    store, controller, rollout, tick = kserve_rollout(standin, tmp_path, spec)
+
+    assert tick(0) is Phase.VALIDATING  # candidate revision requested, not waited for
+    assert tick(0) is Phase.PROGRESSING
     for name in SERVICES:
         predictor = standin.objects[name]["spec"]["predictor"]
         assert predictor["canaryTrafficPercent"] == 10
@@ -89,7 +98,7 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         ]
         traffic = standin.objects[name]["status"]["components"]["predictor"]["traffic"]
         assert [(t["latestRevision"], t["percent"]) for t in traffic] == [(True, 10), (False, 90)]
-    assert controller.get(state.id).backend_state["latest_urls"]["iris-rest"] == (
+    assert controller.get(rollout).backend_state["latest_urls"]["iris-rest"] == (
         "http://iris-rest-latest.models.example"
     )
     tick(31)
@@ -109,6 +118,30 @@ def test_rollout_drives_every_service_in_lock_step(standin: StandIn, tmp_path: P
         if name == "iris-grpc" and "spec" in p
     ]
     assert weights == [0, 10, 50, 100, None]  # null removes the field: promotion
+    assert standin.rejected == []
+
+
+def test_a_watched_promotion_is_undone_by_pinning_the_previous_revision(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Aborted during its watch, a promoted rollout goes back to v1 the way KServe's
+    canary guide does it ("rollback and pin the previous model"), schema-checked."""
+    spec = AnalysisSpec(steps=[100], step_interval_s=30, shadow_s=0, watch_s=600)
+    store, controller, rollout, tick = kserve_rollout(standin, tmp_path, spec)
+    for _ in range(4):
+        if tick(31) is Phase.WATCHING:
+            break
+    assert controller.get(rollout).phase is Phase.WATCHING
+    assert store.stable("iris").version == "2"  # type: ignore[union-attr]
+    asyncio.run(controller.command(rollout, "abort"))
+    assert controller.get(rollout).phase is Phase.ABORTED
+    for name in SERVICES:
+        service = standin.objects[name]
+        assert service["spec"]["predictor"]["canaryTrafficPercent"] == 0
+        assert service["metadata"]["annotations"]["irisgate.io/model-version"] == "1"
+    assert store.stable("iris") == Stable(
+        model="iris", version="1", artifact_uri="gs://models/iris/1"
+    )
     assert standin.rejected == []
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.gate_fakes import KSERVE_HEADERS
@@ -134,6 +135,67 @@ def test_a_candidate_that_answers_differently_fails_in_shadow_and_never_serves(
     assert checks["disagreement"]["fail_interval"][0] > 0.15
     assert not any(d["action"] == "step" for d in final["decisions"])  # no user answered
     assert routes["canary"] is None and routes["mirror"] is False
+
+
+def test_a_promotion_the_watch_shows_worse_on_labels_is_rolled_back_to_the_previous(
+    stack: LocalStack,
+) -> None:
+    """v3 (the forest) promoted by hand with a watch: users' requests now answered by v3
+    are replayed to the previous stable (v2, kept warm); labels say v2 was right, so the
+    watch shows the drop and puts v2 back, in the router and in the store."""
+    before = stack.routes()
+    previous_http = before["stable"]["http"]
+    rollout = stack.create(
+        "3",
+        **{**TEST_MARGINS, "shadow_s": 0, "watch_s": 120, "steps": [50, 100]},
+        step_interval_s=120.0,
+    )
+    stack.wait_phase(rollout, {"progressing", *TERMINAL}, timeout=60)
+    promoted = httpx.post(f"{stack.gate_url}/v1/rollouts/{rollout}/promote", headers=AUTH)
+    assert promoted.status_code == 200, promoted.text
+    watching = stack.wait_phase(rollout, {"watching", *TERMINAL}, timeout=30)
+    assert watching["phase"] == "watching" and watching["promoted"] is True
+    routes = stack.routes()
+    new_http = routes["stable"]["http"]
+    assert new_http != previous_http and routes["canary"] is None and routes["mirror"] is True
+    rng = np.random.default_rng(5)
+    labels = []
+    for i in range(60):
+        row = [round(float(v), 2) for v in rng.uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5])]
+        request_id = f"watched-{i}-{uuid.uuid4().hex[:8]}"
+        labelled_request(stack, request_id, row)
+        truth = httpx.post(  # the previous stable's answer, asked directly: the truth here
+            f"{previous_http}/v1/models/iris:predict", json={"instances": [row]}, timeout=10
+        ).json()["predictions"][0]
+        labels.append({"id": request_id, "label": int(truth)})
+    feedback = httpx.post(
+        f"{stack.gate_url}/v1/feedback",
+        headers=AUTH,
+        json={"model": "iris", "labels": labels},
+        timeout=10,
+    )
+    assert feedback.status_code == 200 and feedback.json()["unknown"] == 0, feedback.text
+    final = stack.wait_phase(rollout, TERMINAL, timeout=90)
+    assert final["phase"] == "rolled_back", final["message"]
+    assert final["message"].startswith("watch: the new stable's accuracy is shown worse")
+    judged = next(d for d in final["decisions"] if d["action"] == "rollback")
+    check = judged["evidence"]["checks"][0]
+    assert check["name"] == "watch_accuracy" and check["fail_interval"][0] > 0.01
+    after = stack.routes()
+    assert after["stable"]["http"] == previous_http and after["mirror"] is False
+    answer = httpx.post(
+        f"{stack.router_url}/v1/models/iris:predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]}
+    )
+    assert answer.status_code == 200
+    deadline = time.monotonic() + 20  # the promoted v3 predictor is retired
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{new_http}/v2/health/ready", timeout=1)
+        except httpx.HTTPError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the rolled-back v3 predictor at {new_http} still answers")
 
 
 def test_a_killed_gate_resumes_its_shadow_phase_without_losing_pairs(tmp_path: Path) -> None:

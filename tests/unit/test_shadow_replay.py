@@ -206,28 +206,37 @@ def test_candidate_failures_are_counted_not_paired(tmp_path: Path) -> None:
 # --- the controller's shadow phase -----------------------------------------------------------
 
 
-def run_shadow(
-    tmp_path: Path, flip_live: bool, exchanges: int = 400
-) -> tuple[RolloutController, str]:
+def shadow_controller(
+    tmp_path: Path, spec: AnalysisSpec, transport: httpx.MockTransport
+) -> tuple[RolloutController, FakeBackend, FakeClock, str]:
+    """v1 stable, a real payload store beside the gate's, a rollout of v2 created."""
     store = SQLiteStore(tmp_path / "gate.db")
     store.set_stable(Stable(model="iris", version="1", artifact_uri="/m/1"))
-    backend = FakeBackend()
-    spec = AnalysisSpec(steps=[10, 100], shadow_s=60, shadow_rate_per_s=1000)
+    backend, clock = FakeBackend(), FakeClock()
     controller = RolloutController(
         store,
         backend,
         backend,
         FakeProvider(),
         spec,
-        clock=FakeClock(),
-        http=httpx.AsyncClient(transport=flipping_candidate(flip_live)),
+        clock=clock,
+        http=httpx.AsyncClient(transport=transport),
         payloads=PayloadStore(tmp_path / "gate.db"),
     )
     artifact = write_holdout(tmp_path / "registry" / "iris" / "2")
     candidate = Candidate(
         version="2", artifact_uri=str(artifact), offline_metrics={"accuracy": 1.0}
     )
-    rollout = controller.create("iris", candidate).id
+    return controller, backend, clock, controller.create("iris", candidate).id
+
+
+def run_shadow(
+    tmp_path: Path, flip_live: bool, exchanges: int = 400
+) -> tuple[RolloutController, str]:
+    spec = AnalysisSpec(steps=[10, 100], shadow_s=60, shadow_rate_per_s=1000)
+    controller, backend, _, rollout = shadow_controller(
+        tmp_path, spec, flipping_candidate(flip_live)
+    )
 
     async def scenario() -> None:
         await controller.tick(rollout)
