@@ -120,7 +120,8 @@ INVALID_OR_REFUSED: Responses = {
     }
 }
 UNREADABLE: Responses = {
-    400: {"model": ErrorPublic, "description": "the body cannot be read (e.g. not UTF-8)"}
+    400: {"model": ErrorPublic, "description": "the body cannot be read (e.g. not UTF-8)"},
+    413: {"model": ErrorPublic, "description": "the body is over GATE_MAX_BODY_BYTES"},
 }
 COMMAND_RESPONSES: Responses = {**UNAUTHORIZED, **NOT_FOUND, **CONFLICT, **INVALID}
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from gate.api import install_error_handlers, operations, quarantine, rollouts
+from gate.body_limit import BodyLimit
 from gate.controller import CrashAfter, RolloutController
 from gate.ingest_api import events, feedback
 from gate.notify import WebhookNotifier
@@ -152,6 +153,7 @@ def create_app(
         description="Accuracy gate and progressive canary analysis.",
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/events",))
     app.state.settings = settings
     app.state.controller = controller
     app.state.registry = registry

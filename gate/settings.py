@@ -34,6 +34,9 @@ class GateSettings(BaseSettings):
     feedback_token: SecretStr | None = Field(None, min_length=16)
     """A token for ``POST /v1/feedback`` only (the API token works too): what a label
     source holds, so it can add labels but never steer a rollout."""
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    """Largest request body the API reads (413 beyond it, before it is parsed); payload
+    events have their own bound (16 MiB)."""
     payload_retention_s: float = Field(86_400.0, gt=0, le=90 * 86_400)
     """How long logged payloads and shadow pairs are kept."""
     payload_max_rows: int = Field(200_000, ge=1_000, le=100_000_000)

@@ -126,7 +126,7 @@ def test_openapi_schema_lists_every_status(client: TestClient) -> None:
         for path, methods in paths.items()
         for method, operation in methods.items()
     }
-    assert statuses[("POST", "/v1/rollouts")] == {"201", "400", "401", "409", "422"}
+    assert statuses[("POST", "/v1/rollouts")] == {"201", "400", "401", "409", "413", "422"}
     assert statuses[("GET", "/v1/rollouts")] == {"200", "422"}
     assert statuses[("GET", "/v1/rollouts/{rollout_id}")] == {"200", "404", "422"}
     for command in ("pause", "resume", "promote", "abort"):
@@ -508,3 +508,27 @@ def test_whatever_the_api_accepts_round_trips_through_json(
     stored = state.model_dump_json()
     assert RolloutState.model_validate_json(stored) == state
     RolloutPublic.of(state).model_dump_json()  # and every answer about it serialises
+
+
+def test_bodies_over_the_limit_are_refused_before_they_are_parsed(tmp_path: Path) -> None:
+    limit = 64 * 1024
+    app = create_app(
+        settings(tmp_path, max_body_bytes=limit), backend=FakeBackend(), provider=FakeProvider()
+    )
+    big = json.dumps(body(padding="x" * limit)).encode()
+    detail = f"request body over {limit} bytes (GATE_MAX_BODY_BYTES)"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts what is read
+        for start in range(0, len(big), 4096):
+            yield big[start : start + 4096]
+
+    with TestClient(app) as test_client:
+        for path in ("/v1/rollouts", "/v1/feedback"):
+            declared = test_client.post(path, content=big, headers=AUTH)
+            assert (declared.status_code, declared.json()) == (413, {"detail": detail})
+            streamed = test_client.post(path, content=chunks(), headers=AUTH)
+            assert (streamed.status_code, streamed.json()) == (413, {"detail": detail})
+        assert test_client.get("/v1/rollouts").json() == []  # nothing was created
+        small = test_client.post("/v1/rollouts", json=body(), headers=AUTH)
+        assert small.status_code == 422  # under the limit: read and judged as before
+    assert app.openapi()["paths"]["/v1/feedback"]["post"]["responses"]["413"]
