@@ -36,7 +36,9 @@ class RolloutPublic(BaseModel):
     candidate: Candidate
     stable_version: str | None
     promoted: bool = Field(
-        False, description="the candidate took all traffic (true during a post-promotion watch)"
+        False,
+        description="the candidate took all traffic as the new stable (so far: a "
+        "post-promotion watch may still roll it back)",
     )
     canary_weight: int
     step_index: int

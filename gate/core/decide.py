@@ -397,6 +397,7 @@ def finish(state: RolloutState, now: datetime) -> Transition:
         done = state.model_copy(
             update={
                 "phase": Phase.SUCCEEDED,
+                "promoted": True,
                 "canary_weight": 0,
                 "errors": 0,
                 "not_before": None,

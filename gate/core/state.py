@@ -41,8 +41,8 @@ class RolloutState(BaseModel):
     stable_version: str | None = None
     """The stable when the rollout began (during a post-promotion watch: the previous)."""
     promoted: bool = False
-    """The candidate took all traffic as the new stable (a watch may follow): rolling
-    back now restores the previous stable (``backend_state["previous"]``)."""
+    """The candidate took all traffic as the new stable: during a post-promotion watch,
+    rolling back restores the previous stable (``backend_state["previous"]``)."""
     evidence: WindowMeasurement | None = None
     """The rollout's finished windows, summed: what the analysis adds the current
     window to (so stable's earlier traffic still counts when the canary takes 100 %)."""

@@ -71,6 +71,7 @@ def test_no_watch_without_a_budget_or_a_previous_stable() -> None:
     for state in (promoting(WATCH.model_copy(update={"watch_s": 0})), promoting(stable=None)):
         transition = finish(state, NOW)
         assert transition.action is Action.PROMOTED and transition.state.phase is Phase.SUCCEEDED
+        assert transition.state.promoted
 
 
 def test_a_drop_shown_rolls_back_or_is_only_announced() -> None:
