@@ -19,6 +19,18 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app as soon as a shutdown begins: open event streams
+    (``/v1/rollouts/{id}/stream``) then end at their next poll, instead of holding the
+    graceful shutdown for its whole timeout."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.app
+        if hasattr(app, "state"):
+            app.state.stopping = True
+        super().handle_exit(sig, frame)
+
+
 def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -40,7 +52,7 @@ def main() -> int:
         print(f"gate: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -48,6 +60,7 @@ def main() -> int:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    _Server(config).run()
     return 0
 
 

@@ -173,9 +173,9 @@ def list_quarantined(controller: ControllerDep) -> list[Quarantined]:
     return controller.store.quarantined()
 
 
-@rollouts.get("/{rollout_id}", responses={**NOT_FOUND, **INVALID})
-def get_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutDetail:
-    """The rollout with its whole decision history and the evidence for each decision."""
+def rollout_detail(controller: RolloutController, rollout_id: str) -> RolloutDetail:
+    """What ``GET /v1/rollouts/{id}`` answers; the stream endpoint sends the same, so a
+    client parses one shape whichever way it reads. Blocking (SQLite): NotFound if none."""
     try:
         state = controller.get(rollout_id)
     except RolloutNotFound as exc:
@@ -184,6 +184,12 @@ def get_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutDeta
     return RolloutDetail(
         **RolloutPublic.of(state).model_dump(), analysis=state.spec, decisions=decisions
     )
+
+
+@rollouts.get("/{rollout_id}", responses={**NOT_FOUND, **INVALID})
+def get_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutDetail:
+    """The rollout with its whole decision history and the evidence for each decision."""
+    return rollout_detail(controller, rollout_id)
 
 
 async def _command(controller: RolloutController, rollout_id: str, name: Command) -> RolloutPublic:

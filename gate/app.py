@@ -22,6 +22,7 @@ from gate.payload_store import PayloadStore
 from gate.providers.base import MetricsProvider
 from gate.settings import GateSettings
 from gate.store import SQLiteStore, Stable
+from gate.stream_api import stream
 from gate.traffic.base import Deployer, Router, TrafficBackend, TrafficError
 from gate.wiring import make_provider, make_traffic
 
@@ -158,7 +159,9 @@ def create_app(
     app.state.controller = controller
     app.state.registry = registry
     app.state.not_ready = "starting"
+    app.state.stopping = False  # set by python -m gate when a shutdown begins
     app.include_router(rollouts)
+    app.include_router(stream)
     app.include_router(quarantine)
     app.include_router(events)
     app.include_router(feedback)
