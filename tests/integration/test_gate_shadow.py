@@ -174,7 +174,9 @@ def test_a_promotion_the_watch_shows_worse_on_labels_is_rolled_back_to_the_previ
         json={"model": "iris", "labels": labels},
         timeout=10,
     )
-    assert feedback.status_code == 200 and feedback.json()["unknown"] == 0, feedback.text
+    # the router sends events in batches: a label may arrive before its answer does (it
+    # is kept, counted as unknown, and scored when the answer comes)
+    assert feedback.status_code == 200 and feedback.json()["accepted"] == 60, feedback.text
     final = stack.wait_phase(rollout, TERMINAL, timeout=90)
     assert final["phase"] == "rolled_back", final["message"]
     assert final["message"].startswith("watch: the new stable's accuracy is shown worse")
