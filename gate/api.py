@@ -29,11 +29,12 @@ from pydantic import SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from gate.confine import confine_candidate
+from gate.confine import confine_candidate, confine_hooks
 from gate.controller import RolloutController, RolloutNotFound
 from gate.core.decide import Command, CommandError
 from gate.core.errors import Conflict, GateError, NotFound
 from gate.schemas import (
+    ApprovalCreate,
     DecisionPublic,
     ErrorPublic,
     RolloutCreate,
@@ -142,6 +143,7 @@ def create_rollout(
     The artifact must come from the operator's registry (or allowed storage) and the
     held-out set from the artifact itself or an allowed prefix (422 otherwise)."""
     candidate = confine_candidate(body.candidate, settings)
+    confine_hooks(body.analysis, settings)
     try:
         state = controller.create(body.model, candidate, body.analysis)
     except ActiveRolloutExists as exc:
@@ -192,9 +194,11 @@ def get_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutDeta
     return rollout_detail(controller, rollout_id)
 
 
-async def _command(controller: RolloutController, rollout_id: str, name: Command) -> RolloutPublic:
+async def _command(
+    controller: RolloutController, rollout_id: str, name: Command, full: bool = False
+) -> RolloutPublic:
     try:
-        return RolloutPublic.of(await controller.command(rollout_id, name))
+        return RolloutPublic.of(await controller.command(rollout_id, name, full=full))
     except RolloutNotFound as exc:
         raise NotFound(f"no rollout {rollout_id}") from exc
     except CommandError as exc:
@@ -212,9 +216,37 @@ async def resume_rollout(rollout_id: RolloutId, controller: ControllerDep) -> Ro
 
 
 @rollouts.post("/{rollout_id}/promote", dependencies=[TokenDep], responses=COMMAND_RESPONSES)
-async def promote_rollout(rollout_id: RolloutId, controller: ControllerDep) -> RolloutPublic:
-    """Skip the remaining steps and promote the candidate now."""
-    return await _command(controller, rollout_id, Command.PROMOTE)
+async def promote_rollout(
+    rollout_id: RolloutId,
+    controller: ControllerDep,
+    full: Annotated[
+        bool, Query(description="promote to the end now, not to the next step")
+    ] = False,
+) -> RolloutPublic:
+    """Argo Rollouts' promote: the next canary step (from the shadow phase: the first;
+    from the last step: the promotion), or with ``full=true`` the promotion now. During a
+    post-promotion watch: end the watch and keep the new stable. No hook is asked."""
+    return await _command(controller, rollout_id, Command.PROMOTE, full)
+
+
+@rollouts.post(
+    "/{rollout_id}/approve",
+    dependencies=[TokenDep],
+    responses={**UNREADABLE, **COMMAND_RESPONSES},
+)
+async def approve_rollout(
+    rollout_id: RolloutId, controller: ControllerDep, body: ApprovalCreate | None = None
+) -> RolloutPublic:
+    """Answer the rollout's own approval hook (a hook with ``url: approval``): the held
+    move goes through at the next tick. Without a body, the type the rollout waits for
+    (409 if it waits for none); with ``{"type": ...}`` approve ahead. An approval of a
+    confirm type is used up by the move it lets through."""
+    try:
+        return RolloutPublic.of(await controller.approve(rollout_id, body.type if body else None))
+    except RolloutNotFound as exc:
+        raise NotFound(f"no rollout {rollout_id}") from exc
+    except CommandError as exc:
+        raise Conflict(str(exc)) from exc
 
 
 @rollouts.post("/{rollout_id}/abort", dependencies=[TokenDep], responses=COMMAND_RESPONSES)

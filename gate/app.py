@@ -101,6 +101,7 @@ def create_app(
         payloads=PayloadStore(
             settings.db_path, settings.payload_retention_s, settings.payload_max_rows
         ),
+        hook_namespace=settings.kserve_namespace,
     )
     notifier = WebhookNotifier(
         settings.webhook_urls, store, gate_metrics, max_passes=settings.webhook_max_passes

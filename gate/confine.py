@@ -11,6 +11,8 @@ the accuracy gate with a model that only knows those rows. So:
 - kserve backend: ``artifact_uri`` must lie under one of GATE_KSERVE_STORAGE_PREFIXES;
 - ``holdout_uri`` must be the artifact's own ``holdout.csv`` (what the pipeline sends) or
   lie under one of GATE_HOLDOUT_ALLOWED_PREFIXES.
+- a gating hook's ``url`` must be an http(s) URL under one of GATE_HOOK_ALLOWED_PREFIXES
+  (or ``approval``, the gate's own): the gate calls it.
 
 Every refusal is a :class:`gate.core.errors.Refused` naming the field (HTTP 422).
 """
@@ -23,7 +25,8 @@ from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from gate.core.errors import Refused
-from gate.core.spec import Candidate
+from gate.core.hooks import APPROVAL
+from gate.core.spec import AnalysisOverrides, Candidate
 from gate.settings import GateSettings
 
 ARTIFACT = "candidate.artifact_uri"
@@ -53,6 +56,24 @@ def confine_candidate(candidate: Candidate, settings: GateSettings) -> Candidate
     if candidate.digest is None:
         raise Refused(DIGEST, "required by the kserve backend (the pipeline sends it)")
     return candidate
+
+
+def confine_hooks(overrides: AnalysisOverrides | None, settings: GateSettings) -> None:
+    """Refuse a hook URL the operator did not allow: a rollout's hooks are requests the
+    gate makes, so a client must not be able to aim them at an internal service. Only
+    http(s) URLs under GATE_HOOK_ALLOWED_PREFIXES, or the gate's own ``approval``."""
+    for index, hook in enumerate((overrides.hooks or []) if overrides else []):
+        if hook.url == APPROVAL:
+            continue
+        scheme = urlsplit(hook.url).scheme.lower() if _is_url(hook.url) else ""
+        if scheme not in ("http", "https") or not _under_any_prefix(
+            hook.url, settings.hook_allowed_prefixes
+        ):
+            raise Refused(
+                f"analysis.hooks.{index}.url",
+                f"must be '{APPROVAL}' or an http(s) URL under a prefix the operator allows "
+                "(GATE_HOOK_ALLOWED_PREFIXES)",
+            )
 
 
 def _local_digest(candidate: Candidate, artifact: Path) -> str:

@@ -37,21 +37,29 @@ from gate.core.decide import (
     Command,
     Transition,
     ValidationVerdict,
+    after_analysis,
     after_error,
     after_shadow,
     after_tick,
     after_validation,
     after_watch,
+    approve,
     candidate_started,
     command,
     finish,
+    hold,
+    hook_rollback,
+    let_through,
+    pre_rollout_failed,
     reconcile,
 )
 from gate.core.errors import NotFound
+from gate.core.hooks import HookResult, HookType, asked_rollback, of_type, refused
 from gate.core.paired import PairedEvidence, ShadowVerdict, judge_shadow, judge_watch
 from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Outcome, Phase
 from gate.core.state import RolloutState
 from gate.generate import Generators, TrafficGenerator
+from gate.hooks import HookRunner
 from gate.observability import GateMetrics
 from gate.payload_store import PayloadStore
 from gate.providers.base import MetricsProvider, MetricsUnavailable, Targets
@@ -105,6 +113,7 @@ class RolloutController:
         crash_after: CrashAfter | None = None,
         generators: Generators | None = None,
         payloads: PayloadStore | None = None,
+        hook_namespace: str = "default",
     ) -> None:
         self.store = store
         self.router = router
@@ -120,6 +129,9 @@ class RolloutController:
         self.generators = generators or Generators()
         self.payloads = payloads or PayloadStore(":memory:")
         """Live requests and answers (payload events) and the shadow phase's pairs."""
+        self.hooks = HookRunner(self._http, hook_namespace)
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        """Gating hooks (:mod:`gate.core.hooks`): asked at their moments of a tick."""
         self.shadows = RolloutTasks("shadow replay")
         self.last_loop: float | None = None
         """monotonic time of the loop's last complete pass (``/readyz`` reads it)."""
@@ -163,18 +175,34 @@ class RolloutController:
             raise RolloutNotFound(rollout_id)
         return state
 
-    async def command(self, rollout_id: str, name: Command | str) -> RolloutState:
+    async def command(
+        self, rollout_id: str, name: Command | str, full: bool = False
+    ) -> RolloutState:
         """Apply a manual command now; promote and abort act at once. A command that does
         not apply raises CommandError (409); a traffic failure while acting is an error
-        decision like any other, never a failed request."""
+        decision like any other, never a failed request. ``full``: promote to the end,
+        not to the next step."""
         async with self._lock(rollout_id):
             state = self.get(rollout_id)
-            transition = command(state, Command(name), self.clock())
-            self._save(transition, outcome=None, evidence={"command": str(name)})
+            transition = command(state, Command(name), self.clock(), full=full)
+            evidence: dict[str, Any] = {"command": str(name)}
+            if full:
+                evidence["full"] = True
+            self._save(transition, outcome=None, evidence=evidence)
             await self._guarded(rollout_id, self._act(transition))
             state = self.get(rollout_id)
             await self._background(state)
         return state
+
+    async def approve(self, rollout_id: str, kind: HookType | None = None) -> RolloutState:
+        """A user's answer to the gate's own approval hook; the next tick lets the held
+        move through (CommandError, 409, when there is nothing of that type to approve)."""
+        async with self._lock(rollout_id):
+            state = self.get(rollout_id)
+            transition = approve(state, kind, self.clock())
+            approved = kind or state.held_by  # approve() refused the call when neither is set
+            self._save(transition, None, {"approved": approved.value if approved else None})
+            return transition.state
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
@@ -321,6 +349,8 @@ class RolloutController:
         return self._locks.setdefault(rollout_id, asyncio.Lock())
 
     async def _advance(self, state: RolloutState) -> None:
+        if state.phase in (Phase.SHADOW, Phase.PROGRESSING) and await self._rollback_asked(state):
+            return
         match state.phase:
             case Phase.VALIDATING:
                 await self._validate(state)
@@ -340,7 +370,7 @@ class RolloutController:
         if not state.candidate_started:
             planned = self.deployer.plan_candidate(state)
             transition = candidate_started(state, planned, self.clock(), self.candidate_timeout_s)
-            await self._apply(transition, outcome=None, evidence={"planned": planned})
+            await self._decide(state, transition, outcome=None, evidence={"planned": planned})
             return
         readiness = await self.deployer.candidate_ready(state)
         if readiness.facts:
@@ -355,7 +385,7 @@ class RolloutController:
             verdict = await self._accuracy_gate(state)
         judged = after_validation(state, verdict, self.clock())
         if judged is not None:  # None: still waiting for the candidate, nothing to record
-            await self._apply(judged, outcome=verdict.outcome, evidence=verdict.evidence)
+            await self._decide(state, judged, outcome=verdict.outcome, evidence=verdict.evidence)
 
     async def _accuracy_gate(self, state: RolloutState) -> ValidationVerdict:
         offline = state.candidate.offline_metrics["accuracy"]
@@ -400,7 +430,7 @@ class RolloutController:
         if transition is None:
             return
         evidence = verdict.model_dump(mode="json", exclude={"outcome", "reason"})
-        await self._apply(transition, outcome=verdict.outcome, evidence=evidence)
+        await self._decide(state, transition, outcome=verdict.outcome, evidence=evidence)
 
     async def _progress(self, state: RolloutState) -> None:
         now = self.clock()
@@ -415,6 +445,14 @@ class RolloutController:
         if state.window_baseline is None:
             await self._snapshot(state)
             return
+        if state.window_hooks is None and of_type(state.spec.hooks, HookType.ROLLOUT):
+            state = await self._rollout_hooks(state)
+            if state.window_hooks and (why := refused(state.window_hooks)):
+                failed = Verdict(outcome=Outcome.FAIL, reason=why)
+                await self._decide(
+                    state, after_analysis(state, failed, self.clock()), Outcome.FAIL, {}
+                )
+                return
         deadline_reached = state.step_deadline is None or now >= state.step_deadline
         window_s = (now - state.window_start).total_seconds() if state.window_start else 0.0
         try:
@@ -441,7 +479,7 @@ class RolloutController:
             "canary_weight": state.canary_weight,
             "window_start": state.window_start.isoformat() if state.window_start else None,
         }
-        await self._apply(transition, outcome=verdict.outcome, evidence=evidence)
+        await self._decide(state, transition, outcome=verdict.outcome, evidence=evidence)
 
     async def _labels(self, state: RolloutState) -> LabelEvidence:
         """Labelled answers of stable and the canary logged since the rollout began."""
@@ -473,6 +511,84 @@ class RolloutController:
         else:
             await self.router.rollback(state)
         await self._apply(finish(state, self.clock()), outcome=None, evidence={}, stable=stable)
+
+    # --- gating hooks ----------------------------------------------------------------------
+    async def _decide(
+        self,
+        before: RolloutState,
+        transition: Transition,
+        outcome: Outcome | None,
+        evidence: dict[str, Any],
+    ) -> None:
+        """Record and carry out an analysed decision, unless the hooks of its moment say
+        otherwise: confirm-rollout before the candidate starts, confirm-traffic-increase
+        before each raise of the weight (and pre-rollout before the first), and
+        confirm-promotion before an analysed promotion. A refusing confirm hook holds the
+        rollout where ``before`` was; a refusing pre-rollout hook is a failed check."""
+        answers: list[HookResult] = list(before.window_hooks or [])
+        confirm = _CONFIRMS.get(transition.action)
+        if confirm is not None and of_type(before.spec.hooks, confirm):
+            asked = await self.hooks.call(before, confirm)
+            answers += asked
+            if why := refused(asked):
+                held = hold(before, confirm, why, self.clock())
+                if held is not None:
+                    await self._apply(held, None, {"held": transition.action, **_hooks(answers)})
+                return
+            transition = let_through(transition, confirm)
+        first_step = transition.action is Action.STEP and before.phase is not Phase.PROGRESSING
+        if first_step and of_type(before.spec.hooks, HookType.PRE_ROLLOUT):
+            asked = await self.hooks.call(before, HookType.PRE_ROLLOUT)
+            answers += asked
+            if why := refused(asked):
+                failed = pre_rollout_failed(before, why, self.clock())
+                await self._apply(failed, Outcome.FAIL, _hooks(answers))
+                return
+        await self._apply(transition, outcome, {**evidence, **_hooks(answers)})
+
+    async def _rollback_asked(self, state: RolloutState) -> bool:
+        """Flagger's rollback hooks, asked every tick of the shadow phase and the steps:
+        a 2xx answer rolls back (fails, before any user got the candidate's answer)."""
+        if not of_type(state.spec.hooks, HookType.ROLLBACK):
+            return False
+        asked = await self.hooks.call(state, HookType.ROLLBACK)
+        why = asked_rollback(asked)
+        if why is None:
+            return False
+        transition = hook_rollback(state, why, self.clock())
+        await self._apply(transition, Outcome.FAIL, _hooks(asked))
+        return True
+
+    async def _rollout_hooks(self, state: RolloutState) -> RolloutState:
+        """The window's rollout hooks, asked once, before its first judged look; their
+        answers stay in the state for the decision that ends the window."""
+        asked = await self.hooks.call(state, HookType.ROLLOUT)
+        state = state.model_copy(update={"window_hooks": asked})
+        self.store.save(state)
+        return state
+
+    def _post_rollout_soon(self, state: RolloutState) -> None:
+        """Flagger's post-rollout hooks, after a promotion or a rollback, in a task of
+        their own: their answers are recorded and change nothing, so nothing (an abort's
+        answer, the next tick) waits for them."""
+        if not of_type(state.spec.hooks, HookType.POST_ROLLOUT):
+            return
+        task = asyncio.create_task(self._post_rollout(state))
+        self._hook_tasks.add(task)
+        task.add_done_callback(self._hook_tasks.discard)
+
+    async def _post_rollout(self, state: RolloutState) -> None:
+        asked = await self.hooks.call(state, HookType.POST_ROLLOUT)
+        why = refused(asked)
+        reason = f"post-rollout hooks: {why}" if why else "post-rollout hooks answered 2xx"
+        try:
+            async with self._lock(state.id):  # after the decision that ended the rollout
+                self.store.save(
+                    self.get(state.id),
+                    {"action": Action.HOOKS, "reason": reason, "evidence": _hooks(asked)},
+                )
+        except Exception:  # the store is closing: the answers are only logged
+            logger.exception("rollout %s: post-rollout answers not recorded: %s", state.id, reason)
 
     async def _snapshot(self, state: RolloutState) -> None:
         """The window starts when its traffic split is in place."""
@@ -506,8 +622,11 @@ class RolloutController:
         match transition.action:
             case Action.CANDIDATE_STARTED:
                 await self.deployer.start_candidate(state)
-            case Action.SHADOW | Action.WATCH:
+            case Action.SHADOW:
                 await self.router.set_mirror(state.model, True)
+            case Action.WATCH:
+                await self.router.set_mirror(state.model, True)
+                self._post_rollout_soon(state)
             case Action.STEP | Action.RETRY_STEP | Action.RECONCILE:
                 await self.router.set_weight(state, state.canary_weight)
                 await self._snapshot(state)
@@ -521,6 +640,8 @@ class RolloutController:
                 except TrafficError as exc:  # never in the way of retiring: logged
                     logger.warning("rollout %s: payload events not off: %s", state.id, exc)
                 await self.deployer.retire()
+                if transition.action is not Action.WATCHED:
+                    self._post_rollout_soon(state)
             case (
                 Action.CREATE
                 | Action.RETRY_VALIDATION
@@ -529,6 +650,9 @@ class RolloutController:
                 | Action.RETRY
                 | Action.PAUSE
                 | Action.RESUME
+                | Action.HOLD
+                | Action.APPROVE
+                | Action.HOOKS
             ):
                 pass
             case unreachable:  # mypy: every action is handled above
@@ -587,9 +711,25 @@ class RolloutController:
         }
 
     async def aclose(self) -> None:
+        for task in self._hook_tasks:
+            task.cancel()
+        await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         await self.generators.aclose()
         await self.shadows.stop_all()
         await self._http.aclose()
+
+
+_CONFIRMS: dict[Action, HookType] = {
+    Action.CANDIDATE_STARTED: HookType.CONFIRM_ROLLOUT,
+    Action.STEP: HookType.CONFIRM_TRAFFIC_INCREASE,
+    Action.PROMOTE: HookType.CONFIRM_PROMOTION,
+}
+"""The confirm hook each analysed move waits for (manual commands wait for none)."""
+
+
+def _hooks(answers: list[HookResult]) -> dict[str, Any]:
+    """Hook answers as decision evidence (nothing when no hook was asked)."""
+    return {"hooks": [a.model_dump(mode="json") for a in answers]} if answers else {}
 
 
 def watch_key(rollout_id: str) -> str:

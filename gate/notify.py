@@ -31,6 +31,8 @@ COLOURS = {
     "watch-failure": "danger",
     "rollback": "danger",
     "failure": "danger",
+    "hold": "#daa038",
+    "approval": "#439FE0",
 }
 TITLES = {
     "start": "rollout started",
@@ -43,6 +45,8 @@ TITLES = {
     "watch-failure": "post-promotion watch: the new stable's accuracy is shown worse",
     "rollback": "rollout rolled back",
     "failure": "candidate failed before any user got its answer (accuracy gate or shadow)",
+    "hold": "rollout waiting for a confirm hook (approval)",
+    "approval": "rollout approved by user",
 }
 
 

@@ -7,8 +7,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from gate.core.bounds import STRICT_FINITE
 from gate.core.decide import RolloutState
-from gate.core.spec import STRICT_FINITE, AnalysisOverrides, AnalysisSpec, Candidate, Integral
+from gate.core.hooks import HookType
+from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Integral, Phase
 from gate.store import Decision, DecisionEntry
 
 MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -28,13 +30,38 @@ class RolloutCreate(BaseModel):
     analysis: AnalysisOverrides | None = None
 
 
+class ApprovalCreate(BaseModel):
+    """What ``POST /v1/rollouts/{id}/approve`` approves."""
+
+    model_config = ConfigDict(**STRICT_FINITE)
+
+    type: Annotated[HookType | None, Field(strict=False)] = Field(
+        None,
+        description="the hook type to approve (a confirm-* type, or rollback); default: "
+        "the one the rollout waits for",
+    )
+
+
 class RolloutPublic(BaseModel):
     id: str
     model: str
     phase: str
     paused: bool
     candidate: Candidate
-    stable_version: str | None
+    stable_version: str | None = Field(
+        description="the model's stable version as this rollout leaves it: the candidate's "
+        "once promoted (and not rolled back), else the stable it began with"
+    )
+    previous_version: str | None = Field(
+        None, description="the stable when the rollout began (what a rollback restores)"
+    )
+    held_by: HookType | None = Field(
+        None,
+        description="a confirm-* hook holding the next move (approve it if its url is 'approval')",
+    )
+    approvals: list[HookType] = Field(
+        default_factory=list, description="approvals given and not used up yet"
+    )
     promoted: bool = Field(
         False,
         description="the candidate took all traffic as the new stable (so far: a "
@@ -58,7 +85,10 @@ class RolloutPublic(BaseModel):
             phase=state.phase.value,
             paused=state.paused,
             candidate=state.candidate,
-            stable_version=state.stable_version,
+            stable_version=current_stable(state),
+            previous_version=state.stable_version,
+            held_by=state.held_by,
+            approvals=state.approvals,
             promoted=state.promoted,
             canary_weight=state.canary_weight,
             step_index=state.step_index,
@@ -70,6 +100,13 @@ class RolloutPublic(BaseModel):
             created_at=state.created_at,
             updated_at=state.updated_at,
         )
+
+
+def current_stable(state: RolloutState) -> str | None:
+    """The stable this rollout leaves: its candidate once promoted, unless a rollback
+    (the post-promotion watch, or an abort during it) restored the previous one."""
+    restored = state.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.ABORTED)
+    return state.candidate.version if state.promoted and not restored else state.stable_version
 
 
 class DecisionPublic(DecisionEntry):

@@ -87,6 +87,9 @@ class GateSettings(BaseSettings):
     kserve_storage_prefixes: list[str] = Field(default_factory=list)
     """KServe backend: storage URI prefixes a candidate's artifact_uri must start with,
     JSON list (e.g. ["gs://models/iris/"]); required by the kserve backend."""
+    hook_allowed_prefixes: list[str] = Field(default_factory=list)
+    """URL prefixes a rollout's gating hooks may call (JSON list, e.g.
+    ["http://flagger-loadtester.test/"]). Empty: only the gate's own 'approval' hook."""
     run_dir: Path = Path(".irisgate/predictors")
     """Local backend: where predictor logs go."""
     canary_args: str = ""

@@ -331,6 +331,21 @@ class LocalStack:
         kill_processes_mentioning(str(self.registry))
 
 
+TERMINAL_PHASES = {"succeeded", "rolled_back", "failed", "aborted"}
+
+
+@contextlib.contextmanager
+def ended_afterwards(stack: LocalStack, rollout_id: str) -> Iterator[None]:
+    """A test that fails half-way leaves no active rollout to refuse (409) the next
+    test's: the rollout is aborted, if it has not ended, whatever happened."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            httpx.post(f"{stack.gate_url}/v1/rollouts/{rollout_id}/abort", headers=AUTH, timeout=10)
+            stack.wait_phase(rollout_id, TERMINAL_PHASES, 30)
+
+
 @contextlib.contextmanager
 def local_stack(root: Path, **kwargs: Any) -> Iterator[LocalStack]:
     registry = build_registry(root)

@@ -1,7 +1,7 @@
 """``irisgate``: see and steer the gate's rollouts from a shell or a script.
 
 Commands: ``rollouts list [--active]``, ``rollouts get ID [--watch]``, ``rollouts create``,
-``rollouts pause|resume|promote|abort ID``, ``feedback``. The gate's URL comes from
+``rollouts pause|resume|promote [--full]|abort|approve ID``, ``feedback``. The gate's URL comes from
 ``--gate-url`` or ``IRISGATE_GATE_URL`` (default http://127.0.0.1:8090), the token from
 ``--token`` or ``GATE_API_TOKEN`` (sent, never printed). ``--output json`` prints the
 API's JSON (``get --watch``: one line per state) instead of tables.
@@ -274,8 +274,54 @@ def _command(name: str, help_text: str) -> None:
 
 _command("pause", "Hold the rollout at its current weight (it is not judged meanwhile).")
 _command("resume", "Continue a paused rollout.")
-_command("promote", "Skip the remaining steps and promote the candidate now.")
 _command("abort", "Roll back now: canary weight 0, candidate removed.")
+
+
+@rollouts.command("promote")
+def promote(
+    rollout_id: RolloutIdArg,
+    full: Annotated[
+        bool, typer.Option("--full", help="promote to the end now, not to the next step")
+    ] = False,
+    gate_url: GateUrl = DEFAULT_GATE_URL,
+    token: Token = None,
+    output: OutputOption = Output.HUMAN,
+) -> None:
+    """Move to the next step (from the shadow phase: the first; from the last: the
+    promotion), or with --full promote now. During a post-promotion watch: end it."""
+    from gate.cli.render import rollout_line
+
+    with gate_client(gate_url, token) as client:
+        _show(output, client.command(rollout_id, "promote", full=full), rollout_line)
+
+
+HOOK_TYPES = ("confirm-rollout", "confirm-traffic-increase", "confirm-promotion", "rollback")
+
+
+@rollouts.command("approve")
+def approve(
+    rollout_id: RolloutIdArg,
+    hook_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            help=f"the hook type to approve ahead ({', '.join(HOOK_TYPES)}); default: the one "
+            "the rollout waits for",
+        ),
+    ] = None,
+    gate_url: GateUrl = DEFAULT_GATE_URL,
+    token: Token = None,
+    output: OutputOption = Output.HUMAN,
+) -> None:
+    """Answer the rollout's own approval hook (a hook with url 'approval'): the held move
+    goes through at the next tick."""
+    from gate.cli.render import rollout_line
+
+    if hook_type is not None and hook_type not in HOOK_TYPES:
+        raise typer.BadParameter(f"one of {', '.join(HOOK_TYPES)}", param_hint="--type")
+    with gate_client(gate_url, token) as client:
+        _show(output, client.approve(rollout_id, hook_type), rollout_line)
+
 
 _INTEGER = re.compile(r"^-?\d+$")
 

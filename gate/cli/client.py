@@ -160,10 +160,18 @@ class GateClient:
         result: dict[str, Any] = self._call("POST", "/v1/rollouts", json=body)
         return result
 
-    def command(self, rollout_id: str, name: str) -> dict[str, Any]:
+    def command(self, rollout_id: str, name: str, full: bool = False) -> dict[str, Any]:
         if name not in COMMANDS:
             raise ValueError(f"unknown command {name!r}")
-        result: dict[str, Any] = self._call("POST", f"/v1/rollouts/{rollout_id}/{name}")
+        params = {"full": "true"} if full else None
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/rollouts/{rollout_id}/{name}", params=params
+        )
+        return result
+
+    def approve(self, rollout_id: str, hook_type: str | None = None) -> dict[str, Any]:
+        body = {"type": hook_type} if hook_type else None
+        result: dict[str, Any] = self._call("POST", f"/v1/rollouts/{rollout_id}/approve", json=body)
         return result
 
     def feedback(self, model: str, labels: list[dict[str, Any]]) -> dict[str, Any]:

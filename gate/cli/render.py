@@ -43,9 +43,17 @@ def age(since: str, now: datetime | None = None) -> str:
 
 
 def phase_text(rollout: dict[str, Any]) -> Text:
-    phase = str(rollout.get("phase", "?"))
-    label = f"{phase} (paused)" if rollout.get("paused") else phase
-    return Text(label, style=PHASE_STYLE.get(phase, ""))
+    return Text(phase_label(rollout), style=PHASE_STYLE.get(str(rollout.get("phase")), ""))
+
+
+def phase_label(rollout: dict[str, Any]) -> str:
+    """``progressing (paused)``, ``progressing (waiting for confirm-promotion)``."""
+    label = str(rollout.get("phase", "?"))
+    if rollout.get("paused"):
+        label += " (paused)"
+    if rollout.get("held_by"):
+        label += f" (waiting for {rollout['held_by']})"
+    return label
 
 
 def step_text(rollout: dict[str, Any]) -> str:
@@ -58,6 +66,13 @@ def step_text(rollout: dict[str, Any]) -> str:
     return f"{shown + 1}/{len(steps)} ({steps[shown]} %)"
 
 
+def began_with(rollout: dict[str, Any]) -> str | None:
+    """The stable the rollout began with (``stable_version`` is the one it leaves; a gate
+    before ``previous_version`` existed only sent the first)."""
+    version = rollout.get("previous_version", rollout.get("stable_version"))
+    return str(version) if version is not None else None
+
+
 def rollouts_table(rollouts: list[dict[str, Any]], now: datetime | None = None) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("ID", "MODEL", "STABLE", "CANDIDATE", "PHASE", "WEIGHT", "STEP", "AGE"):
@@ -66,7 +81,7 @@ def rollouts_table(rollouts: list[dict[str, Any]], now: datetime | None = None) 
         table.add_row(
             str(rollout.get("id", "")),
             str(rollout.get("model", "")),
-            str(rollout.get("stable_version") or "-"),
+            str(began_with(rollout) or "-"),
             str((rollout.get("candidate") or {}).get("version", "")),
             phase_text(rollout),
             f"{rollout.get('canary_weight', 0)} %",
@@ -103,8 +118,10 @@ def rollout_view(rollout: dict[str, Any], now: datetime | None = None) -> Render
     summary.add_row("Model", str(rollout.get("model", "")))
     summary.add_row(
         "Versions",
-        f"stable {rollout.get('stable_version') or '-'} -> candidate "
-        f"{candidate.get('version', '?')}",
+        f"stable {began_with(rollout) or '-'} -> candidate {candidate.get('version', '?')}"
+        + (
+            " (the stable now)" if rollout.get("stable_version") == candidate.get("version") else ""
+        ),
     )
     summary.add_row("Phase", phase_text(rollout))
     summary.add_row("Weight", f"{rollout.get('canary_weight', 0)} %")
@@ -128,7 +145,6 @@ def rollout_view(rollout: dict[str, Any], now: datetime | None = None) -> Render
 def rollout_line(rollout: dict[str, Any]) -> str:
     """One line per state, for ``--watch`` when stdout is not a terminal (a log)."""
     return (
-        f"{rollout.get('id', '')} {rollout.get('phase', '?')}"
-        f"{' (paused)' if rollout.get('paused') else ''} weight {rollout.get('canary_weight', 0)}"
+        f"{rollout.get('id', '')} {phase_label(rollout)} weight {rollout.get('canary_weight', 0)}"
         f" % step {step_text(rollout)}: {rollout.get('message', '')}"
     )

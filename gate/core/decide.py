@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from gate.core.analysis import Verdict
 from gate.core.errors import Conflict
+from gate.core.hooks import APPROVABLE, APPROVAL, HookType, of_type
 from gate.core.paired import ShadowVerdict
 from gate.core.spec import Outcome, Phase
 from gate.core.state import RolloutState
@@ -49,9 +50,12 @@ class Action(StrEnum):
     ROLLBACK = "rollback"
     ROLLED_BACK = "rolled-back"
     ABORTED = "aborted"
-    RETRY = "retry"  # promoting or rolling back failed: try again after a back-off
+    RETRY = "retry"  # promoting, rolling back or a pre-rollout hook failed: again later
     PAUSE = "pause"
     RESUME = "resume"
+    HOLD = "hold"  # a confirm-* hook refused the next move: asked again each tick
+    APPROVE = "approve"  # a user answered the gate's own approval hook
+    HOOKS = "hooks"  # hook answers recorded (post-rollout), nothing else changed
 
 
 class Command(StrEnum):
@@ -224,7 +228,13 @@ def _retry(
 
 def _fail(state: RolloutState, now: datetime, reason: str) -> Transition:
     failed = state.model_copy(
-        update={"phase": Phase.FAILED, "canary_weight": 0, "message": reason, "updated_at": now}
+        update={
+            "phase": Phase.FAILED,
+            "canary_weight": 0,
+            "held_by": None,
+            "message": reason,
+            "updated_at": now,
+        }
     )
     return Transition(state=failed, action=Action.FAIL, event="failure")
 
@@ -319,6 +329,7 @@ def _rollback(state: RolloutState, updates: dict[str, Any], reason: str) -> Tran
             "phase": Phase.ROLLING_BACK,
             "canary_weight": 0,
             "not_before": None,
+            "held_by": None,
             "message": reason,
         }
     )
@@ -465,11 +476,110 @@ def _watched(state: RolloutState, now: datetime, message: str, event: str | None
     return Transition(state=done, action=Action.WATCHED, event=event)
 
 
+# --- gating hooks -----------------------------------------------------------------------
+
+
+def hold(state: RolloutState, kind: HookType, reason: str, now: datetime) -> Transition | None:
+    """A confirm-* hook refused the move: the rollout stays where it is and asks again
+    next tick. ``None`` when it already waits for the same reason (one decision per
+    change, not one per tick)."""
+    message = f"waiting: {reason}"
+    if state.held_by is kind and state.message == message:
+        return None
+    held = state.model_copy(update={"held_by": kind, "message": message, "updated_at": now})
+    return Transition(state=held, action=Action.HOLD, event="hold")
+
+
+def let_through(transition: Transition, kind: HookType) -> Transition:
+    """The move the ``kind`` hooks allowed: no longer held, and an approval of that type
+    is used up (the next raise of the weight asks again)."""
+    state = transition.state
+    approvals = [a for a in state.approvals if a is not kind]
+    return transition.model_copy(
+        update={"state": state.model_copy(update={"held_by": None, "approvals": approvals})}
+    )
+
+
+def pre_rollout_failed(state: RolloutState, reason: str, now: datetime) -> Transition:
+    """A pre-rollout hook refused the first step: a failed check (Flagger counts it with
+    the analysis' failures). Below the limit the rollout stays where it was and tries
+    again after a step interval; at the limit it fails having answered no user."""
+    failures = state.failures + 1
+    counted = state.model_copy(update={"failures": failures})
+    if failures >= state.spec.failure_limit:
+        return _fail(
+            counted, now, f"failure limit reached ({failures}/{state.spec.failure_limit}): {reason}"
+        )
+    again = now + timedelta(seconds=min(state.spec.step_interval_s, 30.0))
+    retry = counted.model_copy(
+        update={"not_before": again, "message": f"{reason}; asked again", "updated_at": now}
+    )
+    return Transition(state=retry, action=Action.RETRY)
+
+
+def hook_rollback(state: RolloutState, reason: str, now: datetime) -> Transition:
+    """A rollback hook said yes: before the first step the rollout fails (no user got a
+    candidate's answer), during the steps it rolls back."""
+    if state.phase is Phase.PROGRESSING:
+        return _rollback(state, {"updated_at": now}, reason)
+    return _fail(state, now, reason)
+
+
+def approve(state: RolloutState, kind: HookType | None, now: datetime) -> Transition:
+    """A user answers the gate's own approval hook of type ``kind`` (default: the one the
+    rollout waits for). Approving ahead is allowed; a type the rollout has no approval
+    hook of is a conflict, as is approving a finished rollout."""
+    if state.terminal:
+        raise CommandError(f"rollout {state.id} is {state.phase.value}; nothing to approve")
+    wanted = kind or state.held_by
+    if wanted is None:
+        raise CommandError(
+            f"rollout {state.id} waits for no approval; name the hook type to approve ahead"
+        )
+    if wanted not in APPROVABLE or not any(
+        hook.url == APPROVAL for hook in of_type(state.spec.hooks, wanted)
+    ):
+        raise CommandError(
+            f"rollout {state.id} has no {wanted.value} hook with url '{APPROVAL}' to approve"
+        )
+    approvals = state.approvals if wanted in state.approvals else [*state.approvals, wanted]
+    approved = state.model_copy(
+        update={
+            "approvals": approvals,
+            "message": f"{wanted.value} approved by user",
+            "updated_at": now,
+        }
+    )
+    return Transition(state=approved, action=Action.APPROVE, event="approval")
+
+
 # --- manual control -----------------------------------------------------------------------
 
 
-def command(state: RolloutState, name: Command, now: datetime) -> Transition:
-    """Manual control: pause, resume, promote, abort."""
+def _promoted_by_user(state: RolloutState, now: datetime, full: bool) -> Transition:
+    following = state.step_index + 1
+    base = {"paused": False, "held_by": None, "errors": 0, "not_before": None, "updated_at": now}
+    if full or following >= len(state.spec.steps):
+        promoted = state.model_copy(
+            update={**base, "phase": Phase.PROMOTING, "message": "promoted by user"}
+        )
+        return Transition(state=promoted, action=Action.PROMOTE)
+    weight = state.spec.steps[following]
+    moved = state.model_copy(
+        update={
+            **base,
+            "phase": Phase.PROGRESSING,
+            "step_index": following,
+            "canary_weight": weight,
+            "message": f"promoted by user to step {following + 1} ({weight} %)",
+        }
+    )
+    return Transition(state=moved.start_window(now), action=Action.STEP, event="step")
+
+
+def command(state: RolloutState, name: Command, now: datetime, full: bool = False) -> Transition:
+    """Manual control: pause, resume, promote, abort. ``promote`` is Argo Rollouts': the
+    next step (from the shadow phase: the first), or with ``full`` straight to the end."""
     if state.terminal:
         raise CommandError(f"rollout {state.id} is {state.phase.value}; nothing to {name.value}")
     base = {"updated_at": now}
@@ -497,21 +607,12 @@ def command(state: RolloutState, name: Command, now: datetime) -> Transition:
         case Command.PROMOTE:
             if state.phase is Phase.WATCHING:  # accept the new stable: the watch ends
                 return _watched(state, now, "watch ended by user: new stable kept", None)
-            if state.phase is not Phase.PROGRESSING:
+            if state.phase not in (Phase.PROGRESSING, Phase.SHADOW):
                 raise CommandError(
-                    f"rollout {state.id} is {state.phase.value}; only a "
-                    "progressing canary (or a watched promotion) can be promoted"
+                    f"rollout {state.id} is {state.phase.value}; only a rollout in its "
+                    "shadow phase or steps (or a watched promotion) can be promoted"
                 )
-            promoted = state.model_copy(
-                update={
-                    **base,
-                    "phase": Phase.PROMOTING,
-                    "paused": False,
-                    "errors": 0,
-                    "message": "promoted by user",
-                }
-            )
-            return Transition(state=promoted, action=Action.PROMOTE)
+            return _promoted_by_user(state, now, full)
         case Command.ABORT:
             if state.phase in (Phase.PROMOTING, Phase.ROLLING_BACK):
                 raise CommandError(f"rollout {state.id} is already {state.phase.value}")
@@ -521,6 +622,7 @@ def command(state: RolloutState, name: Command, now: datetime) -> Transition:
                     "phase": Phase.ROLLING_BACK,
                     "paused": False,
                     "aborted": True,
+                    "held_by": None,
                     "canary_weight": 0,
                     "errors": 0,
                     "not_before": None,
@@ -543,8 +645,13 @@ __all__ = [
     "after_tick",
     "after_validation",
     "after_watch",
+    "approve",
     "candidate_started",
     "command",
     "finish",
+    "hold",
+    "hook_rollback",
+    "let_through",
+    "pre_rollout_failed",
     "reconcile",
 ]

@@ -19,6 +19,9 @@ from pydantic import (
     model_validator,
 )
 
+from gate.core.bounds import LOCATION_PATTERN, MAX_LOCATION_LENGTH, STRICT_FINITE
+from gate.core.hooks import MAX_HOOKS, Hook
+
 
 class Phase(StrEnum):
     VALIDATING = "validating"  # accuracy gate: candidate started, held-out set replayed
@@ -55,10 +58,6 @@ MAX_GENERATED_RATE = 200.0  # requests per second the gate may add
 MAX_SHADOW_RATE = 1_000.0  # logged requests per second the gate may replay to a candidate
 MAX_LIMIT = 1_000
 
-# JSON numbers only: strict refuses "5", true and 5.5 for an int (lax pydantic takes them);
-# allow_inf_nan refuses NaN and +-Infinity however they are spelled.
-STRICT_FINITE = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
 
 def _integral(value: Any) -> Any:
     """``10.0`` is an integer in JSON Schema (and to schemathesis); strict pydantic would
@@ -87,6 +86,16 @@ def _check_steps(steps: list[int]) -> list[int]:
     if any(b <= a for a, b in itertools.pairwise(steps)):
         raise ValueError("steps must increase")
     return steps
+
+
+Hooks = Annotated[list[Hook], Field(max_length=MAX_HOOKS)]
+
+
+def _check_hooks(hooks: list[Hook]) -> list[Hook]:
+    names = [hook.name for hook in hooks]
+    if len(set(names)) != len(names):
+        raise ValueError("hook names must be unique")
+    return hooks
 
 
 class AnalysisSpec(BaseModel):
@@ -172,11 +181,21 @@ class AnalysisSpec(BaseModel):
     """Offline and live-replay accuracy must both reach this."""
     accuracy_tolerance: Rate = 0.05
     """Largest allowed gap between offline and live-replay accuracy."""
+    hooks: Hooks = Field(default_factory=list)
+    """Gating hooks, Flagger's types and semantics (:mod:`gate.core.hooks`): confirm-*
+    hold the rollout until they answer 2xx, pre-rollout and rollout answering otherwise
+    count as failed checks, a rollback hook answering 2xx rolls back, post-rollout is
+    told the end. Each URL must lie under GATE_HOOK_ALLOWED_PREFIXES, or be 'approval'."""
 
     @field_validator("steps")
     @classmethod
     def _steps_increase(cls, steps: list[int]) -> list[int]:
         return _check_steps(steps)
+
+    @field_validator("hooks")
+    @classmethod
+    def _hook_names_unique(cls, hooks: list[Hook]) -> list[Hook]:
+        return _check_hooks(hooks)
 
     def proving_step(self, index: int) -> bool:
         """Must the step at ``index`` show every margin before it passes? The last step
@@ -195,10 +214,6 @@ def steps_from_weights(step_weight: int, max_weight: int) -> list[int]:
     return list(range(step_weight, max_weight + 1, step_weight))
 
 
-# A URI or path as the backends use it: bounded, no control characters (C0, DEL, C1),
-# and never a lone surrogate (the pattern check refuses those: JSON cannot store them).
-LOCATION_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
-MAX_LOCATION_LENGTH = 2048
 MAX_VERSION_DIGITS = 18  # fits an int64 and a file name
 MAX_METRICS = 64
 METRIC_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
@@ -304,11 +319,17 @@ class AnalysisOverrides(BaseModel):
     error_limit: Limit | None = None
     accuracy_threshold: Rate | None = None
     accuracy_tolerance: Rate | None = None
+    hooks: Hooks | None = None
 
     @field_validator("steps")
     @classmethod
     def _steps_increase(cls, steps: list[int] | None) -> list[int] | None:
         return None if steps is None else _check_steps(steps)
+
+    @field_validator("hooks")
+    @classmethod
+    def _hook_names_unique(cls, hooks: list[Hook] | None) -> list[Hook] | None:
+        return None if hooks is None else _check_hooks(hooks)
 
     @model_validator(mode="after")
     def _one_way_to_give_steps(self) -> AnalysisOverrides:

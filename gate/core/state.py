@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from gate.core.analysis import WindowMeasurement
+from gate.core.hooks import HookResult, HookType
 from gate.core.spec import TERMINAL, AnalysisSpec, Candidate, Phase
 
 
@@ -46,6 +47,14 @@ class RolloutState(BaseModel):
     evidence: WindowMeasurement | None = None
     """The rollout's finished windows, summed: what the analysis adds the current
     window to (so stable's earlier traffic still counts when the canary takes 100 %)."""
+    held_by: HookType | None = None
+    """A confirm-* hook that refused the next move: the rollout waits, asked again each
+    tick (:mod:`gate.core.hooks`)."""
+    approvals: list[HookType] = Field(default_factory=list)
+    """Types a user approved for the gate's own approval hook, not used up yet."""
+    window_hooks: list[HookResult] | None = None
+    """The step window's rollout hook answers (they are asked once per window; None:
+    not yet), kept for the evidence of the decision that ends the window."""
     backend_state: dict[str, Any] = Field(default_factory=dict)
     message: str = ""
     created_at: datetime
@@ -60,6 +69,7 @@ class RolloutState(BaseModel):
             update={
                 "window_start": now,
                 "window_baseline": None,
+                "window_hooks": None,
                 "step_deadline": now + timedelta(seconds=self.spec.step_interval_s),
             }
         )

@@ -151,7 +151,9 @@ def test_a_promotion_the_watch_shows_worse_on_labels_is_rolled_back_to_the_previ
         step_interval_s=120.0,
     )
     stack.wait_phase(rollout, {"progressing", *TERMINAL}, timeout=60)
-    promoted = httpx.post(f"{stack.gate_url}/v1/rollouts/{rollout}/promote", headers=AUTH)
+    promoted = httpx.post(
+        f"{stack.gate_url}/v1/rollouts/{rollout}/promote", params={"full": "true"}, headers=AUTH
+    )
     assert promoted.status_code == 200, promoted.text
     watching = stack.wait_phase(rollout, {"watching", *TERMINAL}, timeout=30)
     assert watching["phase"] == "watching" and watching["promoted"] is True

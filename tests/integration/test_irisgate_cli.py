@@ -9,7 +9,6 @@ live traffic, v3 is steered by hand (pause, resume, promote), v4 is aborted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -27,11 +26,11 @@ import pytest
 
 from gate.cli.client import parse_sse
 from tests.gate_stack import (
-    AUTH,
     TEST_MARGINS,
     TOKEN,
     LocalStack,
     build_registry,
+    ended_afterwards,
     offline_accuracy,
 )
 from tests.helpers import REPO_ROOT, free_port
@@ -89,17 +88,6 @@ def create(stack: LocalStack, version: str, analysis: dict[str, Any]) -> str:
     assert created.returncode == 0, created.stderr
     rollout_id: str = json.loads(created.stdout)["id"]
     return rollout_id
-
-
-@contextlib.contextmanager
-def ended_afterwards(stack: LocalStack, rollout_id: str) -> Iterator[None]:
-    """A test that fails half-way leaves no active rollout to refuse (409) the next test's."""
-    try:
-        yield
-    finally:
-        with contextlib.suppress(httpx.HTTPError, TimeoutError):
-            httpx.post(f"{stack.gate_url}/v1/rollouts/{rollout_id}/abort", headers=AUTH, timeout=10)
-            stack.wait_phase(rollout_id, {"succeeded", "rolled_back", "failed", "aborted"}, 30)
 
 
 def watch_under_a_pty(stack: LocalStack, rollout_id: str) -> pexpect.spawn:
@@ -192,7 +180,11 @@ def test_a_rollout_is_steered_by_hand(stack: LocalStack) -> None:
         resumed = irisgate(stack, "rollouts", "resume", rollout_id, "-o", "json")
         assert resumed.returncode == 0 and json.loads(resumed.stdout)["paused"] is False
         stack.wait_phase(rollout_id, {"progressing"}, timeout=60)
-        promoted = irisgate(stack, "rollouts", "promote", rollout_id)
+        stepped = irisgate(stack, "rollouts", "promote", rollout_id, "-o", "json")
+        assert stepped.returncode == 0, stepped.stderr  # the next step, not the end
+        assert json.loads(stepped.stdout)["canary_weight"] == 100
+        assert json.loads(stepped.stdout)["phase"] == "progressing"
+        promoted = irisgate(stack, "rollouts", "promote", rollout_id, "--full")
         assert promoted.returncode == 0, promoted.stderr
         watched = irisgate(stack, "rollouts", "get", rollout_id, "--watch", timeout=60)
         assert watched.returncode == 0, watched.stdout + watched.stderr

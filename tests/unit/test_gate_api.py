@@ -132,6 +132,8 @@ def test_openapi_schema_lists_every_status(client: TestClient) -> None:
     for command in ("pause", "resume", "promote", "abort"):
         path = f"/v1/rollouts/{{rollout_id}}/{command}"
         assert statuses[("POST", path)] == {"200", "401", "404", "409", "422"}
+    approve = ("POST", "/v1/rollouts/{rollout_id}/approve")
+    assert statuses[approve] == {"200", "400", "401", "404", "409", "413", "422"}
     refused = paths["/v1/rollouts"]["post"]["responses"]["422"]["content"]["application/json"]
     assert len(refused["schema"]["anyOf"]) == 2  # a validation list, or one refusal message
     (active,) = paths["/v1/rollouts"]["get"]["parameters"]
@@ -264,6 +266,48 @@ def test_commands_and_their_conflicts(client: TestClient, artifact: Path) -> Non
     assert client.post(f"/v1/rollouts/{rollout}/abort", headers=AUTH).status_code == 409
     actions = [d["action"] for d in client.get(f"/v1/rollouts/{rollout}").json()["decisions"]]
     assert actions == ["create", "pause", "resume", "rollback", "aborted"]
+
+
+def test_approval_promotion_by_step_and_hook_urls(tmp_path: Path, artifact: Path) -> None:
+    """``approve`` answers the rollout's own approval hook (409 when there is none or
+    nothing waits), ``promote`` is one step unless ``full``, and a hook URL the operator
+    did not allow is refused with the field named."""
+    allowed = settings(tmp_path, hook_allowed_prefixes=["http://qa.test/gate/"])
+    app = create_app(allowed, backend=FakeBackend(), provider=FakeProvider())
+    with TestClient(app) as client:
+        hooks = [{"name": "qa", "type": "confirm-promotion", "url": "approval"}]
+        refused = with_analysis(
+            artifact, hooks=[*hooks, {"name": "x", "type": "rollout", "url": "http://evil.test/"}]
+        )
+        answer = client.post("/v1/rollouts", json=refused, headers=AUTH)
+        assert answer.status_code == 422
+        assert answer.json()["detail"].startswith("analysis.hooks.1.url: must be 'approval'")
+        remote = {"name": "check", "type": "rollback", "url": "http://qa.test/gate/check"}
+        created = client.post(
+            "/v1/rollouts", json=with_analysis(artifact, hooks=[*hooks, remote]), headers=AUTH
+        )
+        assert created.status_code == 201, created.text
+        rollout = created.json()["id"]
+        url = f"/v1/rollouts/{rollout}/approve"
+        assert client.post(url).status_code == 401
+        assert client.post("/v1/rollouts/nope/approve", headers=AUTH).status_code == 404
+        nothing = client.post(url, headers=AUTH)
+        assert nothing.status_code == 409 and "waits for no approval" in nothing.json()["detail"]
+        wrong = client.post(url, json={"type": "confirm-rollout"}, headers=AUTH)
+        assert wrong.status_code == 409 and "no confirm-rollout hook" in wrong.json()["detail"]
+        not_a_type = client.post(url, json={"type": "later"}, headers=AUTH)
+        assert not_a_type.status_code == 422 and not_a_type.json()["detail"][0]["loc"] == [
+            "body",
+            "type",
+        ]
+        ahead = client.post(url, json={"type": "confirm-promotion"}, headers=AUTH)
+        assert ahead.status_code == 200 and ahead.json()["approvals"] == ["confirm-promotion"]
+        promote = f"/v1/rollouts/{rollout}/promote"
+        assert client.post(f"{promote}?full=maybe", headers=AUTH).status_code == 422
+        assert client.post(promote, headers=AUTH).status_code == 409  # still validating
+        detail = client.get(f"/v1/rollouts/{rollout}").json()
+        assert [d["action"] for d in detail["decisions"]] == ["create", "approve"]
+        assert detail["analysis"]["hooks"][1]["url"] == "http://qa.test/gate/check"
 
 
 def test_health_readiness_and_metrics(client: TestClient, artifact: Path) -> None:

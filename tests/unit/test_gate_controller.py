@@ -282,7 +282,7 @@ def test_a_promotion_that_keeps_failing_rolls_back_at_the_error_limit(tmp_path: 
     rollout = h.create()
     h.validate(rollout)
     h.backend.unreachable = True
-    state = asyncio.run(h.controller.command(rollout, "promote"))
+    state = asyncio.run(h.controller.command(rollout, "promote", full=True))
     assert state.phase is Phase.PROMOTING and state.errors == 1  # the request itself is fine
     h.backend.unreachable = False
 
@@ -313,7 +313,7 @@ def test_manual_commands(tmp_path: Path) -> None:
     h.tick(rollout, advance=100)
     assert h.provider.measured == measured  # paused: nothing judged
     asyncio.run(h.controller.command(rollout, "resume"))
-    state = asyncio.run(h.controller.command(rollout, "promote"))
+    state = asyncio.run(h.controller.command(rollout, "promote", full=True))
     assert state.phase is Phase.SUCCEEDED and h.backend.promoted == 1
 
     second = h.create()

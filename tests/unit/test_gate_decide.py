@@ -21,9 +21,11 @@ from gate.core.decide import (
     command,
     finish,
 )
+from gate.core.hooks import HookType
 from gate.core.spec import AnalysisSpec, Candidate, Outcome, Phase
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+LATER = NOW + timedelta(seconds=7)
 SPEC = AnalysisSpec(
     steps=[10, 50, 100],
     step_interval_s=30,
@@ -238,9 +240,7 @@ def test_commands() -> None:
     assert not resumed.paused and resumed.window_start == later
     with pytest.raises(CommandError, match="not paused"):
         command(resumed, Command.RESUME, NOW)
-    promoted = command(progressing(0), Command.PROMOTE, NOW).state
-    assert promoted.phase is Phase.PROMOTING
-    with pytest.raises(CommandError, match="only a progressing canary"):
+    with pytest.raises(CommandError, match="only a rollout in its shadow phase or steps"):
         command(state(), Command.PROMOTE, NOW)
     aborted = command(progressing(1), Command.ABORT, NOW).state
     assert (aborted.phase, aborted.aborted, aborted.canary_weight) == (Phase.ROLLING_BACK, True, 0)
@@ -249,6 +249,30 @@ def test_commands() -> None:
         command(state(phase=Phase.SUCCEEDED), Command.ABORT, NOW)
     with pytest.raises(ValueError, match="is not a valid Command"):
         command(progressing(0), Command("explode"), NOW)
+
+
+def test_promote_is_the_next_step_and_full_is_the_end() -> None:
+    """Argo Rollouts' promote: one step on (the window starts again at the new weight),
+    from the last step the promotion; ``full`` promotes now. A paused or held rollout is
+    let go: the user decided."""
+    paused = progressing(0).model_copy(update={"paused": True, "held_by": HookType.ROLLOUT})
+    step = command(paused, Command.PROMOTE, LATER)
+    assert (step.action, step.state.phase, step.state.step_index) == ("step", Phase.PROGRESSING, 1)
+    assert step.state.canary_weight == SPEC.steps[1] and step.state.window_start == LATER
+    assert not step.state.paused and step.state.held_by is None
+    assert "step 2" in step.state.message and step.event == "step"
+    last = command(progressing(len(SPEC.steps) - 1), Command.PROMOTE, NOW)
+    assert (last.action, last.state.phase) == ("promote", Phase.PROMOTING)
+    full = command(progressing(0), Command.PROMOTE, NOW, full=True)
+    assert (full.action, full.state.phase) == ("promote", Phase.PROMOTING)
+    shadow = state(phase=Phase.SHADOW)
+    first = command(shadow, Command.PROMOTE, NOW)
+    assert (first.state.phase, first.state.step_index, first.state.canary_weight) == (
+        Phase.PROGRESSING,
+        0,
+        SPEC.steps[0],
+    )
+    assert command(shadow, Command.PROMOTE, NOW, full=True).state.phase is Phase.PROMOTING
 
 
 def test_spec_validation_and_overrides() -> None:

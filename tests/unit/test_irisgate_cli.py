@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import subprocess
 import sys
 import time
@@ -252,6 +253,29 @@ def test_commands_post_to_the_rollout(gate: Callable[[Handler], Recorder], comma
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
 
 
+def test_promote_full_and_approve_say_what_they_ask(
+    gate: Callable[[Handler], Recorder],
+) -> None:
+    held = rollout(held_by="confirm-promotion", approvals=["confirm-promotion"])
+    recorder = gate(lambda request: httpx.Response(200, json=held))
+    assert run("rollouts", "promote", "r-1", "--full", "--token", TOKEN).exit_code == 0
+    assert run("rollouts", "promote", "r-1", "--token", TOKEN).exit_code == 0
+    approved = run("rollouts", "approve", "r-1", "--token", TOKEN)
+    assert "(waiting for confirm-promotion)" in approved.output
+    assert run("rollouts", "approve", "r-1", "--type", "rollback", "--token", TOKEN).exit_code == 0
+    wrong = run("rollouts", "approve", "r-1", "--type", "later", "--token", TOKEN)
+    assert wrong.exit_code == 2 and "--type" in wrong.output
+    urls = [str(r.url) for r in recorder.requests]
+    assert urls == [
+        f"{GATE}/v1/rollouts/r-1/promote?full=true",
+        f"{GATE}/v1/rollouts/r-1/promote",
+        f"{GATE}/v1/rollouts/r-1/approve",
+        f"{GATE}/v1/rollouts/r-1/approve",
+    ]
+    bodies = [r.content for r in recorder.requests[2:]]
+    assert bodies == [b"", b'{"type":"rollback"}']
+
+
 def test_feedback_reads_flags_and_files(
     gate: Callable[[Handler], Recorder], tmp_path: Path
 ) -> None:
@@ -335,6 +359,9 @@ def test_the_rollout_view_shows_what_an_operator_watches() -> None:
         assert expected in text, (expected, text)
     table = render(rollouts_table([rollout(paused=True)], now))
     assert "progressing (paused)" in table and "ID" in table
+    promoted = rollout("succeeded", 0, stable_version="2", previous_version="1", promoted=True)
+    assert "stable 1 -> candidate 2 (the stable now)" in render(rollout_view(promoted, now))
+    assert re.search(r"r-1\s+iris\s+1\s+2\s+succeeded", render(rollouts_table([promoted], now)))
 
 
 def test_steps_and_ages_read_like_kubectl() -> None:
