@@ -51,7 +51,17 @@ def ensure_venv(peer: PeerVenv, venv: Path, log: Path) -> Path:
     with log.open("wb") as out:
         steps = [
             [sys.executable, "-m", "venv", "--clear", str(venv)],
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *peer.requirements],
+            # --no-compile: byte-compiling every module of MLflow's or BentoML's tree costs
+            # more CPU than the download; the few modules a run imports compile on import
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-compile",
+                *peer.requirements,
+            ],
         ]
         for command in steps:
             if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode != 0:

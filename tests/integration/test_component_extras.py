@@ -69,6 +69,7 @@ def component_venv(component: str, root: Path) -> Path:
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            "--no-compile",  # the image's byte-code is not what is tested; saves CPU
             "-c",
             "constraints.txt",
             f".[{component}]",
