@@ -245,6 +245,18 @@ class SQLiteStore(Database):
             ).fetchone()
         return self._read(row) if row else None
 
+    def version(self, rollout_id: str) -> tuple[str, int] | None:
+        """What changes when the rollout does (its ``updated_at`` and its last decision's
+        seq), read from two indexed rows: how a watcher polls cheaply, loading the whole
+        rollout only when this moved. None if there is none or it is quarantined."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT updated_at, (SELECT coalesce(max(seq), 0) FROM decisions "
+                "WHERE rollout_id = ?) FROM rollouts WHERE id = ? AND phase != 'corrupt'",
+                (rollout_id, rollout_id),
+            ).fetchone()
+        return (str(row[0]), int(row[1])) if row else None
+
     def rollouts(self, active_only: bool = False) -> list[RolloutState]:
         """Readable rollouts, oldest first; an unreadable row is quarantined, not raised."""
         query = "SELECT id, model, state FROM rollouts WHERE phase != 'corrupt'"

@@ -95,23 +95,34 @@ async def rollout_events(
     poll_s: float = POLL_S,
     keepalive_s: float = KEEPALIVE_S,
     clock: Callable[[], float] = time.monotonic,
+    probe: Callable[[], Awaitable[object]] | None = None,
 ) -> AsyncIterator[bytes]:
     """The stream's body: ``first`` at once, then each changed state, until the rollout is
     terminal, the client has gone, the rollout can no longer be read (quarantined), or
-    ``lifetime_s`` is over. I/O is injected so the timing is tested without a server."""
+    ``lifetime_s`` is over. I/O is injected so the timing is tested without a server.
+    ``probe``: a cheap read that changes whenever the rollout does; the whole rollout
+    (every decision with its evidence) is loaded only when it moved, so many watchers
+    of a long rollout cost the store two indexed rows each per poll."""
     yield sse_event(first)
     seen = _version(first)
+    probed: object = None
     terminal = first.phase in TERMINAL
     started = last_sent = clock()
     while not terminal and clock() - started < lifetime_s:
         await asyncio.sleep(min(poll_s, max(0.0, lifetime_s - (clock() - started))))
         if await disconnected():
             return
+        moved = True
+        if probe is not None:
+            now_probed = await probe()
+            if now_probed is None:
+                return  # gone or quarantined since: nothing more to say about it
+            moved, probed = now_probed != probed, now_probed
         try:
-            detail = await load()
+            detail = await load() if moved else None
         except NotFound:
             return  # quarantined since: nothing more to say about it
-        if _version(detail) != seen:
+        if detail is not None and _version(detail) != seen:
             seen = _version(detail)
             terminal = detail.phase in TERMINAL
             last_sent = clock()
@@ -151,6 +162,9 @@ async def stream_rollout(
     async def load() -> RolloutDetail:
         return await asyncio.to_thread(rollout_detail, controller, rollout_id)
 
+    async def probe() -> object:
+        return await asyncio.to_thread(controller.store.version, rollout_id)
+
     async def gone() -> bool:
         """The client left, or the gate is shutting down (``python -m gate`` sets
         ``stopping`` when the signal arrives, before uvicorn waits for open responses)."""
@@ -159,7 +173,7 @@ async def stream_rollout(
         )
 
     return EventStreamResponse(
-        rollout_events(first, load, gone, lifetime_s=timeout_s),
+        rollout_events(first, load, gone, lifetime_s=timeout_s, probe=probe),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

@@ -477,6 +477,32 @@ def test_a_rollout_that_disappears_ends_its_stream() -> None:
     assert collect(detail(), [None], lifetime_s=60, poll_s=0.001) == [sse_event(detail())]
 
 
+def test_the_whole_rollout_is_loaded_only_when_the_probe_moved() -> None:
+    """Many watchers of a long rollout: each poll reads two indexed rows (the probe); the
+    decisions with their evidence are loaded again only after a change."""
+    probes = iter([("t0", 1), ("t0", 1), ("t0", 1), ("t1", 2), ("t1", 2), None])
+    loads: list[RolloutDetail] = []
+    changed = detail(updated=1, decisions=1)
+
+    async def probe() -> object:
+        return next(probes)
+
+    async def load() -> RolloutDetail:
+        loads.append(changed if len(loads) else detail())
+        return loads[-1]
+
+    async def connected() -> bool:
+        return False
+
+    async def drain() -> list[bytes]:
+        events = rollout_events(detail(), load, connected, lifetime_s=60, poll_s=0.001, probe=probe)
+        return [chunk async for chunk in events]
+
+    chunks = asyncio.run(drain())
+    assert len(loads) == 2  # the first poll, then the move: not once per poll
+    assert chunks == [sse_event(detail()), sse_event(changed)]  # and None ended it
+
+
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[TestClient]:
     write_holdout(tmp_path / "registry" / "iris" / "2")
