@@ -24,6 +24,7 @@ from gate.settings import GateSettings
 from gate.store import SQLiteStore, Stable
 from gate.stream_api import stream
 from gate.traffic.base import Deployer, Router, TrafficBackend, TrafficError
+from gate.ui_api import docs, ui
 from gate.wiring import make_provider, make_traffic
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         description="Accuracy gate and progressive canary analysis.",
+        docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN; ours do not
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/events",))
@@ -167,4 +170,6 @@ def create_app(
     app.include_router(events)
     app.include_router(feedback)
     app.include_router(operations)
+    app.include_router(ui)
+    app.include_router(docs)
     return app
