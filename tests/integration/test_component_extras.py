@@ -166,6 +166,8 @@ def test_gate_image_contents_serve(tmp_path: Path, outside: Path) -> None:
         )
         assert httpx.get(f"{url}/readyz").status_code == 503  # no cluster to reach: honest
         assert "/v1/rollouts" in httpx.get(f"{url}/openapi.json").json()["paths"]
+        for page in ("/ui/", "/ui/app.js", "/ui/style.css", "/docs"):  # package data installed
+            assert httpx.get(f"{url}{page}").status_code == 200, page
     finally:
         assert running.stop(signal.SIGTERM) == 0, running.output()[-2000:]
 
