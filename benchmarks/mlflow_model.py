@@ -17,7 +17,7 @@ model are given, not inferred (inferring loads the model in a subprocess; with
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
@@ -42,4 +42,14 @@ def main(joblib_file: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    # argparse, not sys.argv: --help (or a missing argument) answers before MLflow is
+    # imported, in any venv
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/mlflow_model.py",
+        description="Save the benchmark's estimator as an MLflow model (run with the "
+        "MLflow venv's Python).",
+    )
+    parser.add_argument("joblib_file", type=Path, help="the artifact's model.joblib")
+    parser.add_argument("out", type=Path, help="folder to write the MLflow model to")
+    args = parser.parse_args()
+    main(args.joblib_file, args.out)

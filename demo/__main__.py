@@ -16,21 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from demo.report import build_report, print_summary, write_html
-from demo.stack import Ports, Stack, StackError
+from demo.stack import Ports, Stack, StackError, claim_run_dir, run_dir_problem
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     # candidate pipeline flags, canary predictor flags, the outcome the story should reach,
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir",
         type=Path,
         default=Path(".irisgate/demo"),
-        help="registry, logs and reports (default: .irisgate/demo)",
+        help="registry, logs and reports (default: .irisgate/demo); a story empties it "
+        "first, so it must be new, empty or made by the demo",
     )
     parser.add_argument("--router-http-port", type=int, default=8000)
     parser.add_argument("--router-grpc-port", type=int, default=8001)
@@ -332,18 +334,21 @@ def serve_until_interrupted(args: argparse.Namespace, stack: Stack, console: Con
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
-    if not args.up and args.run_dir.exists():
-        shutil.rmtree(args.run_dir)  # a story starts from an empty registry
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    # explicit: a process started in the background by a shell inherits SIGINT ignored
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
     ports = Ports(
         router_http=args.router_http_port,
         router_grpc=args.router_grpc_port,
         gate=args.gate_port,
         router_admin=args.router_admin_port,
     )
+    # Both checked before anything is written or started; `make up` promises fixed ports.
+    problem = run_dir_problem(args.run_dir) or ports.busy_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    claim_run_dir(args.run_dir, clear=not args.up)  # a story starts from an empty registry
+    # explicit: a process started in the background by a shell inherits SIGINT ignored
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     stack = Stack(args.run_dir.resolve(), ports)
     try:
         with stack:
@@ -355,6 +360,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except StackError as exc:
         console.print(f"[red]demo failed: {exc}[/]\nevery process stopped. Logs: {stack.logs}")
+        return 1
+    except Exception as exc:
+        # Anything else (the gate unreachable mid-story, a full disk) still ends with the
+        # promise that nothing is left running; the traceback goes beside the logs.
+        stack.logs.mkdir(parents=True, exist_ok=True)
+        trace = stack.logs / "demo-traceback.log"
+        trace.write_text(traceback.format_exc())
+        console.print(
+            f"[red]demo failed: {type(exc).__name__}: {escape(str(exc))}[/] "
+            f"(traceback: {trace})\n"
+            f"every process stopped. Logs: {stack.logs}"
+        )
         return 1
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import IO, Any
 
 import httpx
 from mirakuru import HTTPExecutor, SimpleExecutor
-from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
+from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
 
 from load_tests.command import headless_command
 from load_tests.labels import TOKEN_ENV
@@ -30,12 +32,64 @@ class StackError(RuntimeError):
     """A process did not come up; the message says which and where its log is."""
 
 
+# Written into a run folder the demo creates; only a folder holding it is reused or cleared.
+RUN_DIR_MARKER = ".irisgate-demo"
+
+
+def run_dir_problem(run_dir: Path) -> str:
+    """Why the demo may not use ``run_dir`` (empty: it may). A story clears its run folder;
+    a folder the demo did not make may hold someone's files, so it must be empty."""
+    if not run_dir.exists():
+        return ""
+    if not run_dir.is_dir():
+        return f"--run-dir {run_dir} is not a folder"
+    if (run_dir / RUN_DIR_MARKER).is_file() or not any(run_dir.iterdir()):
+        return ""
+    return (
+        f"--run-dir {run_dir} is not empty and was not created by the demo; "
+        "choose a new or empty folder"
+    )
+
+
+def claim_run_dir(run_dir: Path, *, clear: bool) -> None:
+    """Create ``run_dir`` (or adopt an empty one) with the marker; with ``clear``, empty a
+    marked one first. Call only after :func:`run_dir_problem` said nothing."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if clear:
+        for entry in run_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    (run_dir / RUN_DIR_MARKER).write_text("a folder of `python -m demo`: it may clear it\n")
+
+
 @dataclass(frozen=True)
 class Ports:
     router_http: int = 8000
     router_grpc: int = 8001
     gate: int = 8090
     router_admin: int = 8002
+
+    def busy_problem(self, host: str = "127.0.0.1") -> str:
+        """The first port the stack needs that something else holds, as one line naming
+        its flag (empty: all free). Checked before any work: found only when the router
+        or the gate starts, a busy port costs a pipeline run and ends in mirakuru's
+        AlreadyRunning."""
+        for port, flag in (
+            (self.router_http, "--router-http-port"),
+            (self.router_grpc, "--router-grpc-port"),
+            (self.router_admin, "--router-admin-port"),
+            (self.gate, "--gate-port"),
+        ):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # as the servers bind: a port in TIME_WAIT is free, a listening one is not
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    return f"port {port} on {host} is busy ({exc.strerror}); free it or pass {flag}"
+        return ""
 
 
 @dataclass
@@ -80,6 +134,11 @@ class Stack:
         self.executors.append((name, executor, log))
         try:
             executor.start()
+        except AlreadyRunning as exc:  # its port was taken after the check in main()
+            raise StackError(
+                f"{name} did not start: something else answers on port "
+                f"{getattr(executor, 'port', '?')}"
+            ) from exc
         except (TimeoutExpired, ProcessExitedWithError) as exc:
             raise StackError(
                 f"{name} did not start ({exc.__class__.__name__}); "

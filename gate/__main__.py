@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import signal
 import sys
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
-from pydantic import ValidationError
 
-from gate.settings import GateSettings
+from gate.settings import GateSettings, SettingsProblem, env_name, load_settings
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
@@ -31,19 +33,39 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def main() -> int:
+def _first_sentence(text: str) -> str:
+    flat = " ".join(text.split())
+    return re.split(r"(?<=[.:;])\s", flat, maxsplit=1)[0].rstrip(".:;")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """No flags: the gate is configured by GATE_* variables (the same in a container as
+    here), listed in the help so ``--help`` answers without any of them set."""
+    lines = []
+    for name, field in GateSettings.model_fields.items():
+        required = " (required)" if field.is_required() else ""
+        lines.append(
+            f"  {env_name(name)}{required}\n      {_first_sentence(field.description or '')}"
+        )
+    return argparse.ArgumentParser(
+        prog="python -m gate",
+        description="The gate service: accuracy gate and progressive canary analysis, "
+        "serving its API until SIGTERM or Ctrl-C. Settings come from the environment.",
+        epilog="environment:\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    build_parser().parse_args(argv)  # --help exits here, before any setting is read
+    try:
+        settings = load_settings()  # api_token comes from the environment
+    except SettingsProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        settings = GateSettings()  # api_token comes from the environment
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        print(
-            f"gate: invalid setting GATE_{str(error['loc'][0]).upper()}: {error['msg']}",
-            file=sys.stderr,
-        )
-        return 2
     from gate.app import create_app
 
     try:

@@ -32,6 +32,7 @@ from locust import HttpUser, User, constant, constant_throughput, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner
 
+from load_tests.failures import failure_message
 from load_tests.labels import TOKEN_ENV, LabelPoster, LabelQueue, http_sender
 from load_tests.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 from load_tests.payloads import (
@@ -217,14 +218,17 @@ class _RestUser(HttpUser):
                 if response.status_code == 400:
                     response.success()
                 else:
-                    response.failure(f"expected 400, got {response.status_code}")
+                    got = failure_message(response.status_code, response.text, response.error)
+                    response.failure(f"expected 400, got {got}")
             return
         rows, labels = _rows(self.rng, self.batch)
         with self.client.post(
             url, json=self.body(rows), headers=headers, catch_response=True
         ) as response:
             if response.status_code != 200:
-                response.failure(f"{response.status_code}: {response.text[:200]}")
+                response.failure(
+                    failure_message(response.status_code, response.text, response.error)
+                )
             elif labels is not None and _labels is not None:
                 _labels.offer(headers["x-request-id"], labels, time.monotonic())
 

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-dir",
         type=Path,
         default=None,
-        help="keep KFP's task logs here (default: a temporary file)",
+        help="keep KFP's task logs here (default: a temporary file, removed unless the run fails)",
     )
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
@@ -164,6 +164,10 @@ def command_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     console.print(f"[bold]irisgate pipeline[/] (KFP local runner) -> registry {args.registry}")
     result = run_locally(arguments, new_log_path(args.log_dir), console)
+    if args.log_dir is None and result.outcome != "failed" and result.log_path is not None:
+        # a temporary log is worth keeping only to explain a failure; one per run piled up
+        result.log_path.unlink(missing_ok=True)
+        result.log_path = None
     if args.json:
         print(
             json.dumps(
@@ -176,6 +180,8 @@ def command_run(args: argparse.Namespace) -> int:
             )
         )
     table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column()
+    table.add_column(overflow="fold")  # paths wrap whole instead of ending in "…"
     table.add_row(
         "outcome",
         {
@@ -202,7 +208,8 @@ def command_run(args: argparse.Namespace) -> int:
     else:
         table.add_row("error", result.error)
     table.add_row("took", f"{result.seconds:.1f} s")
-    table.add_row("task logs", str(result.log_path))
+    if result.log_path is not None:
+        table.add_row("task logs", str(result.log_path))
     console.print(table)
     return {"deployed": EXIT_DEPLOYED, "rejected": EXIT_REJECTED}.get(result.outcome, EXIT_FAILED)
 
@@ -213,8 +220,15 @@ def command_compile(args: argparse.Namespace) -> int:
     from pipeline.components import ComponentImages
     from pipeline.definition import build_pipeline
 
+    if args.output.suffix not in (".yaml", ".yml"):  # KFP raises a bare ValueError
+        print(f"error: --output {args.output}: expected a .yaml file name", file=sys.stderr)
+        return EXIT_USAGE
     images = ComponentImages(default=args.image) if args.image else ComponentImages()
-    compiler.Compiler().compile(build_pipeline(images), str(args.output))
+    try:
+        compiler.Compiler().compile(build_pipeline(images), str(args.output))
+    except OSError as exc:  # KFP opens --output itself: a missing folder, no permission
+        print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"wrote {args.output}")
     return 0
 

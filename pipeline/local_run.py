@@ -2,7 +2,9 @@
 
 KFP's runner prints every task's log to stdout and deletes its workspace when it ends.
 We give it throw-away folders (the registry lives elsewhere), send its chatter to a log
-file, and turn its task start/finish lines into a compact progress display.
+file, and turn its task start/finish lines into a compact progress display. Each task's
+process gets its own TMPDIR in the throw-away folder: KFP's lightweight components write
+their program to ``mktemp -d`` and never remove it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -115,7 +117,11 @@ def run_locally(
             workspace_root=str(scratch / "workspace"),
         )
         pipeline = build_pipeline(local=True)
-        with log_path.open("w") as log, contextlib.redirect_stdout(TaskLogWatcher(log, show)):
+        with (
+            log_path.open("w") as log,
+            contextlib.redirect_stdout(TaskLogWatcher(log, show)),
+            _tasks_tmpdir(scratch / "tmp"),
+        ):
             try:
                 task = pipeline(**arguments)
             except RuntimeError as exc:
@@ -136,8 +142,25 @@ def run_locally(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _tasks_tmpdir(folder: Path) -> Iterator[None]:
+    """TMPDIR for the task processes KFP starts while the block runs (they inherit this
+    process's environment), restored after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = previous
+
+
 def new_log_path(directory: Path | None) -> Path:
-    """Where KFP's task logs go: a timestamped file in ``directory``, else a temp file."""
+    """Where KFP's task logs go: a timestamped file in ``directory``, else a temp file
+    (which ``python -m pipeline run`` removes unless the run failed)."""
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
         return directory / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"

@@ -519,6 +519,7 @@ def register_artifact(
             merged = {**source.metrics, **{k: float(v) for k, v in (metrics or {}).items()}}
             metadata = source.model_copy(update={"version": version, "metrics": merged})
             _write_manifest(staging, metadata, signing_key)
+            _make_world_readable(staging)
             target = root / version
             try:
                 os.rename(staging, target)  # fails if another writer took the version
@@ -531,6 +532,16 @@ def register_artifact(
         trusted = None if signing_key is None else _own_key(signing_key)
         verify_artifact(target, trusted_keys=trusted)
         return metadata, target
+
+
+def _make_world_readable(folder: Path) -> None:
+    """A version folder 0755 and its files 0644, whoever wrote them: mkdtemp makes 0700,
+    copy2 keeps a source's mode (KFP's outputs, a 077 umask), and a version must be
+    readable by a non-root serving container and KServe's storage initializer. Nothing in
+    it is secret: the signature, not the mode, protects it."""
+    folder.chmod(0o755)
+    for entry in folder.iterdir():
+        entry.chmod(0o644)
 
 
 def _own_key(key: Ed25519PrivateKey) -> list[TrustedKey]:

@@ -255,6 +255,16 @@ def request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
 
 
 class IrisDataPlane(DataPlane):  # type: ignore[misc]
+    async def model_metadata(self, model_name: str) -> dict[str, Any]:
+        """KServe's v2 model metadata plus ``versions``, which KServe leaves out ("model
+        versioning is not supported yet"): the served artifact's version, so a client
+        can tell which model answers (REST and gRPC both read it from here)."""
+        metadata: dict[str, Any] = await super().model_metadata(model_name)
+        model = self.get_model_from_registry(model_name)
+        if isinstance(model, IrisModel) and model.metadata is not None:
+            metadata["versions"] = [model.metadata.version]
+        return metadata
+
     def decode(
         self, body: Any, headers: Any, protocol_version: str = "v1", model_name: str | None = None
     ) -> tuple[Any, dict[str, Any]]:
@@ -641,6 +651,19 @@ class IrisServicer(InferenceServicer):  # type: ignore[misc]
                 "grpc", code, outcome_of_grpc(code), perf_counter() - start
             )
             unmark_traffic(token)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        """KServe's servicer copies the metadata field by field and drops ``versions``."""
+        metadata = await self._data_plane.model_metadata(model_name=request.name)
+        return pb.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata.get("versions", []),
+            platform=metadata["platform"],
+            inputs=metadata["inputs"],
+            outputs=metadata["outputs"],
+        )
 
     async def ModelInfer(
         self,

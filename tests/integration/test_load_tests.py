@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from load_tests.slo import read_stats
-from tests.helpers import REPO_ROOT, Predictor, make_artifact, run_predictor
+from tests.helpers import REPO_ROOT, Predictor, free_port, make_artifact, run_predictor
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +97,10 @@ def test_labels_need_labelled_traffic(predictor: Predictor, tmp_path: Path) -> N
     code = load_test(predictor.url, "rest-v1", tmp_path, "--labels-url", "http://127.0.0.1:9/x")
     assert code == 2
     assert "--labels-url needs --traffic labelled" in (tmp_path / "rest-v1-locust.log").read_text()
+
+
+def test_a_dead_host_is_reported_as_connection_refused(tmp_path: Path) -> None:
+    load_test(f"http://127.0.0.1:{free_port()}", "rest-v1", tmp_path)
+    failures = (tmp_path / "rest-v1_failures.csv").read_text()
+    assert "no response: ConnectionRefusedError: [Errno 111] Connection refused" in failures
+    assert "'0: '" not in failures and "got 0'" not in failures

@@ -18,7 +18,8 @@ from tests.helpers import REPO_ROOT, run_predictor
 pytestmark = pytest.mark.integration
 
 
-def run_pipeline(*args: str) -> tuple[int, dict[str, Any], str]:
+def run_pipeline(*args: str, tmp_dir: Path | None = None) -> tuple[int, dict[str, Any], str]:
+    temp = {"TMPDIR": str(tmp_dir)} if tmp_dir is not None else {}
     completed = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "--json", *args],
         cwd=REPO_ROOT,
@@ -26,7 +27,7 @@ def run_pipeline(*args: str) -> tuple[int, dict[str, Any], str]:
         text=True,
         timeout=300,
         # no package index: proves the local run installs nothing
-        env={**os.environ, "PIP_NO_INDEX": "1"},
+        env={**os.environ, "PIP_NO_INDEX": "1", **temp},
     )
     result = json.loads(completed.stdout) if completed.stdout.strip() else {}
     return completed.returncode, result, completed.stderr
@@ -57,10 +58,21 @@ def test_good_model_is_deployed_and_served(tmp_path: Path) -> None:
 
     # a second run is a new version; the first is untouched
     first_hash = sha256_file(version_dir / "model.skops")
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
     code, second, stderr = run_pipeline(
-        "--registry", str(registry), "--classifier", "forest", "--n-estimators", "30"
+        "--registry",
+        str(registry),
+        "--classifier",
+        "forest",
+        "--n-estimators",
+        "30",
+        tmp_dir=tmp_dir,
     )
     assert code == 0, stderr
+    # nothing left in the temp folder: no task log (kept only for a failed run), none of
+    # the `mktemp -d` folders KFP's components write their program to
+    assert list(tmp_dir.iterdir()) == []
     assert second["version"] == "2"
     assert registry_versions(registry, "iris") == ["1", "2"]
     assert sha256_file(version_dir / "model.skops") == first_hash

@@ -212,7 +212,9 @@ def test_metadata_and_health(predictor: Predictor, stub: GRPCInferenceServiceStu
         "predict_proba": "FP32",
         "label": "BYTES",
     }
+    assert metadata["versions"] == ["1"]  # the artifact's version (KServe's own says null)
     grpc_metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="iris"), timeout=5)
+    assert list(grpc_metadata.versions) == ["1"]
     assert [i.name for i in grpc_metadata.inputs] == ["input-0"]
     assert list(grpc_metadata.outputs[1].shape) == [-1, 3]
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +347,30 @@ def test_registry_assigns_versions_signs_and_never_overwrites(
     assert not [p for p in (registry / "iris").iterdir() if p.name.startswith(".")]
     with pytest.raises(ArtifactError, match="signature does not verify"):
         register_artifact(source, registry)  # the default key did not sign it
+
+
+def test_registered_versions_are_readable_by_any_user(
+    tmp_path: Path, key: Ed25519PrivateKey, trusted: list[TrustedKey]
+) -> None:
+    """A non-root serving container or KServe's storage initializer must read a version,
+    whatever the umask of the process that registered it: mkdtemp alone gives 0700."""
+    source = make_artifact(tmp_path / "src", signing_key=key)
+    holdout = tmp_path / "holdout.csv"
+    holdout.write_text("a,b\n")
+    holdout.chmod(0o600)  # as a private step output would be
+    previous = os.umask(0o077)
+    try:
+        _, version_dir = register_artifact(
+            source,
+            tmp_path / "registry",
+            extra_files={"holdout.csv": holdout},
+            trusted_keys=trusted,
+            signing_key=key,
+        )
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(version_dir.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in version_dir.iterdir()}
+    assert modes == dict.fromkeys(
+        ["holdout.csv", "model.json", "model.json.sig", "model.skops"], 0o644
+    )

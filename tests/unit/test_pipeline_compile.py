@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +80,21 @@ def test_artifact_edges(spec: dict[str, Any]) -> None:
     assert outputs["parameters"]["Output"]["parameterType"] == "NUMBER_DOUBLE"
     deploy_component = spec["components"]["comp-deploy"]["inputDefinitions"]["artifacts"]
     assert set(deploy_component) == {"model", "test_data", "metrics"}
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [
+        ("missing/x.yaml", "cannot write {output}: No such file or directory"),
+        ("folder.yaml", "cannot write {output}: Is a directory"),
+        ("x.txt", "--output {output}: expected a .yaml file name"),
+    ],
+)
+def test_an_unwritable_output_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, problem: str
+) -> None:
+    (tmp_path / "folder.yaml").mkdir()
+    output = tmp_path / where
+    assert main(["compile", "--output", str(output)]) == 2
+    assert capsys.readouterr().err == f"error: {problem.format(output=output)}\n"
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "x.txt").exists()
