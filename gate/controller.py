@@ -130,8 +130,9 @@ class RolloutController:
         self.payloads = payloads or PayloadStore(":memory:")
         """Live requests and answers (payload events) and the shadow phase's pairs."""
         self.hooks = HookRunner(self._http, hook_namespace)
-        self._hook_tasks: set[asyncio.Task[None]] = set()
         """Gating hooks (:mod:`gate.core.hooks`): asked at their moments of a tick."""
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        """Post-rollout hooks under way (cancelled when the gate stops)."""
         self.shadows = RolloutTasks("shadow replay")
         self.last_loop: float | None = None
         """monotonic time of the loop's last complete pass (``/readyz`` reads it)."""
