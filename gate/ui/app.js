@@ -481,9 +481,14 @@
   function series(r) {
     const q = r.analysis?.latency_quantile ?? 0.95;
     const out = { weight: [], errStable: [], errCanary: [], latStable: [], latCanary: [], mix: [], disagreement: [] };
+    // The candidate's share of traffic: after a promotion it is the stable and answers
+    // everything (canary_weight drops to 0 then, which would read like a rollback).
+    let promoted = false;
     for (const d of r.decisions) {
       const t = Date.parse(d.at);
-      out.weight.push([t, d.canary_weight]);
+      if (d.action === "promoted" || d.action === "watch") promoted = true;
+      if (d.action === "rolled-back" || d.action === "aborted") promoted = false;
+      out.weight.push([t, promoted ? 100 : d.canary_weight]);
       const m = d.evidence?.measurement;
       if (m?.stable && m?.canary) {
         if (m.stable.requests > 0) out.errStable.push([t, m.stable.server_errors / m.stable.requests]);
@@ -497,7 +502,8 @@
       if (p?.rows > 0) out.disagreement.push([t, p.disagreements / p.rows]);
     }
     const end = TERMINAL.has(r.phase) ? Date.parse(r.updated_at) : Math.max(Date.now(), Date.parse(r.updated_at));
-    out.weight.push([end, r.canary_weight]);
+    const stableNow = r.promoted && r.stable_version === r.candidate?.version;
+    out.weight.push([end, stableNow ? 100 : r.canary_weight]);
     out.span = [Date.parse(r.created_at), end];
     return out;
   }
@@ -585,7 +591,7 @@
     const q = spec.latency_quantile ?? 0.95;
     const msFormat = (v) => `${num(v, 2)} ms`;
     return h("section", { class: "charts", id: "charts" },
-      lineChart({ title: "Canary weight", lines: [{ name: "canary weight", cls: "canary", points: data.weight }], format: (v) => `${Math.round(v)} %`, span: data.span, stepped: true, yMax: 100 }),
+      lineChart({ title: "Candidate's share of traffic (100 % once promoted)", lines: [{ name: "candidate share", cls: "canary", points: data.weight }], format: (v) => `${Math.round(v)} %`, span: data.span, stepped: true, yMax: 100 }),
       lineChart({
         title: "Server-error rate per analysis window",
         lines: [{ name: "stable", cls: "stable", points: data.errStable }, { name: "canary", cls: "canary", points: data.errCanary }],
