@@ -13,6 +13,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.cluster import (
+    GATE_TOKEN_ENV,
+    PLACEHOLDER_IMAGE_PREFIX,
+    PLACEHOLDER_TAG,
+    REGISTRY_MOUNT_PATH,
+    WEBHOOK_URL_ENV,
+    ClusterConfigError,
+    ClusterOptions,
+    ComponentImages,
+    SecretRef,
+)
+from pipeline.params import DEFAULTS
+
 EXIT_DEPLOYED = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -24,19 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the pipeline locally (KFP SubprocessRunner)")
+    run = commands.add_parser(
+        "run",
+        help="run the pipeline locally (KFP SubprocessRunner)",
+        epilog=f"When the run ends, its outcome is posted to the webhook in {WEBHOOK_URL_ENV} "
+        "if that is set (as the cluster's exit handler does).",
+    )
     run.add_argument(
         "--registry",
         required=True,
         type=Path,
         help="model registry folder; deployed models land in REGISTRY/<model-name>/<version>/",
     )
-    run.add_argument("--model-name", default="iris", help="model name (default: iris)")
+    run.add_argument(
+        "--model-name",
+        default=DEFAULTS.model_name,
+        help=f"model name (default: {DEFAULTS.model_name})",
+    )
     run.add_argument(
         "--threshold",
         type=float,
-        default=0.9,
-        help="minimum held-out accuracy to deploy (default: 0.9)",
+        default=DEFAULTS.threshold,
+        help=f"minimum held-out accuracy to deploy (default: {DEFAULTS.threshold})",
     )
     run.add_argument(
         "--data",
@@ -48,31 +70,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--test-fraction",
         type=float,
-        default=0.3,
-        help="held-out share for evaluation and the gate's replay (default: 0.3)",
+        default=DEFAULTS.test_fraction,
+        help=f"held-out share for evaluation and the gate's replay "
+        f"(default: {DEFAULTS.test_fraction})",
     )
-    run.add_argument("--seed", type=int, default=7, help="split and training seed (default: 7)")
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help=f"split and training seed (default: {DEFAULTS.seed})",
+    )
     run.add_argument(
         "--classifier",
         choices=["logreg", "forest"],
-        default="logreg",
-        help="logistic regression or random forest (default: logreg)",
+        default=DEFAULTS.classifier,
+        help=f"logistic regression or random forest (default: {DEFAULTS.classifier})",
     )
-    run.add_argument("--c", type=float, default=1.0, help="logreg inverse regularisation")
-    run.add_argument("--max-iter", type=int, default=500, help="logreg iterations")
-    run.add_argument("--n-estimators", type=int, default=100, help="forest trees")
-    run.add_argument("--max-depth", type=int, default=0, help="forest depth (0: unlimited)")
+    run.add_argument("--c", type=float, default=DEFAULTS.c, help="logreg inverse regularisation")
+    run.add_argument("--max-iter", type=int, default=DEFAULTS.max_iter, help="logreg iterations")
+    run.add_argument("--n-estimators", type=int, default=DEFAULTS.n_estimators, help="forest trees")
+    run.add_argument(
+        "--max-depth",
+        type=int,
+        default=DEFAULTS.max_depth,
+        help="forest depth (0: unlimited)",
+    )
     run.add_argument(
         "--label-noise",
         type=float,
-        default=None,
-        help="fraction of training labels replaced at random (default: 0)",
+        default=None,  # None: --weak decides, else DEFAULTS.label_noise
+        help=f"fraction of training labels replaced at random (default: {DEFAULTS.label_noise})",
     )
     run.add_argument(
         "--train-fraction",
         type=float,
-        default=1.0,
-        help="fraction of the training split kept (default: 1)",
+        default=DEFAULTS.train_fraction,
+        help=f"fraction of the training split kept (default: {DEFAULTS.train_fraction})",
     )
     run.add_argument(
         "--weak",
@@ -82,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--gate-url",
-        default="",
+        default=DEFAULTS.gate_url,
         help="hand a deployed candidate to this gate (POST /v1/rollouts); the token comes "
         "from GATE_API_TOKEN",
     )
@@ -101,25 +134,70 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("iris_pipeline.yaml"),
         help="where to write the YAML (default: iris_pipeline.yaml)",
     )
-    compile_.add_argument(
+    cluster = ClusterOptions()  # the defaults of the flags below, in one place
+    images = compile_.add_mutually_exclusive_group()
+    images.add_argument(
+        "--image-prefix",
+        default=None,
+        help="each step runs in PREFIX-pipeline-<step>:TAG, e.g. --image-prefix "
+        f"ghcr.io/acme/irisgate (default: the placeholder {PLACEHOLDER_IMAGE_PREFIX}, "
+        "which no cluster can pull)",
+    )
+    images.add_argument(
         "--image",
         default=None,
-        help="base image for every step (default: the project's pipeline image)",
+        help="one fully qualified image for every step instead (REGISTRY/PATH:TAG)",
+    )
+    compile_.add_argument(
+        "--tag",
+        default=None,
+        help=f"tag of the step images, e.g. the commit SHA (default: {PLACEHOLDER_TAG})",
+    )
+    compile_.add_argument(
+        "--gate-secret",
+        default=cluster.gate_token.name,
+        help="Kubernetes Secret holding the gate's API token for the deploy step "
+        f"(default: {cluster.gate_token.name})",
+    )
+    compile_.add_argument(
+        "--gate-secret-key",
+        default=cluster.gate_token.key,
+        help=f"its key (default: {cluster.gate_token.key})",
+    )
+    compile_.add_argument(
+        "--notify-secret",
+        default=cluster.webhook_url.name,
+        help="Kubernetes Secret holding the webhook URL the run's outcome is posted to "
+        f"(default: {cluster.webhook_url.name}; missing: nothing is posted)",
+    )
+    compile_.add_argument(
+        "--notify-secret-key",
+        default=cluster.webhook_url.key,
+        help=f"its key (default: {cluster.webhook_url.key})",
+    )
+    compile_.add_argument(
+        "--registry-pvc",
+        default=cluster.registry_pvc,
+        help=f"PersistentVolumeClaim mounted at {REGISTRY_MOUNT_PATH} in deploy, reject and "
+        f"notify; run with registry={REGISTRY_MOUNT_PATH} (default: none, the registry "
+        "lives in each pod)",
     )
     return parser
 
 
-def _arguments(args: argparse.Namespace) -> dict[str, Any]:
+def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's parameters from ``run``'s flags: with no flags, exactly the compiled
+    pipeline's defaults (tests/unit/test_pipeline_compile.py holds them to it)."""
     noise = (
         args.label_noise
         if args.label_noise is not None
-        else (WEAK_LABEL_NOISE if args.weak else 0.0)
+        else (WEAK_LABEL_NOISE if args.weak else DEFAULTS.label_noise)
     )
     return {
         "registry": str(args.registry.resolve()),
         "model_name": args.model_name,
         "threshold": args.threshold,
-        "data_csv": str(args.data.resolve()) if args.data else "",
+        "data_csv": str(args.data.resolve()) if args.data else DEFAULTS.data_csv,
         "test_fraction": args.test_fraction,
         "seed": args.seed,
         "classifier": args.classifier,
@@ -135,17 +213,27 @@ def _arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_inputs(arguments: dict[str, Any]) -> str:
     """Fail in a second, before KFP starts, on what the steps would reject anyway."""
+    from pipeline.notify import check_webhook_url
     from pipeline.steps import DataError, Degradation, TrainParams, load_dataset
 
     try:
         Degradation(arguments["label_noise"], arguments["train_fraction"])
-        TrainParams(classifier=arguments["classifier"])
+        TrainParams(
+            classifier=arguments["classifier"],
+            c=arguments["c"],
+            max_iter=arguments["max_iter"],
+            n_estimators=arguments["n_estimators"],
+            max_depth=arguments["max_depth"],
+            seed=arguments["seed"],
+        )
         if not 0.0 < arguments["test_fraction"] < 1.0:
             raise ValueError("--test-fraction must be within (0, 1)")
         if not 0.0 <= arguments["threshold"] <= 1.0:
             raise ValueError("--threshold must be within [0, 1]")
-        if arguments["gate_url"] and not os.environ.get("GATE_API_TOKEN"):
-            raise ValueError("--gate-url needs the gate's token in GATE_API_TOKEN")
+        if arguments["gate_url"] and not os.environ.get(GATE_TOKEN_ENV):
+            raise ValueError(f"--gate-url needs the gate's token in {GATE_TOKEN_ENV}")
+        if os.environ.get(WEBHOOK_URL_ENV):  # the run's outcome is posted there
+            check_webhook_url(os.environ[WEBHOOK_URL_ENV])
         if arguments["data_csv"]:
             load_dataset(arguments["data_csv"])
     except (DataError, ValueError) as exc:
@@ -157,7 +245,7 @@ def command_run(args: argparse.Namespace) -> int:
     from pipeline.local_run import new_log_path, run_locally
 
     console = Console(stderr=True)
-    arguments = _arguments(args)
+    arguments = pipeline_arguments(args)
     problem = _check_inputs(arguments)
     if problem:
         console.print(f"[red]error:[/] {problem}")
@@ -214,22 +302,52 @@ def command_run(args: argparse.Namespace) -> int:
     return {"deployed": EXIT_DEPLOYED, "rejected": EXIT_REJECTED}.get(result.outcome, EXIT_FAILED)
 
 
+def cluster_options(args: argparse.Namespace) -> ClusterOptions:
+    """The compile flags, checked; raises :class:`ClusterConfigError` naming the flag."""
+    if args.image and args.tag is not None:
+        raise ClusterConfigError("--tag goes with --image-prefix; --image carries its own tag")
+    images = (
+        ComponentImages(single=args.image)
+        if args.image
+        else ComponentImages(
+            prefix=args.image_prefix or PLACEHOLDER_IMAGE_PREFIX,
+            tag=PLACEHOLDER_TAG if args.tag is None else args.tag,
+        )
+    )
+    return ClusterOptions(
+        images=images,
+        gate_token=SecretRef(args.gate_secret, args.gate_secret_key, "--gate-secret"),
+        webhook_url=SecretRef(args.notify_secret, args.notify_secret_key, "--notify-secret"),
+        registry_pvc=args.registry_pvc,
+    )
+
+
 def command_compile(args: argparse.Namespace) -> int:
-    from kfp import compiler
-
-    from pipeline.components import ComponentImages
-    from pipeline.definition import build_pipeline
-
     if args.output.suffix not in (".yaml", ".yml"):  # KFP raises a bare ValueError
         print(f"error: --output {args.output}: expected a .yaml file name", file=sys.stderr)
         return EXIT_USAGE
-    images = ComponentImages(default=args.image) if args.image else ComponentImages()
     try:
-        compiler.Compiler().compile(build_pipeline(images), str(args.output))
+        options = cluster_options(args)
+    except ClusterConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from kfp import compiler
+
+    from pipeline.definition import build_pipeline
+
+    try:
+        compiler.Compiler().compile(build_pipeline(options), str(args.output))
     except OSError as exc:  # KFP opens --output itself: a missing folder, no permission
         print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"wrote {args.output}")
+    if options.images.is_placeholder:
+        print(
+            f"note: no --image-prefix: the steps name {options.images.for_step('<step>')}, "
+            "a placeholder no cluster can pull",
+            file=sys.stderr,
+        )
     return 0
 
 

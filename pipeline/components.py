@@ -1,55 +1,33 @@
 """KFP v2 lightweight components: thin adapters from KFP artifacts to :mod:`pipeline.steps`.
 
 Each function body imports what it uses, because KFP ships only the function's source
-to the step's container. Those containers are built from ``pipeline/Dockerfile`` (the
-irisgate package with its ``pipeline`` extra), so ``pipeline.steps`` is importable there
-as it is locally.
+to the step's container. The containers' images hold the irisgate package with its
+``pipeline`` extra (``pipeline/Dockerfile``), so ``pipeline.steps`` is importable there as
+it is locally, and nothing is installed when a step starts: no ``pip install``, no package
+index needed inside the cluster (``install_kfp_package=False``, no ``packages_to_install``).
 
-The functions are turned into components by :func:`make_components`, which decides the
-base image and the per-step dependency list. Locally every step runs in the current
-environment, so nothing is pip-installed at all (no network, no seconds lost per step).
+The functions are turned into components by :func:`make_components`, which names each
+step's image. Locally every step runs in the current environment and installs nothing
+either (no network, no seconds lost per step).
 """
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-# Built from pipeline/Dockerfile and pushed where your cluster pulls from; --image overrides.
+from pipeline.cluster import ComponentImages
+
+# The one image pipeline/Dockerfile builds, as the workflow names it without its registry.
+# Compiling no longer uses it (every step names its own fully qualified image, see
+# pipeline.cluster.ComponentImages); tests/integration/test_k8s.py still imports it to
+# check that the workflow builds it.
 DEFAULT_IMAGE = "irisgate-pipeline:0.1.0"
 
-# What each step imports, pinned like pyproject.toml. On a cluster these are already in
-# the base image, so pip finds them satisfied; the list documents and enforces it.
-STEP_REQUIREMENTS: dict[str, list[str]] = {
-    "preprocess": ["pandas>=2.1", "scikit-learn==1.9.1"],
-    # skops + cryptography: the artifact contract (safe model format, signed manifest).
-    "train": [
-        "pandas>=2.1",
-        "scikit-learn==1.9.1",
-        "pydantic>=2.7",
-        "skops==0.16.0",
-        "cryptography>=42",
-    ],
-    "evaluate": [
-        "pandas>=2.1",
-        "scikit-learn==1.9.1",
-        "pydantic>=2.7",
-        "skops==0.16.0",
-        "cryptography>=42",
-    ],
-    "deploy": [
-        "pandas>=2.1",
-        "scikit-learn==1.9.1",
-        "pydantic>=2.7",
-        "httpx>=0.27",
-        "skops==0.16.0",
-        "cryptography>=42",
-    ],
-    "reject": ["pydantic>=2.7"],
-}
+STEPS = ("preprocess", "train", "evaluate", "deploy", "reject", "notify")
+"""Every step, by its component's name; each has its own image on a cluster."""
 
 
 def preprocess(
@@ -127,46 +105,91 @@ def deploy(
     test_data: Input[Dataset],
     metrics: Input[Metrics],
     registry: str,
+    model_name: str,
     gate_url: str,
+    run_id: str,
 ) -> str:
     """Register the artifact and its held-out split under a new version; with a gate URL,
     hand the candidate to the gate (token from the GATE_API_TOKEN environment variable,
-    a Kubernetes secret on a cluster, never a pipeline parameter)."""
+    a Kubernetes secret on a cluster, never a pipeline parameter). Leaves the run note the
+    exit handler reports from, once when starting and once with the record."""
     import json
     import os
 
+    from pipeline.cluster import GATE_TOKEN_ENV
+    from pipeline.run_notes import noting_run
     from pipeline.steps import hand_to_gate, register_model
 
     logged = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float))}
-    record = register_model(model.path, test_data.path, registry, logged)
-    if gate_url:
-        record["rollout_id"] = hand_to_gate(
-            gate_url, os.environ.get("GATE_API_TOKEN", ""), record, logged
-        )
-        record["gate_url"] = gate_url
+    started = {"name": model_name, "accuracy": logged.get("accuracy")}
+    with noting_run(registry, model_name, run_id, "deploy", started) as finish:
+        token = os.environ.get(GATE_TOKEN_ENV, "")
+        if gate_url and not token:  # before registering: no version the gate never hears of
+            raise ValueError(
+                f"{GATE_TOKEN_ENV} is empty but gate_url is set: on a cluster, create the "
+                "Secret the pipeline was compiled with (compile --gate-secret)"
+            )
+        record = register_model(model.path, test_data.path, registry, logged)
+        if gate_url:
+            record["rollout_id"] = hand_to_gate(gate_url, token, record, logged)
+            record["gate_url"] = gate_url
+        finish(record)
     return json.dumps(record)
 
 
 def reject(
-    accuracy: float, threshold: float, registry: str, model_name: str, fingerprint: str
+    accuracy: float,
+    threshold: float,
+    registry: str,
+    model_name: str,
+    fingerprint: str,
+    run_id: str,
 ) -> str:
-    """Record why the model stops here; deploy nothing."""
+    """Record why the model stops here; deploy nothing. Leaves the run note too."""
     import json
 
+    from pipeline.run_notes import noting_run
     from pipeline.steps import record_rejection
 
-    return json.dumps(record_rejection(registry, model_name, accuracy, threshold, fingerprint))
+    started = {"name": model_name, "accuracy": accuracy, "threshold": threshold}
+    with noting_run(registry, model_name, run_id, "reject", started) as finish:
+        record = record_rejection(registry, model_name, accuracy, threshold, fingerprint)
+        finish(record)
+    return json.dumps(record)
 
 
-@dataclass(frozen=True)
-class ComponentImages:
-    """Base image per step; one image serves all steps unless a step is overridden."""
+def notify(
+    registry: str,
+    model_name: str,
+    threshold: float,
+    run_id: str,
+    status: dsl.PipelineTaskFinalStatus,
+) -> str:
+    """The exit handler: post the run's outcome to the webhook in PIPELINE_WEBHOOK_URL
+    (a Kubernetes secret on a cluster) and return it as JSON. Never fails the run: chat
+    being down, or no webhook configured, is logged and nothing more."""
+    import json
+    import logging
+    import os
 
-    default: str = DEFAULT_IMAGE
-    overrides: dict[str, str] = field(default_factory=dict)
+    from pipeline.cluster import WEBHOOK_URL_ENV
+    from pipeline.notify import notify_run, summarise
+    from pipeline.run_notes import read_run_note
 
-    def for_step(self, step: str) -> str:
-        return self.overrides.get(step, self.default)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    error = status.error_message or ""
+    if error == f"Task {status.pipeline_task_name} failed.":  # kfp.local's: says nothing new
+        error = ""
+    summary = summarise(
+        state=status.state,
+        note=read_run_note(registry, model_name, run_id),
+        run_id=run_id,
+        run_name=status.pipeline_job_resource_name,
+        error=error,
+        threshold=threshold,
+    )
+    notify_run(summary, os.environ.get(WEBHOOK_URL_ENV, ""))
+    return json.dumps(summary)
 
 
 class Components(NamedTuple):
@@ -175,22 +198,24 @@ class Components(NamedTuple):
     evaluate: Any
     deploy: Any
     reject: Any
+    notify: Any
 
 
 def make_components(images: ComponentImages | None = None, local: bool = False) -> Components:
-    """Components for a cluster (images + dependency lists) or for the local runner."""
+    """Components for a cluster (one image per step) or for the local runner; neither
+    installs anything when a step starts."""
     images = images or ComponentImages()
     # The local runner ignores the image but warns unless it names Python; name the
     # interpreter the steps really run in.
     local_image = f"python:{sys.version_info.major}.{sys.version_info.minor}"
 
     def wrap(function: Callable[..., Any]) -> Any:
-        step = function.__name__
         return dsl.component(
             function,
-            base_image=local_image if local else images.for_step(step),
-            packages_to_install=[] if local else STEP_REQUIREMENTS[step],
-            install_kfp_package=not local,
+            base_image=local_image if local else images.for_step(function.__name__),
+            install_kfp_package=False,
         )
 
-    return Components(wrap(preprocess), wrap(train), wrap(evaluate), wrap(deploy), wrap(reject))
+    return Components(
+        wrap(preprocess), wrap(train), wrap(evaluate), wrap(deploy), wrap(reject), wrap(notify)
+    )

@@ -1,5 +1,10 @@
 """Run the pipeline with KFP's local SubprocessRunner: no cluster, no Docker, no network.
 
+KFP 2.17's local runner runs the exit handler (``dsl.ExitHandler`` with a
+``PipelineTaskFinalStatus`` input) as a cluster does, after the body, whether it failed
+or not; so the local run posts the same outcome message, to the webhook in the caller's
+``PIPELINE_WEBHOOK_URL``, and reports the summary the exit task returns.
+
 KFP's runner prints every task's log to stdout and deletes its workspace when it ends.
 We give it throw-away folders (the registry lives elsewhere), send its chatter to a log
 file, and turn its task start/finish lines into a compact progress display. Each task's
@@ -136,7 +141,11 @@ def run_locally(
             return RunResult(
                 "failed", steps=events, seconds=seconds, error=detail, log_path=log_path
             )
+        # the exit handler's summary: the same outcome the webhook was sent
         record: dict[str, Any] = json.loads(task.output)
+        if record.get("outcome") not in ("deployed", "rejected"):
+            error = f"the run ended {record.get('outcome')} ({record.get('state')})"
+            return RunResult("failed", record, events, seconds, error, log_path)
         return RunResult(record["outcome"], record, events, seconds, log_path=log_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -172,6 +172,16 @@ class TrainParams:
             raise ValueError(
                 f"classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}"
             )
+        # scikit-learn would say so too, but minutes later and deep in a task log
+        if not (math.isfinite(self.c) and self.c > 0):
+            raise ValueError(f"c must be a finite number above 0, got {self.c}")
+        for name in ("max_iter", "n_estimators"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_depth < 0:
+            raise ValueError(f"max_depth must be 0 (unlimited) or more, got {self.max_depth}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be within [0, 2**32), got {self.seed}")
 
 
 def build_estimator(params: TrainParams) -> Pipeline:

@@ -160,3 +160,22 @@ def test_rejection_registers_no_version(tmp_path: Path) -> None:
 def test_train_params_reject_unknown_classifier() -> None:
     with pytest.raises(ValueError, match="classifier must be one of"):
         TrainParams(classifier="svm")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"c": 0.0}, "c must be a finite number above 0, got 0.0"),
+        ({"c": float("nan")}, "c must be a finite number above 0, got nan"),
+        ({"max_iter": 0}, "max_iter must be at least 1, got 0"),
+        ({"n_estimators": -1}, "n_estimators must be at least 1, got -1"),
+        ({"max_depth": -2}, "max_depth must be 0 (unlimited) or more, got -2"),
+        ({"seed": -1}, "seed must be within [0, 2**32), got -1"),
+    ],
+)
+def test_train_params_say_which_number_is_out_of_range(
+    params: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        TrainParams(**params)  # type: ignore[arg-type]
+    assert str(caught.value) == message
