@@ -106,7 +106,24 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
     return path
 
 
-def run_schemathesis(gate_url: str, config: Path, reports: Path) -> dict[str, Any]:
+STREAM = "/v1/rollouts/{rollout_id}/stream"
+# A stream of an active rollout stays open for as long as the client reads (up to its
+# timeout_s): each such case lasts the whole request timeout. The stream operation gets a
+# run of its own with a short timeout and fewer examples; every other operation the full
+# run (with it, the run took 5+ minutes instead of about 2).
+STREAM_EXAMPLES = 25
+STREAM_REQUEST_TIMEOUT_S = 2.0
+
+
+def run_schemathesis(
+    gate_url: str,
+    config: Path,
+    reports: Path,
+    operations: list[str],
+    max_examples: int = MAX_EXAMPLES,
+    request_timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """One schemathesis run; ``operations`` filters them (``--include-path ...``)."""
     command = [
         str(SCHEMATHESIS),
         "--config-file",
@@ -120,13 +137,14 @@ def run_schemathesis(gate_url: str, config: Path, reports: Path) -> dict[str, An
         "positive_data_acceptance",  # replaced by the narrowed check above
         "-H",
         f"Authorization: Bearer {TOKEN}",
+        *operations,
         "--max-examples",
-        str(MAX_EXAMPLES),
+        str(max_examples),
         "--seed",
         str(SEED),
         "--continue-on-failure",
         "--request-timeout",
-        "10",
+        str(request_timeout_s),
         "--generation-database",
         "none",
         "--report",
@@ -188,13 +206,25 @@ def test_schemathesis_finds_nothing_in_the_gate(tmp_path: Path) -> None:
         assert httpx.post(f"{gate_url}/v1/rollouts/{rollout_ids[1]}/pause", headers=AUTH).is_success
 
         config = schemathesis_config(tmp_path / "schemathesis.toml", rollout_ids)
-        result = run_schemathesis(gate_url, config, tmp_path / "reports")
+        result = run_schemathesis(
+            gate_url, config, tmp_path / "reports", ["--exclude-path", STREAM]
+        )
+        streams = run_schemathesis(
+            gate_url,
+            config,
+            tmp_path / "reports-stream",
+            ["--include-path", STREAM],
+            STREAM_EXAMPLES,
+            STREAM_REQUEST_TIMEOUT_S,
+        )
 
-        cases = result["test_cases"]
-        assert result["complete"], result["output"][-4000:]
-        assert cases["generated"] >= MIN_CASES, cases
-        assert (result["failures"], result["errors"]) == ([], []), result["output"][-8000:]
-        assert cases["with_failures"] == 0 and result["exit_code"] == 0, result["output"][-8000:]
+        assert result["test_cases"]["generated"] >= MIN_CASES, result["test_cases"]
+        assert streams["test_cases"]["generated"] >= STREAM_EXAMPLES, streams["test_cases"]
+        for run in (result, streams):
+            cases = run["test_cases"]
+            assert run["complete"], run["output"][-4000:]
+            assert (run["failures"], run["errors"]) == ([], []), run["output"][-8000:]
+            assert cases["with_failures"] == 0 and run["exit_code"] == 0, run["output"][-8000:]
         assert gate.process.poll() is None, "the gate died under fuzzing"
         listed = httpx.get(f"{gate_url}/v1/rollouts", timeout=10)
         assert listed.status_code == 200
