@@ -505,7 +505,7 @@ def pre_rollout_failed(state: RolloutState, reason: str, now: datetime) -> Trans
     the analysis' failures). Below the limit the rollout stays where it was and tries
     again after a step interval; at the limit it fails having answered no user."""
     failures = state.failures + 1
-    counted = state.model_copy(update={"failures": failures})
+    counted = state.model_copy(update={"failures": failures, "held_by": None})
     if failures >= state.spec.failure_limit:
         return _fail(
             counted, now, f"failure limit reached ({failures}/{state.spec.failure_limit}): {reason}"

@@ -94,8 +94,9 @@ def test_a_refusing_confirm_hook_holds_once_per_reason_and_the_move_clears_it() 
 
 
 def test_pre_rollout_refusals_count_as_failed_checks_up_to_the_limit() -> None:
-    state = rollout(phase=Phase.SHADOW)
+    state = rollout(phase=Phase.SHADOW, held_by=HookType.CONFIRM_TRAFFIC_INCREASE)
     first = pre_rollout_failed(state, "pre-rollout hook 'smoke': HTTP 500", NOW)
+    assert first.state.held_by is None  # the confirm hook let the move through
     assert first.action is Action.RETRY and first.state.phase is Phase.SHADOW
     assert first.state.failures == 1 and first.state.not_before is not None
     assert first.state.not_before > NOW
