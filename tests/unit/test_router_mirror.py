@@ -32,7 +32,7 @@ from gate.local.mirror import (
     RESPONSE_EVENT,
     EventEmitter,
     MirrorCounters,
-    MirrorRecord,
+    QueuedEvents,
     encode_batch,
     new_id,
     request_facts,
@@ -254,7 +254,7 @@ class Front:
 
     def records(self) -> list[Mirrored]:
         """The queued records as the gate will see them (encoded, then decoded)."""
-        events = json.loads(encode_batch(list(self.emitter.queue), time.time()))
+        events = json.loads(encode_batch(self.emitter.queue))
         return [Mirrored.of(*events[i : i + 2]) for i in range(0, len(events), 2)]
 
     def counters(self, model: str = "m") -> MirrorCounters:
@@ -500,24 +500,26 @@ def test_mirror_without_events_url_is_400_naming_the_field() -> None:
 def record(
     request_id: str | None = "r-1",
     request_body: bytes = b"req",
-    response: bytes = b"resp",
+    response_body: bytes | memoryview = b"resp",
     content_type: str = "application/json",
     role: str = "stable",
     at: float = 1_700_000_000.25,
-    response_at: int = 0,
-) -> MirrorRecord:
-    mirror = EventEmitter(EVENTS_URL, TOKEN).model("iris")
+    recorded: float = 1_700_000_100.5,
+) -> bytes:
+    """One exchange's two events as the emitter's encoder makes them, answered 0.5 s after
+    ``at``."""
+    emitter = EventEmitter(EVENTS_URL, TOKEN)
     given = request_id.encode() if request_id is not None else b""
-    return MirrorRecord(
-        mirror,
+    return emitter.encoder.encode(
+        emitter.model("iris"),
         given,
         content_type.encode("latin-1"),
         role,
         request_body,
-        response,
-        response_at,
+        response_body,
         at,
         at + 0.5,
+        recorded,
     )
 
 
@@ -530,13 +532,12 @@ def test_a_batch_is_a_json_array_of_request_then_response_events() -> None:
     """Field names and values as KServe's logger sets them (pkg/logger/worker.go)."""
     every_byte = bytes(range(256)) * 3
     records = [
-        record(
-            "r-1", every_byte, b"HEAD\r\n\r\n\x00\xff" + every_byte, role="canary", response_at=8
-        ),
+        record("r-1", every_byte, memoryview(b"HEAD\x00\xff" + every_byte)[4:], role="canary"),
         record("r-2", b"", b"{}", content_type='text/x; q="1" \u00e9'),
         record("r-3", b"x", b"y", content_type=""),
     ]
-    events = json.loads(encode_batch(records, 1_700_000_100.5))
+    mirror = EventEmitter(EVENTS_URL, TOKEN).model("iris")
+    events = json.loads(encode_batch([QueuedEvents(mirror, each, 0.0) for each in records]))
     assert [(e["id"], e["type"]) for e in events] == [
         ("r-1", REQUEST_EVENT),
         ("r-1", RESPONSE_EVENT),
@@ -699,7 +700,7 @@ def test_a_full_batch_goes_at_once_with_the_token_and_batch_content_type() -> No
             assert first.headers["content-type"] == BATCH_CONTENT_TYPE
             await asyncio.sleep(0.2)
             assert len(gate.posts) == 1  # the other 44 wait for their delay...
-            assert emitter.queued_bytes == 44 * 2  # (one byte each way a record)
+            assert emitter.queued_bytes == sum(len(each.events) for each in emitter.queue)
             await emitter.aclose(2.0)  # ... or the stop
             assert [len(post.events) for post in gate.posts] == [512, 88]
             assert emitter.queued_bytes == 0
@@ -749,13 +750,19 @@ def test_a_full_queue_drops_and_counts_and_never_grows() -> None:
 
 
 def test_the_queue_is_bounded_in_bytes_too() -> None:
-    emitter = EventEmitter(EVENTS_URL, TOKEN, capacity_bytes=10_000)  # not started
+    """The bound is on the encoded events, what the queue holds."""
+    emitter = EventEmitter(EVENTS_URL, TOKEN)  # not started
     mirror = emitter.model("iris")
-    for _ in range(5):  # 4,000 bytes each: two fit
+    mirror.record([], "stable", b"q" * 1000, b"a" * 3000, 0, time.time())
+    big = emitter.queued_bytes
+    assert big > 4000 * 4 // 3  # (base64)
+    emitter.capacity_bytes = 2 * big + big // 2  # two fit
+    for _ in range(4):
         mirror.record([], "stable", b"q" * 1000, b"a" * 3000, 0, time.time())
-    assert (len(emitter.queue), emitter.queued_bytes, mirror.counters.dropped) == (2, 8000, 3)
+    assert (len(emitter.queue), emitter.queued_bytes, mirror.counters.dropped) == (2, 2 * big, 3)
     mirror.record([], "stable", b"q", b"a", 0, time.time())  # a small one still fits
-    assert (len(emitter.queue), emitter.queued_bytes) == (3, 8002)
+    assert len(emitter.queue) == 3
+    assert 2 * big < emitter.queued_bytes <= emitter.capacity_bytes
 
 
 def test_a_post_that_gets_no_answer_in_time_is_a_failure() -> None:
