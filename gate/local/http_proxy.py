@@ -18,10 +18,11 @@ not forwarded; the upstream's ``date`` and ``server`` are passed on, ``date`` ad
 Mirroring (a model's ``mirror`` route, :mod:`gate.local.mirror`): an inference exchange of
 such a model answered 200 becomes one record of bytes the proxy holds anyway: the request
 body is what is kept for a retry on stable (:data:`REPLAY_LIMIT_BYTES`), the answer is the
-verbatim read (with where its body starts) or the parsed body's pieces. Per request the
-proxy only picks the id and content type out of the headers and queues the record, after
-the answer went to the client; nothing is awaited or logged, and checking ids and encoding
-events is the emitter's work, in batches. A request that does not qualify is only counted.
+verbatim read (with where its body starts) or the parsed body's pieces. After the answer
+went to the client, the exchange is encoded into its two events and queued (a few
+microseconds, evenly spread: see :mod:`gate.local.mirror`); nothing is awaited or logged,
+and posting is the emitter's work, in batches. A request that does not qualify is only
+counted.
 
 Hostile clients cost little: request line and headers are bounded (414, 431), a head must
 arrive within :data:`HEAD_TIMEOUT_S`, idle keep-alive connections close after
