@@ -32,7 +32,8 @@ from benchmarks import servers
 from benchmarks.generators import GeneratorMissing, require_generators, run_h2load, run_wrk
 from benchmarks.report import Sample, evaluate_goals, markdown, summarize, to_json
 from benchmarks.venvs import BENTOML, MLFLOW, MLSERVER, PeerVenv, ensure_venv
-from pipeline.steps import CLASSES, FEATURES, TrainParams, build_estimator
+from pipeline.steps.common import CLASSES, FEATURES, TrainParams
+from pipeline.steps.train import build_estimator
 from predictor.artifact import SIGNATURE_FILE, fingerprint_dataset, write_artifact
 
 REPO = Path(__file__).resolve().parent.parent

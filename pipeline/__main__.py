@@ -14,17 +14,16 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cluster import (
-    GATE_TOKEN_ENV,
     PLACEHOLDER_IMAGE_PREFIX,
     PLACEHOLDER_TAG,
     REGISTRY_MOUNT_PATH,
-    WEBHOOK_URL_ENV,
     ClusterConfigError,
     ClusterOptions,
     ComponentImages,
     SecretRef,
 )
 from pipeline.params import DEFAULTS
+from pipeline.steps.common import GATE_TOKEN_ENV, WEBHOOK_URL_ENV
 
 EXIT_DEPLOYED = 0
 EXIT_FAILED = 1
@@ -176,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"its key (default: {cluster.webhook_url.key})",
     )
     compile_.add_argument(
+        "--signing-secret",
+        default=cluster.signing_key.name,
+        help="Kubernetes Secret holding the Ed25519 key (PKCS#8 PEM) train signs the model "
+        f"with and evaluate and deploy check it with (default: {cluster.signing_key.name}; "
+        "required: those steps do not start without it)",
+    )
+    compile_.add_argument(
+        "--signing-secret-key",
+        default=cluster.signing_key.key,
+        help=f"its key (default: {cluster.signing_key.key})",
+    )
+    compile_.add_argument(
         "--registry-pvc",
         default=cluster.registry_pvc,
         help=f"PersistentVolumeClaim mounted at {REGISTRY_MOUNT_PATH} in deploy, reject and "
@@ -213,8 +224,9 @@ def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_inputs(arguments: dict[str, Any]) -> str:
     """Fail in a second, before KFP starts, on what the steps would reject anyway."""
-    from pipeline.notify import check_webhook_url
-    from pipeline.steps import DataError, Degradation, TrainParams, load_dataset
+    from pipeline.steps.common import DataError, TrainParams
+    from pipeline.steps.notify import check_webhook_url
+    from pipeline.steps.preprocess import Degradation, load_dataset
 
     try:
         Degradation(arguments["label_noise"], arguments["train_fraction"])
@@ -318,6 +330,7 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions:
         images=images,
         gate_token=SecretRef(args.gate_secret, args.gate_secret_key, "--gate-secret"),
         webhook_url=SecretRef(args.notify_secret, args.notify_secret_key, "--notify-secret"),
+        signing_key=SecretRef(args.signing_secret, args.signing_secret_key, "--signing-secret"),
         registry_pvc=args.registry_pvc,
     )
 

@@ -44,10 +44,12 @@ _K8S_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 _MAX_K8S_NAME = 253
 
-# The environment variables the Secrets become (on a cluster) and the steps read (the
-# caller's environment locally): the gate's token in deploy, the webhook URL in notify.
-GATE_TOKEN_ENV = "GATE_API_TOKEN"
-WEBHOOK_URL_ENV = "PIPELINE_WEBHOOK_URL"
+# Where --signing-secret is mounted in the steps that write or read a signed artifact
+# (train signs it; evaluate and deploy verify it with the same key's public half). Without
+# one shared key each pod would make its own development key, and evaluate would refuse
+# the model train signed.
+SIGNING_KEY_MOUNT_PATH = "/etc/irisgate/signing"
+SIGNING_STEPS = ("train", "evaluate", "deploy")
 
 # Where --registry-pvc is mounted in the deploy, reject and notify steps; pass this path as
 # the pipeline's ``registry`` parameter.
@@ -169,6 +171,13 @@ class ClusterOptions:
     webhook_url: SecretRef = field(
         default_factory=lambda: SecretRef("irisgate-notify", "webhook-url", "--notify-secret")
     )
+    signing_key: SecretRef = field(
+        default_factory=lambda: SecretRef("irisgate-signing", "signing-key", "--signing-secret")
+    )
+    """The Ed25519 private key (PKCS#8 PEM) artifacts are signed with, mounted as a file
+    in :data:`SIGNING_STEPS` and named by ``IRISGATE_SIGNING_KEY``. Required: a pod
+    without it does not start, which names the Secret, rather than signing with a key no
+    predictor trusts."""
     registry_pvc: str = ""
     """PersistentVolumeClaim mounted at :data:`REGISTRY_MOUNT_PATH` in the steps that read
     or write the registry; empty mounts nothing (the registry then lives in each pod)."""

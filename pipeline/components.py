@@ -1,10 +1,13 @@
-"""KFP v2 lightweight components: thin adapters from KFP artifacts to :mod:`pipeline.steps`.
+"""KFP v2 lightweight components: thin adapters from KFP artifacts to the steps' code in
+``pipeline/steps/<step>/``.
 
 Each function body imports what it uses, because KFP ships only the function's source
-to the step's container. The containers' images hold the irisgate package with its
-``pipeline`` extra (``pipeline/Dockerfile``), so ``pipeline.steps`` is importable there as
-it is locally, and nothing is installed when a step starts: no ``pip install``, no package
-index needed inside the cluster (``install_kfp_package=False``, no ``packages_to_install``).
+to the step's container. Each step has its own image (``pipeline/steps/<step>/Dockerfile``)
+holding kfp, the step's ``requirements.txt`` and the step's package with the few shared
+modules it imports, so a body imports only from its own step's package and from
+``pipeline.steps.common`` / ``splits`` / ``run_notes``: anything else is missing in the
+image. Nothing is installed when a step starts: no ``pip install``, no package index
+needed inside the cluster (``install_kfp_package=False``, no ``packages_to_install``).
 
 The functions are turned into components by :func:`make_components`, which names each
 step's image. Locally every step runs in the current environment and installs nothing
@@ -20,14 +23,9 @@ from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Outpu
 
 from pipeline.cluster import ComponentImages
 
-# The one image pipeline/Dockerfile builds, as the workflow names it without its registry.
-# Compiling no longer uses it (every step names its own fully qualified image, see
-# pipeline.cluster.ComponentImages); tests/integration/test_k8s.py still imports it to
-# check that the workflow builds it.
-DEFAULT_IMAGE = "irisgate-pipeline:0.1.0"
-
 STEPS = ("preprocess", "train", "evaluate", "deploy", "reject", "notify")
-"""Every step, by its component's name; each has its own image on a cluster."""
+"""Every step, by its component's name; each has its own package, requirements and
+Dockerfile in ``pipeline/steps/<step>/`` and its own image on a cluster."""
 
 
 def preprocess(
@@ -40,7 +38,7 @@ def preprocess(
     test_data: Output[Dataset],
 ) -> None:
     """Load (Iris or a user CSV), validate the schema, split stratified."""
-    from pipeline.steps import Degradation, load_dataset, split_dataset
+    from pipeline.steps.preprocess import Degradation, load_dataset, split_dataset
 
     frame = load_dataset(data_csv or None)
     train, test = split_dataset(
@@ -66,7 +64,8 @@ def train(
     model: Output[Model],
 ) -> str:
     """Fit scaler + classifier on the training split; write the verified artifact."""
-    from pipeline.steps import TrainParams, train_model
+    from pipeline.steps.common import TrainParams
+    from pipeline.steps.train import train_model
 
     params = TrainParams(
         classifier=classifier,
@@ -91,7 +90,8 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
 ) -> float:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on held-out data."""
-    from pipeline.steps import CLASSES, evaluate_model
+    from pipeline.steps.common import CLASSES
+    from pipeline.steps.evaluate import evaluate_model
 
     evaluation = evaluate_model(model.path, test_data.path)
     for name, value in evaluation.flat_metrics().items():
@@ -116,9 +116,9 @@ def deploy(
     import json
     import os
 
-    from pipeline.cluster import GATE_TOKEN_ENV
-    from pipeline.run_notes import noting_run
-    from pipeline.steps import hand_to_gate, register_model
+    from pipeline.steps.common import GATE_TOKEN_ENV
+    from pipeline.steps.deploy import hand_to_gate, register_model
+    from pipeline.steps.run_notes import noting_run
 
     logged = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float))}
     started = {"name": model_name, "accuracy": logged.get("accuracy")}
@@ -148,8 +148,8 @@ def reject(
     """Record why the model stops here; deploy nothing. Leaves the run note too."""
     import json
 
-    from pipeline.run_notes import noting_run
-    from pipeline.steps import record_rejection
+    from pipeline.steps.reject import record_rejection
+    from pipeline.steps.run_notes import noting_run
 
     started = {"name": model_name, "accuracy": accuracy, "threshold": threshold}
     with noting_run(registry, model_name, run_id, "reject", started) as finish:
@@ -172,9 +172,9 @@ def notify(
     import logging
     import os
 
-    from pipeline.cluster import WEBHOOK_URL_ENV
-    from pipeline.notify import notify_run, summarise
-    from pipeline.run_notes import read_run_note
+    from pipeline.steps.common import WEBHOOK_URL_ENV
+    from pipeline.steps.notify import notify_run, summarise
+    from pipeline.steps.run_notes import read_run_note
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     error = status.error_message or ""

@@ -11,9 +11,10 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from pipeline.cluster import GATE_TOKEN_ENV, REGISTRY_MOUNT_PATH, WEBHOOK_URL_ENV, ClusterOptions
+from pipeline.cluster import REGISTRY_MOUNT_PATH, SIGNING_KEY_MOUNT_PATH, ClusterOptions
 from pipeline.components import make_components
 from pipeline.params import DEFAULTS
+from pipeline.steps.common import GATE_TOKEN_ENV, SIGNING_KEY_ENV, WEBHOOK_URL_ENV
 
 PIPELINE_NAME = "irisgate-train-evaluate-deploy"
 EXIT_HANDLER_NAME = "irisgate-run"
@@ -103,7 +104,9 @@ def build_pipeline(options: ClusterOptions | None = None, local: bool = False) -
         for task in (ship, stop, report):
             task.set_caching_options(False)
         if not local:
-            _on_kubernetes(options, deploy=ship, reject=stop, notify=report)
+            _on_kubernetes(
+                options, signing=(fit, score, ship), deploy=ship, reject=stop, notify=report
+            )
         # An exit handler's body cannot return outputs; the exit task can, and its summary
         # is what `python -m pipeline run` reports.
         outcome: str = report.output
@@ -112,10 +115,19 @@ def build_pipeline(options: ClusterOptions | None = None, local: bool = False) -
     return iris_pipeline
 
 
-def _on_kubernetes(options: ClusterOptions, deploy: Any, reject: Any, notify: Any) -> None:
+def _on_kubernetes(
+    options: ClusterOptions, signing: tuple[Any, ...], deploy: Any, reject: Any, notify: Any
+) -> None:
     """Secrets as environment variables (optional: with no gate URL the token is not
     needed, and with no webhook nothing is posted; deploy says so if a gate URL is set
-    and the token is missing), and the registry volume where the registry is touched."""
+    and the token is missing), the signing key as a file where artifacts are signed or
+    checked (required), and the registry volume where the registry is touched."""
+    key_file = f"{SIGNING_KEY_MOUNT_PATH}/{options.signing_key.key}"
+    for task in signing:
+        kubernetes.use_secret_as_volume(
+            task, secret_name=options.signing_key.name, mount_path=SIGNING_KEY_MOUNT_PATH
+        )
+        task.set_env_variable(SIGNING_KEY_ENV, key_file)
     kubernetes.use_secret_as_env(
         deploy,
         secret_name=options.gate_token.name,

@@ -56,7 +56,7 @@ _VERSION_PATTERN = re.compile(r"^[0-9]+$")
 
 # The types a model file may contain, reviewed by this project: skops builds nothing else.
 # Found with skops.io.get_untrusted_types and by listing every type in the schema of the
-# project's estimators (pipeline.steps.build_estimator: logreg and forest; tests/helpers
+# project's estimators (pipeline.steps.train.build_estimator: logreg and forest; tests/helpers
 # train_iris), plus the other tree ensembles. Adding a type is a security review: say why.
 TRUSTED_TYPES: Mapping[str, str] = {
     # scikit-learn estimators: skops restores their attribute dicts, no code runs.

@@ -17,14 +17,11 @@ import grpc
 import httpx
 import numpy as np
 
-from pipeline.steps import (
-    TrainParams,
-    evaluate_model,
-    load_dataset,
-    register_model,
-    split_dataset,
-    train_model,
-)
+from pipeline.steps.common import TrainParams
+from pipeline.steps.deploy import register_model
+from pipeline.steps.evaluate import evaluate_model
+from pipeline.steps.preprocess import load_dataset, split_dataset
+from pipeline.steps.train import train_model
 from tests.helpers import RunningProcess, free_port, start_process, wait_until
 
 TOKEN = "integration-token-0123456789"

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.steps import TrainParams, build_estimator
+from pipeline.steps.common import TrainParams
+from pipeline.steps.train import build_estimator
 from predictor.artifact import ModelFormat, fingerprint_dataset, write_artifact
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = REPO_ROOT / ".github" / "workflows" / "ci.yaml"
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
 
@@ -62,6 +70,13 @@ def make_artifact(
         model_format=model_format,
     )
     return out_dir
+
+
+def workflow_images() -> dict[str, str]:
+    """The CI workflow's image build matrix: each image's name -> its Dockerfile."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    entries = workflow["jobs"]["images"]["strategy"]["matrix"]["include"]
+    return {entry["image"]: entry["dockerfile"] for entry in entries}
 
 
 def free_port() -> int:
@@ -191,3 +206,46 @@ def wait_for_grpc(target: str, timeout: float = 30.0) -> None:
 
     with grpc.insecure_channel(target) as channel:
         grpc.channel_ready_future(channel).result(timeout=timeout)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver (or a stand-in gate) that answers 503 to its first ``busy``
+    requests and keeps the JSON bodies of those it accepted."""
+
+    busy: int = 0
+    attempts: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@contextlib.contextmanager
+def receiver(busy: int = 0) -> Iterator[Receiver]:
+    state = Receiver(busy)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with state.lock:
+                state.attempts += 1
+                refuse = state.attempts <= state.busy
+                if not refuse:
+                    state.messages.append(json.loads(body))
+            self.send_response(503 if refuse else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,21 +1,27 @@
-"""What each image holds, proven without Docker: for each component, a fresh venv gets
-exactly the files its Dockerfile copies and only its extra (pinned by constraints.txt),
-then the component's entry point starts from outside the repository."""
+"""What each image holds, proven without Docker: for the predictor and the gate, a fresh
+venv gets exactly the files its Dockerfile copies and only its extra (pinned by
+constraints.txt), then the component's entry point starts from outside the repository.
+The pipeline's steps have an image each, tested the same way in
+test_pipeline_step_images.py; here the ``pipeline`` extra is installed as CI's pipeline
+job installs it, to compile the pipeline and submit it."""
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from pipeline.components import STEPS
 from predictor.signing import dev_public_key_path
 from tests.helpers import (
     REPO_ROOT,
@@ -56,8 +62,25 @@ def stage_build_context(component: str, target: Path) -> Path:
     return target
 
 
-def component_venv(component: str, root: Path) -> Path:
-    context = stage_build_context(component, root / "context")
+def stage_package(target: Path) -> Path:
+    """What ``pip install ".[extra]"`` reads from a checkout: the project file, the readme,
+    the constraints and the packages pyproject.toml includes."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    target.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "constraints.txt"):
+        shutil.copy2(REPO_ROOT / name, target / name)
+    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.removesuffix("*")
+        shutil.copytree(
+            REPO_ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return target
+
+
+def component_venv(component: str, root: Path, context: Path | None = None) -> Path:
+    """A venv with ``.[component]`` installed from ``context`` (default: the build
+    context the component's Dockerfile stages)."""
+    context = context or stage_build_context(component, root / "context")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -172,12 +195,28 @@ def test_gate_image_contents_serve(tmp_path: Path, outside: Path) -> None:
         assert running.stop(signal.SIGTERM) == 0, running.output()[-2000:]
 
 
-def test_pipeline_image_contents_run_the_steps(tmp_path: Path, outside: Path) -> None:
-    python = component_venv("pipeline", tmp_path)
-    assert not imports(python, "kserve", outside) and not imports(python, "gate", outside)
-    env = {**os.environ, "PYTHONPATH": ""}
+def test_pipeline_extra_compiles_and_submits(tmp_path: Path, outside: Path) -> None:
+    """CI's pipeline job: ``pip install -c constraints.txt ".[pipeline]"``, then compile for
+    the step images and ``python -m pipeline.submit`` (here: its usage error without a
+    KFP endpoint, proving it imports in that environment)."""
+    python = component_venv("pipeline", tmp_path, stage_package(tmp_path / "checkout"))
+    # the checkout's every package is installed, but only the pipeline extra's libraries
+    assert not imports(python, "kserve", outside) and not imports(python, "fastapi", outside)
+    env = {k: v for k, v in os.environ.items() if k not in ("KFP_HOST", "KFP_TOKEN")}
+    env["PYTHONPATH"] = ""
     compiled = subprocess.run(
-        [str(python), "-m", "pipeline", "compile", "--output", str(tmp_path / "p.yaml")],
+        [
+            str(python),
+            "-m",
+            "pipeline",
+            "compile",
+            "--output",
+            str(tmp_path / "p.yaml"),
+            "--image-prefix",
+            "registry.example.com/irisgate",
+            "--tag",
+            "abc123",
+        ],
         cwd=outside,
         env=env,
         capture_output=True,
@@ -185,16 +224,24 @@ def test_pipeline_image_contents_run_the_steps(tmp_path: Path, outside: Path) ->
         timeout=120,
     )
     assert compiled.returncode == 0, compiled.stderr
-    # what a step does in its container: the steps and the artifact contract
-    code = (
-        "from pipeline.steps import load_dataset, split_dataset, train_model, TrainParams;"
-        "import sys; d = load_dataset(None); tr, te = split_dataset(d, 0.3, 7);"
-        f"tr.to_csv({str(tmp_path / 't.csv')!r}, index=False);"
-        f"m = train_model({str(tmp_path / 't.csv')!r}, {str(tmp_path / 'm')!r}, 'iris', "
-        "TrainParams()); print(m['sha256'])"
+    images = set(re.findall(r"image: (\S+)", (tmp_path / "p.yaml").read_text()))
+    assert images == {f"registry.example.com/irisgate-pipeline-{s}:abc123" for s in STEPS}
+    submit = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pipeline.submit",
+            "--package",
+            str(tmp_path / "p.yaml"),
+            "--run-name",
+            "r",
+            "--registry",
+            "/mnt/registry",
+        ],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    step = subprocess.run(
-        [str(python), "-c", code], cwd=outside, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert step.returncode == 0, step.stderr
-    assert (tmp_path / "m" / "model.json").exists()
+    assert submit.returncode == 2 and "KFP_HOST is not set" in submit.stderr, submit.stderr

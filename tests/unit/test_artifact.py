@@ -100,7 +100,8 @@ def test_skops_round_trip_keeps_predictions_and_fast_path(
 
 @pytest.mark.parametrize("classifier", ["logreg", "forest"])
 def test_trusted_types_are_exactly_what_the_project_needs(classifier: str) -> None:
-    from pipeline.steps import TrainParams, build_estimator
+    from pipeline.steps.common import TrainParams
+    from pipeline.steps.train import build_estimator
 
     features, labels = train_iris()[1:]
     for estimator in (

@@ -14,9 +14,11 @@ import yaml
 from kfp import compiler, components
 
 from pipeline.__main__ import build_parser, main, pipeline_arguments
-from pipeline.cluster import REGISTRY_MOUNT_PATH, is_fully_qualified
+from pipeline.cluster import REGISTRY_MOUNT_PATH, SIGNING_KEY_MOUNT_PATH, is_fully_qualified
 from pipeline.components import STEPS
 from pipeline.definition import SIDE_EFFECT_STEPS
+from pipeline.steps.common import SIGNING_KEY_ENV
+from predictor import signing as signing_module
 
 PREFIX = "registry.example.com:5000/acme/irisgate"
 TAG = "3f2c1ab"
@@ -33,6 +35,10 @@ CLUSTER_FLAGS = [
     "chat",
     "--notify-secret-key",
     "url",
+    "--signing-secret",
+    "keys",
+    "--signing-secret-key",
+    "ed25519.pem",
     "--registry-pvc",
     "models",
 ]
@@ -160,7 +166,13 @@ def test_one_image_for_every_step_with_image(tmp_path: Path) -> None:
 def test_secrets_and_the_registry_volume_are_in_the_kubernetes_platform_spec(
     kubernetes: dict[str, Any],
 ) -> None:
-    assert set(kubernetes) == {"exec-deploy", "exec-reject", "exec-notify"}
+    assert set(kubernetes) == {
+        "exec-train",
+        "exec-evaluate",
+        "exec-deploy",
+        "exec-reject",
+        "exec-notify",
+    }
     assert kubernetes["exec-deploy"]["secretAsEnv"] == [
         {
             "keyToEnv": [{"envVar": "GATE_API_TOKEN", "secretKey": "token"}],
@@ -178,19 +190,50 @@ def test_secrets_and_the_registry_volume_are_in_the_kubernetes_platform_spec(
         }
     ]
     assert "secretAsEnv" not in kubernetes["exec-reject"]
-    for executor in kubernetes.values():
-        (mount,) = executor["pvcMount"]
+    for name in ("exec-deploy", "exec-reject", "exec-notify"):
+        (mount,) = kubernetes[name]["pvcMount"]
         assert mount["mountPath"] == REGISTRY_MOUNT_PATH
         assert mount["pvcNameParameter"] == {"runtimeValue": {"constant": "models"}}
+
+
+def test_the_signing_key_is_one_required_file_where_artifacts_are_signed_or_checked(
+    spec: dict[str, Any], kubernetes: dict[str, Any]
+) -> None:
+    """Without one key shared by train, evaluate and deploy, each pod would make its own
+    development key and evaluate would refuse the model train signed."""
+    signing = {name for name, executor in kubernetes.items() if executor.get("secretAsVolume")}
+    assert signing == {"exec-train", "exec-evaluate", "exec-deploy"}
+    for name in signing:
+        assert kubernetes[name]["secretAsVolume"] == [
+            {
+                "mountPath": SIGNING_KEY_MOUNT_PATH,
+                "optional": False,
+                "secretName": "keys",
+                "secretNameParameter": {"runtimeValue": {"constant": "keys"}},
+            }
+        ]
+    env = {
+        name: executor["container"].get("env")
+        for name, executor in spec["deploymentSpec"]["executors"].items()
+    }
+    key_file = {"name": SIGNING_KEY_ENV, "value": f"{SIGNING_KEY_MOUNT_PATH}/ed25519.pem"}
+    assert env == {name: [key_file] if name in signing else None for name in env}
+    assert SIGNING_KEY_ENV == signing_module.SIGNING_KEY_ENV
 
 
 def test_default_secret_names_and_no_volume_unless_asked(tmp_path: Path) -> None:
     _, platform = compile_to(tmp_path / "p.yaml")
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-deploy", "exec-notify"}
+    assert set(executors) == {"exec-train", "exec-evaluate", "exec-deploy", "exec-notify"}
+    assert {
+        name: e["secretAsVolume"][0]["secretName"]
+        for name, e in executors.items()
+        if "secretAsVolume" in e
+    } == dict.fromkeys(("exec-train", "exec-evaluate", "exec-deploy"), "irisgate-signing")
     names = {
         name: (e["secretAsEnv"][0]["secretName"], e["secretAsEnv"][0]["keyToEnv"][0]["secretKey"])
         for name, e in executors.items()
+        if "secretAsEnv" in e
     }
     assert names == {
         "exec-deploy": ("irisgate-gate", "api-token"),

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.notify import (
+from pipeline.steps.notify import (
     BEFORE_DEPLOY,
     check_webhook_url,
     notify_run,

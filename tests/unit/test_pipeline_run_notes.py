@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.run_notes import noting_run, read_run_note, run_note_path, write_run_note
+from pipeline.steps.run_notes import noting_run, read_run_note, run_note_path, write_run_note
 from predictor.artifact import registry_versions
 
 

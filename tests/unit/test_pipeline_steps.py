@@ -9,20 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.steps import (
-    CLASSES,
-    FEATURES,
-    LABEL,
-    DataError,
-    Degradation,
-    TrainParams,
-    evaluate_model,
-    load_dataset,
-    record_rejection,
-    register_model,
-    split_dataset,
-    train_model,
-)
+from pipeline.steps.common import CLASSES, FEATURES, LABEL, DataError, TrainParams
+from pipeline.steps.deploy import register_model
+from pipeline.steps.evaluate import evaluate_model
+from pipeline.steps.preprocess import Degradation, load_dataset, split_dataset
+from pipeline.steps.reject import record_rejection
+from pipeline.steps.splits import read_split
+from pipeline.steps.train import train_model
 from predictor.artifact import registry_versions, verify_artifact
 
 HEADER = "sepal_length,sepal_width,petal_length,petal_width,species"
@@ -114,6 +107,31 @@ def test_split_is_stratified_and_degradation_spares_the_test_split() -> None:
     assert len(small_train) == round(len(train) * 0.1)
     with pytest.raises(ValueError):
         Degradation(label_noise=1.5)
+
+
+def test_a_split_reads_back_exactly_as_written(tmp_path: Path) -> None:
+    """train and evaluate read preprocess's CSV without pandas, to the last bit."""
+    train, _ = split_dataset(load_dataset(None), 0.3, 7, Degradation(label_noise=0.5))
+    train.to_csv(tmp_path / "train.csv", index=False)
+    features, labels = read_split(tmp_path / "train.csv")
+    assert features.dtype == "float64" and labels.dtype == "int64"
+    assert (features == train[FEATURES].to_numpy()).all()
+    assert (labels == train[LABEL].to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty split file"),
+        ("sepal_length,sepal_width,petal_length,species\n1,2,3,0\n", "missing column"),
+        (",".join([*FEATURES, LABEL]) + "\n1,2,x,4,0\n", "not a split file"),
+        (",".join([*FEATURES, LABEL]) + "\n1,2,3\n", "not a split file"),
+    ],
+)
+def test_a_bad_split_file_says_so(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "split.csv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_split(tmp_path / "split.csv")
 
 
 def _prepare(tmp_path: Path, degradation: Degradation | None = None) -> tuple[Path, Path]:

@@ -1,9 +1,9 @@
-"""The run's outcome in chat: what the pipeline's exit handler posts when a run ends.
+"""The notify step, the pipeline's exit handler: the run's outcome in chat.
 
 KFP gives an exit task only the final state of the tasks it watches (``SUCCEEDED``,
 ``FAILED`` or ``CANCELLED``, and on some backends an error message) and never which step
 failed or what the steps returned. The rest comes from the run note that deploy or reject
-leave in the registry (:mod:`pipeline.run_notes`): the record of a finished
+leave in the registry (:mod:`pipeline.steps.run_notes`): the record of a finished
 step, or the name of the step that started and did not finish.
 
 The message is Slack-compatible (``text`` plus ``attachments``, like the gate's own
@@ -31,7 +31,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from pipeline.cluster import WEBHOOK_URL_ENV
+from pipeline.steps.common import WEBHOOK_URL_ENV
 
 logger = logging.getLogger(__name__)
 
