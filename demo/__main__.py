@@ -29,9 +29,12 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
-from demo.report import build_report, print_summary, write_html
+from demo.render import print_summary, write_html
+from demo.report import build_report
 from demo.stack import Ports, Stack, StackError, claim_run_dir, run_dir_problem
+from demo.up import served_version, up_banner
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     # candidate pipeline flags, canary predictor flags, the outcome the story should reach,
@@ -79,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--up",
         action="store_true",
         help="train if needed, start predictor, router and gate, serve until Ctrl-C",
+    )
+    parser.add_argument(
+        "--traffic",
+        action="store_true",
+        help="with --up: send the demo's live traffic (locust, REST and gRPC, labels to the "
+        "gate) until Ctrl-C, so a rollout has requests to judge",
     )
     parser.add_argument(
         "--run-dir",
@@ -224,31 +233,69 @@ def latest_version(registry: Path) -> Path | None:
     return versions[-1] if versions else None
 
 
+def candidate_share(detail: dict[str, Any]) -> tuple[int, str, str]:
+    """The candidate's share of live traffic, the phase's name and a few words for the
+    watch line. After a promotion the canary route is gone (weight 0) because the
+    candidate *is* stable: shown as 100 %, so the last line reads as the success it is."""
+    version = (detail.get("candidate") or {}).get("version", "?")
+    previous = detail.get("previous_version") or "the stable"
+    phase = str(detail["phase"])
+    if phase == "succeeded":
+        return 100, "promoted", f"v{version} is stable, 100%"
+    if phase in TERMINAL:
+        return 0, phase.replace("_", " "), f"v{previous} stays stable"
+    weight = int(detail.get("canary_weight") or 0)
+    if phase == "shadow":
+        return weight, phase, "no user sees it yet"
+    return weight, phase, f"canary {weight}%"
+
+
 def watch(stack: Stack, rollout_id: str, timeout: float, console: Console) -> dict[str, Any]:
-    """A progress bar of the canary weight, the phase and the last decision."""
+    """A progress bar of the candidate's share of traffic, the phase and the last
+    decision; stdout is left alone, so it reads the same on a terminal and in a pipe (one
+    final line there)."""
     columns = (
         TextColumn("[bold]{task.fields[phase]:<12}"),
-        BarColumn(),
-        TextColumn("canary {task.completed:>3.0f}%"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.fields[share]}"),
         TimeElapsedColumn(),
-        TextColumn("{task.description}"),
+        # cut to the line rather than wrapped: one line on an 80-column terminal
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
     )
     deadline = time.monotonic() + timeout
     detail: dict[str, Any] = {}
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("", total=100, phase="validating")
+    with Progress(
+        *columns, console=console, redirect_stdout=False, redirect_stderr=False
+    ) as progress:
+        bar = progress.add_task("", total=100, phase="validating", share="")
         while time.monotonic() < deadline:
             detail = stack.rollout(rollout_id)
+            share, phase, words = candidate_share(detail)
+            terminal = detail["phase"] in TERMINAL
             progress.update(
                 bar,
-                completed=detail["canary_weight"],
-                phase=detail["phase"],
-                description=detail["message"][:70],
+                completed=share,
+                phase=phase,
+                share=words,
+                # the message repeats the report's last line at the end; during the run it
+                # says what the gate waits for
+                description="" if terminal else detail["message"],
             )
-            if detail["phase"] in TERMINAL:
+            if terminal:
                 return detail
             time.sleep(0.5)
     raise StackError(f"rollout {rollout_id} did not finish within {timeout:.0f} s")
+
+
+def _start_load(stack: Stack, args: argparse.Namespace) -> None:
+    """The demo's live traffic (locust), as the flags ask: a story's, or ``--up --traffic``."""
+    stack.start_load(
+        args.users,
+        args.rps_per_user,
+        rows_per_request=args.rows_per_request,
+        labels_share=args.labels_share,
+        labels_delay_s=args.labels_delay_s,
+    )
 
 
 def story(args: argparse.Namespace, stack: Stack, console: Console) -> int:
@@ -265,13 +312,7 @@ def story(args: argparse.Namespace, stack: Stack, console: Console) -> int:
     )
     stack.start_router()
     stack.start_gate(Path(stable_run["path"]), analysis, scenario["canary_args"])
-    stack.start_load(
-        args.users,
-        args.rps_per_user,
-        rows_per_request=args.rows_per_request,
-        labels_share=args.labels_share,
-        labels_delay_s=args.labels_delay_s,
-    )
+    _start_load(stack, args)
     console.print(f"      REST {stack.router_url}  gRPC {stack.router_grpc}  gate {stack.gate_url}")
     console.print("[bold]3/4[/] pipeline: candidate v2, handed to the gate")
     code, candidate_run = run_pipeline(
@@ -287,7 +328,9 @@ def story(args: argparse.Namespace, stack: Stack, console: Console) -> int:
     elif code != 3:
         raise StackError(f"the candidate pipeline run failed (exit {code})")
     routes = stack.routes()
-    stack.stop_load()
+    stack.stop_load()  # locust writes its CSVs as it stops
+    if detail is not None:  # the gate's own record, the report's evidence, kept beside it
+        (args.run_dir / "gate-rollout.json").write_text(json.dumps(detail, indent=2) + "\n")
     report = build_report(
         args.scenario,
         {"stable": stable_run, "candidate": candidate_run},
@@ -295,6 +338,7 @@ def story(args: argparse.Namespace, stack: Stack, console: Console) -> int:
         routes,
         args.run_dir / "load_stats.csv",
         stack.labels_report,
+        args.run_dir / "load_stats_history.csv",
     )
     (args.run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_html(report, args.run_dir / "report.html")
@@ -315,18 +359,12 @@ def serve_until_interrupted(args: argparse.Namespace, stack: Stack, console: Con
         stable = Path(run["path"])
     analysis = analysis_settings(args)
     stack.start_router()
+    # the newest version seeds an empty store; a store that has a stable keeps serving it
     stack.start_gate(stable, analysis)
-    console.print(
-        f"[bold green]serving iris version {stable.name}[/]\n"
-        f"  REST  {stack.router_url}  (v1 /v1/models/iris:predict, v2 "
-        f"/v2/models/iris/infer)\n  gRPC  {stack.router_grpc}\n"
-        f"  gate  {stack.gate_url}  (export GATE_API_TOKEN={stack.token})\n"
-        f"  router admin  {stack.router_admin_url}/router/routes  "
-        f"(Authorization: Bearer {stack.router_token})\n"
-        f"  new candidate: GATE_API_TOKEN={stack.token} python -m pipeline run "
-        f"--registry {registry} --gate-url {stack.gate_url}\n"
-        f"  logs  {stack.logs}\nCtrl-C stops everything."
-    )
+    if args.traffic:
+        _start_load(stack, args)
+    users = args.users if args.traffic else 0
+    console.print(up_banner(stack, registry, served_version(stack), users), soft_wrap=True)
     while True:
         time.sleep(1)
 

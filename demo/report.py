@@ -1,23 +1,17 @@
-"""The demo's report: what was decided at each step and why, as JSON, HTML and a terminal
-summary. Built from the gate's decision history (the evidence it recorded: the accuracy
-gate, the shadow phase's paired answers, each canary analysis), the router's final split,
-locust's statistics and the label poster's counters."""
+"""The demo's report as data (``report.json``): what was decided at each step and why.
+Built from the gate's decision history (the evidence it recorded: the accuracy gate, the
+shadow phase's paired answers, each canary analysis), the router's final split, locust's
+statistics and per-second history, and the label poster's counters. ``demo.render`` turns
+it into the HTML page and the terminal summary, ``demo.plots`` draws its charts."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
+import csv
 import json
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-
-from load_tests.slo import read_stats
 
 OUTCOMES = {
     "succeeded": "promoted",
@@ -28,6 +22,8 @@ OUTCOMES = {
 FAILED_IN_SHADOW = "failed_in_shadow"  # failed before any user got a candidate's answer
 CLASS_NAMES = {"0": "setosa", "1": "versicolor", "2": "virginica"}
 # the canary analysis' accuracy check says both figures only in its detail (analysis.py)
+# locust's request types: HTTP methods are the REST users, "grpc" the gRPC user
+PROTOCOLS = {"POST": "REST", "GET": "REST", "grpc": "gRPC"}
 ACCURACY_DETAIL = re.compile(
     r"canary (?P<canary>[\d.]+)% of (?P<canary_rows>\d+), "
     r"stable (?P<stable>[\d.]+)% of (?P<stable_rows>\d+)"
@@ -69,6 +65,16 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+def _count(value: float | None) -> int | None:
+    """A request or row count: the gate's measurements carry them as floats (Prometheus
+    counters), the report shows whole requests."""
+    return None if value is None else round(value)
+
+
+def _counts(counts: dict[str, float] | None) -> dict[str, int]:
+    return {name: round(count) for name, count in (counts or {}).items()}
+
+
 def ticks_of(detail: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per analysis the gate made, with the measurements it judged."""
     rows = []
@@ -94,8 +100,8 @@ def ticks_of(detail: dict[str, Any]) -> list[dict[str, Any]]:
                 "action": decision["action"],
                 "reason": decision["reason"],
                 "window_s": (measured or {}).get("window_s"),
-                "canary_requests": canary.get("requests"),
-                "stable_requests": stable.get("requests"),
+                "canary_requests": _count(canary.get("requests")),
+                "stable_requests": _count(stable.get("requests")),
                 "canary_error_rate": rate(canary),
                 "stable_error_rate": rate(stable),
                 "canary_p99_ms": _ms(canary.get("p99_s")),
@@ -103,8 +109,8 @@ def ticks_of(detail: dict[str, Any]) -> list[dict[str, Any]]:
                 "class_shift": _check(evidence, "class_shift"),
                 "statistics": statistics(evidence.get("checks") or []),
                 "accuracy": canary_accuracy(evidence.get("checks") or []),
-                "canary_classes": canary.get("class_counts") or {},
-                "stable_classes": stable.get("class_counts") or {},
+                "canary_classes": _counts(canary.get("class_counts")),
+                "stable_classes": _counts(stable.get("class_counts")),
                 "checks": evidence.get("checks") or [],
             }
         )
@@ -232,6 +238,93 @@ def _outcome(detail: dict[str, Any] | None, pipeline_runs: dict[str, dict[str, A
     return OUTCOMES.get(phase, phase)
 
 
+def weights_of(detail: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each decision's canary weight and the candidate's share of live traffic. The two
+    part at a promotion: the canary route goes (weight 0) because the candidate became the
+    stable, so its share is 100 % until a rollback (the dashboard draws the same line)."""
+    rows = []
+    promoted = False
+    for decision in detail.get("decisions", []):
+        action = decision["action"]
+        if action in ("promoted", "watch"):
+            promoted = True
+        elif action in ("rollback", "rolled-back", "aborted"):
+            promoted = False
+        weight = int(decision["canary_weight"])
+        rows.append(
+            {
+                "time": decision["at"],
+                "phase": decision.get("phase"),
+                "action": action,
+                "canary_weight": weight,
+                "candidate_share": 100 if promoted else weight,
+            }
+        )
+    return rows
+
+
+def _int(text: str) -> int:
+    try:
+        return int(float(text))
+    except ValueError:
+        return 0
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:  # locust writes "N/A" for a percentile with no requests yet
+        return None
+
+
+def load_rows(stats_csv: Path) -> list[dict[str, Any]]:
+    """locust's ``<prefix>_stats.csv``, one row per request type with its protocol: the
+    REST and gRPC users both have an "invalid input" row, told apart only by it."""
+    with stats_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [
+        {
+            "protocol": PROTOCOLS.get(row["Type"], row["Type"]),
+            "name": row["Name"],
+            "requests": _int(row["Request Count"]),
+            "failures": _int(row["Failure Count"]),
+            "rps": round(_float(row["Requests/s"]) or 0.0, 1),
+            "median_ms": _float(row["Median Response Time"]),
+            "p99_ms": _float(row["99%"]),
+        }
+        for row in rows
+    ]
+
+
+def load_history(history_csv: Path) -> list[dict[str, Any]]:
+    """locust's ``<prefix>_stats_history.csv`` (a row a second; per request type with
+    ``--csv-full-history``) as one series per request type, ``Aggregated`` last. Rates and
+    percentiles are locust's current values (its last seconds), so they move with the
+    rollout; the timestamps are Unix seconds."""
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with history_csv.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            key = (PROTOCOLS.get(row["Type"], row["Type"]), row["Name"])
+            series.setdefault(key, []).append(
+                {
+                    "t": _int(row["Timestamp"]),
+                    "users": _int(row["User Count"]),
+                    "rps": _float(row["Requests/s"]) or 0.0,
+                    "failures_per_s": _float(row["Failures/s"]) or 0.0,
+                    "p50_ms": _float(row["50%"]),
+                    "p95_ms": _float(row["95%"]),
+                    "p99_ms": _float(row["99%"]),
+                    "requests": _int(row["Total Request Count"]),
+                    "failures": _int(row["Total Failure Count"]),
+                }
+            )
+    ordered = sorted(series, key=lambda key: (key[1] == "Aggregated", key))
+    return [
+        {"protocol": protocol, "name": name, "points": series[(protocol, name)]}
+        for protocol, name in ordered
+    ]
+
+
 def build_report(
     scenario: str,
     pipeline_runs: dict[str, dict[str, Any]],
@@ -239,6 +332,7 @@ def build_report(
     routes: dict[str, Any] | None,
     load_csv: Path | None,
     labels_json: Path | None = None,
+    history_csv: Path | None = None,
 ) -> dict[str, Any]:
     outcome = _outcome(detail, pipeline_runs)
     report: dict[str, Any] = {
@@ -253,6 +347,7 @@ def build_report(
         "weights": [],
         "final_split": routes,
         "load": [],
+        "history": [],
         "live_accuracy": None,
     }
     if detail is not None:
@@ -264,6 +359,7 @@ def build_report(
                 "message",
                 "candidate",
                 "stable_version",
+                "previous_version",
                 "steps",
                 "analysis",
                 "created_at",
@@ -286,340 +382,13 @@ def build_report(
             }
         report["shadow"] = shadow_of(detail)
         report["ticks"] = ticks_of(detail)
-        report["weights"] = [
-            {"time": d["at"], "canary_weight": d["canary_weight"], "action": d["action"]}
-            for d in detail["decisions"]
-        ]
+        report["weights"] = weights_of(detail)
     if load_csv is not None and load_csv.exists():
-        report["load"] = [
-            {
-                "name": s.name,
-                "requests": s.requests,
-                "failures": s.failures,
-                "rps": round(s.rps, 1),
-                "median_ms": s.median_ms,
-                "p99_ms": s.p99_ms,
-            }
-            for s in read_stats(load_csv)
-        ]
+        report["load"] = load_rows(load_csv)
+    if history_csv is not None and history_csv.exists():
+        report["history"] = load_history(history_csv)
     labels = None
     if labels_json is not None and labels_json.exists():
         labels = json.loads(labels_json.read_text())  # the label poster's counters
     report["live_accuracy"] = live_accuracy(report["shadow"], report["ticks"], labels)
     return report
-
-
-# --- plots ------------------------------------------------------------------------------
-
-
-def _png(figure: Any) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def plots(report: dict[str, Any]) -> dict[str, str]:
-    """Base64 PNGs, so the HTML needs nothing but itself."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    images: dict[str, str] = {}
-    weights = report["weights"]
-    ticks = report["ticks"]
-    if weights:
-        start = datetime.fromisoformat(weights[0]["time"])
-        seconds = [(datetime.fromisoformat(w["time"]) - start).total_seconds() for w in weights]
-        figure, axis = pyplot.subplots(figsize=(7, 3))
-        axis.step(seconds, [w["canary_weight"] for w in weights], where="post", color="tab:orange")
-        axis.set(
-            xlabel="seconds since the rollout started",
-            ylabel="canary weight (%)",
-            ylim=(-5, 105),
-            title="Canary weight over time",
-        )
-        axis.grid(alpha=0.3)
-        images["weight"] = _png(figure)
-        pyplot.close(figure)
-    if ticks:
-        labels = [f"{t['canary_weight']}%\n{t['outcome']}" for t in ticks]
-        positions = range(len(ticks))
-        for key, title, unit in (
-            ("error_rate", "Server-error rate per analysis", "rate"),
-            ("p99_ms", "Latency p99 per analysis", "ms"),
-        ):
-            figure, axis = pyplot.subplots(figsize=(7, 3))
-            stable = [t[f"stable_{key}"] or 0 for t in ticks]
-            canary = [t[f"canary_{key}"] or 0 for t in ticks]
-            axis.bar([p - 0.2 for p in positions], stable, width=0.4, label="stable")
-            axis.bar([p + 0.2 for p in positions], canary, width=0.4, label="canary")
-            axis.set_xticks(list(positions), labels)
-            axis.set(ylabel=unit, title=title)
-            floor = 0.02 if key == "error_rate" else 1.0
-            axis.set_ylim(bottom=0, top=max([*stable, *canary, floor]) * 1.15)
-            axis.legend()
-            axis.grid(alpha=0.3, axis="y")
-            images[key] = _png(figure)
-            pyplot.close(figure)
-        totals: dict[str, dict[str, float]] = {"stable": {}, "canary": {}}
-        for tick in ticks:
-            for role in totals:
-                for name, count in tick[f"{role}_classes"].items():
-                    totals[role][name] = totals[role].get(name, 0) + count
-        names = sorted(set(totals["stable"]) | set(totals["canary"]))
-        if names:
-            figure, axis = pyplot.subplots(figsize=(7, 3))
-            for offset, role in ((-0.2, "stable"), (0.2, "canary")):
-                total = sum(totals[role].values()) or 1
-                axis.bar(
-                    [i + offset for i in range(len(names))],
-                    [totals[role].get(n, 0) / total for n in names],
-                    width=0.4,
-                    label=role,
-                )
-            axis.set_xticks(list(range(len(names))), names)
-            axis.set(ylabel="share of predictions", title="Predicted-class distribution")
-            axis.legend()
-            images["classes"] = _png(figure)
-            pyplot.close(figure)
-    return images
-
-
-# --- outputs ----------------------------------------------------------------------------
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def shadow_lines(shadow: dict[str, Any] | None) -> list[str]:
-    """The shadow phase in a few sentences (the flip matrix is a table of its own)."""
-    if shadow is None:
-        return ["no shadow phase"]
-    verdict = {"pass": "passed", "fail": "failed", "inconclusive": "undecided"}.get(
-        shadow["outcome"] or "", str(shadow["outcome"])
-    )
-    low, high = shadow["interval"] or (None, None)
-    return [
-        f"shadow {verdict}: {shadow['requests']} live REST "
-        f"requests replayed to the candidate, {shadow['rows']} rows paired, "
-        f"{shadow['skipped']} requests skipped by the replay rate bound, "
-        f"{shadow['candidate_errors']} failed on the candidate, "
-        f"{shadow['not_comparable']} not comparable",
-        f"disagreement with stable {_pct(shadow['disagreement'])} "
-        f"({shadow['disagreements']} rows), interval [{_pct(low)}, {_pct(high)}], "
-        f"margin {_pct(shadow['margin'])}",
-        f"the candidate answered a replayed request in {_fmt(shadow['candidate_mean_ms'])} ms "
-        "on average",
-    ]
-
-
-def accuracy_lines(live: dict[str, Any] | None) -> list[str]:
-    """Live accuracy from the delayed labels, wherever the gate could join them."""
-    live = live or {}
-    lines = []
-    if live.get("shadow"):
-        shadow = live["shadow"]
-        lines.append(
-            f"live accuracy on the shadow pairs (the same {shadow['rows']} labelled rows): "
-            f"stable {_pct(shadow['stable'])}, candidate {_pct(shadow['candidate'])}"
-        )
-    canary = live.get("canary")
-    if canary and "canary" in canary:
-        lines.append(
-            f"live accuracy in the canary steps: canary {_pct(canary['canary'])} of "
-            f"{canary['canary_rows']} labelled rows, stable {_pct(canary['stable'])} of "
-            f"{canary['stable_rows']}"
-        )
-    elif canary:
-        lines.append(f"live accuracy in the canary steps: {canary['detail']}")
-    if not lines:
-        lines.append("live accuracy: no labelled answer joined")
-    labels = live.get("labels")
-    if labels:
-        text = (
-            f"labels posted: {labels['posted']} of {labels['answered']} answered REST requests "
-            f"({labels['unknown']} for answers the gate had not recorded), "
-            f"{labels['failed_posts']} failed POSTs"
-        )
-        if labels.get("last_error"):
-            text += f" (last: {labels['last_error']})"
-        lines.append(text)
-    return lines
-
-
-def write_html(report: dict[str, Any], path: Path) -> None:
-    images = plots(report)
-    escape = html.escape
-    rows = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{escape(str(v if v is not None else '-'))}</td>"
-            for v in (
-                t["time"][11:19],
-                f"{t['canary_weight']}%",
-                t["outcome"],
-                t["action"],
-                t["canary_requests"],
-                t["stable_requests"],
-                t["canary_error_rate"],
-                t["stable_error_rate"],
-                t["canary_p99_ms"],
-                t["stable_p99_ms"],
-                None if t["class_shift"] is None else round(t["class_shift"], 4),
-                t["statistics"],
-                t["reason"],
-            )
-        )
-        + "</tr>"
-        for t in report["ticks"]
-    )
-    load_rows = "".join(
-        f"<tr><td>{escape(s['name'])}</td><td>{s['requests']}</td><td>{s['failures']}</td>"
-        f"<td>{s['rps']}</td><td>{s['median_ms']}</td><td>{s['p99_ms']}</td></tr>"
-        for s in report["load"]
-    )
-    figures = "".join(
-        f'<figure><img alt="{key}" src="data:image/png;base64,{data}"></figure>'
-        for key, data in images.items()
-    )
-    gate = report.get("accuracy_gate") or {}
-    rollout = report.get("rollout") or {}
-    shadow = report.get("shadow")
-    shadow_html = "".join(f"<p>{escape(line)}</p>" for line in shadow_lines(shadow))
-    if shadow is not None:
-        shadow_html += f"<p>{escape(shadow['reason'])}</p>"
-        matrix = shadow["flips"]
-        if matrix:
-            names = list(matrix)
-            head = "".join(f"<th>{escape(n)}</th>" for n in names)
-            body = "".join(
-                f"<tr><th>{escape(row)}</th>"
-                + "".join(
-                    f'<td class="{"same" if row == col else "flip"}">{matrix[row][col]}</td>'
-                    for col in names
-                )
-                + "</tr>"
-                for row in names
-            )
-            shadow_html += (
-                "<table><caption>paired rows: stable's class (rows) x the candidate's "
-                f"(columns)</caption><tr><th></th>{head}</tr>{body}</table>"
-            )
-        if shadow["statistics"]:
-            shadow_html += f"<p>statistics: {escape(shadow['statistics'])}</p>"
-    accuracy_html = "".join(
-        f"<p>{escape(line)}</p>" for line in accuracy_lines(report.get("live_accuracy"))
-    )
-    document = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>irisgate demo: {escape(report["scenario"])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 6px;
-font-size:13px}}th{{background:#eee}}figure{{display:inline-block;margin:0.5em}}
-.outcome{{font-size:1.4em;font-weight:bold}}td.flip{{background:#fde2e1}}
-caption{{font-size:13px;text-align:left}}</style></head><body>
-<h1>irisgate demo - scenario <code>{escape(report["scenario"])}</code></h1>
-<p class="outcome">Outcome: {escape(report["outcome"])}</p>
-<p>{escape(str(rollout.get("message") or ""))}</p>
-<h2>Accuracy gate</h2>
-<p>{escape(str(gate.get("reason", "not reached")))}
-({escape(str(gate.get("replayed_rows", "-")))} held-out rows replayed)</p>
-<h2>Shadow</h2>{shadow_html}
-<h2>Live accuracy (delayed labels)</h2>{accuracy_html}
-<h2>Canary analysis</h2>{figures}
-<table><tr><th>time</th><th>weight</th><th>outcome</th><th>action</th><th>canary req</th>
-<th>stable req</th><th>canary err</th><th>stable err</th><th>canary p99 ms</th>
-<th>stable p99 ms</th><th>class shift</th><th>statistics (estimate [interval] &lt; margin)</th>
-<th>reason</th></tr>{rows}</table>
-<h2>Final traffic split</h2><pre>{escape(json.dumps(report["final_split"], indent=2))}</pre>
-<h2>Load test</h2><table><tr><th>request</th><th>count</th><th>failures</th><th>req/s</th>
-<th>median ms</th><th>p99 ms</th></tr>{load_rows}</table>
-<h2>Pipeline runs</h2><pre>{escape(json.dumps(report["pipeline"], indent=2))}</pre>
-</body></html>
-"""
-    path.write_text(document)
-
-
-def print_summary(report: dict[str, Any], console: Console) -> None:
-    table = Table(
-        title="what the gate decided, and why",
-        caption="c = canary, s = stable; err = server-error rate; p99 in ms",
-    )
-    for column in (
-        "weight",
-        "outcome",
-        "action",
-        "c req",
-        "s req",
-        "c err",
-        "s err",
-        "c p99",
-        "s p99",
-        "shift",
-    ):
-        table.add_column(column, justify="right", no_wrap=True)
-    for t in report["ticks"]:
-
-        def show(value: Any) -> str:
-            return (
-                "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
-            )
-
-        table.add_row(
-            f"{t['canary_weight']}%",
-            t["outcome"],
-            t["action"],
-            show(t["canary_requests"]),
-            show(t["stable_requests"]),
-            show(t["canary_error_rate"]),
-            show(t["stable_error_rate"]),
-            show(t["canary_p99_ms"]),
-            show(t["stable_p99_ms"]),
-            show(t["class_shift"]),
-        )
-    if report["ticks"]:
-        console.print(table)
-    gate = report.get("accuracy_gate")
-    if gate:
-        console.print(f"accuracy gate: {gate['reason']}")
-    shadow = report.get("shadow")
-    if shadow is not None:
-        for line in shadow_lines(shadow):
-            console.print(line)
-        matrix = shadow["flips"]
-        if matrix:
-            flips = Table(title="shadow: stable's class (rows) x the candidate's (columns)")
-            flips.add_column("")
-            for name in matrix:
-                flips.add_column(name, justify="right")
-            for row, counts in matrix.items():
-                flips.add_row(
-                    row,
-                    *(
-                        str(n) if col == row or not n else f"[bold red]{n}[/]"
-                        for col, n in counts.items()
-                    ),
-                )
-            console.print(flips)
-    for line in accuracy_lines(report.get("live_accuracy")):
-        console.print(line)
-    for load in report["load"]:
-        if load["name"] == "Aggregated":
-            console.print(
-                f"load: {load['requests']} requests, {load['failures']} failures, "
-                f"p99 {load['p99_ms']:.0f} ms"
-            )
-    colour = {
-        "promoted": "green",
-        "rolled_back": "yellow",
-        "rejected": "yellow",
-        FAILED_IN_SHADOW: "yellow",
-    }.get(report["outcome"], "red")
-    message = (
-        (report.get("rollout") or {}).get("message")
-        or report["pipeline"].get("candidate", {}).get("reason")
-        or ""
-    )
-    console.print(f"[bold {colour}]outcome: {report['outcome']}[/] {message}")

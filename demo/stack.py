@@ -224,6 +224,9 @@ class Stack:
             host=self.router_url,
             report_prefix=self.run_dir / "load",
             options=[
+                # a history row per request type each second (not only the total): the
+                # report's timeline draws REST and gRPC apart
+                "--csv-full-history",
                 "--grpc-target",
                 self.router_grpc,
                 "--rps-per-user",

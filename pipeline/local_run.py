@@ -7,7 +7,10 @@ or not; so the local run posts the same outcome message, to the webhook in the c
 
 KFP's runner prints every task's log to stdout and deletes its workspace when it ends.
 We give it throw-away folders (the registry lives elsewhere), send its chatter to a log
-file, and turn its task start/finish lines into a compact progress display. Each task's
+file, and turn its task start/finish lines into a compact progress display. The display
+never takes stdout over: rich's live views redirect stdout by default (on a terminal
+only), which sent the executors' output past the log file onto the screen, so a run read
+differently on a terminal and in a pipe and its log missed what a failure needs. Each task's
 process gets its own TMPDIR in the throw-away folder: KFP's lightweight components write
 their program to ``mktemp -d`` and never remove it.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from pipeline.definition import build_pipeline
 
@@ -101,14 +105,25 @@ def run_locally(
     console = console or Console(stderr=True)
     events: list[StepEvent] = []
 
-    spinner = console.status("")
+    # Only the running steps are live (transient: gone once they finish, and drawn only on
+    # a terminal); each finished step is a printed line, the same in a pipe.
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    running: dict[str, TaskID] = {}
 
     def show(event: StepEvent) -> None:
         if event.status == "RUNNING":
-            spinner.update(f"{event.step} ...")
-            spinner.start()
+            running[event.step] = progress.add_task(event.step, total=None)
             return
-        spinner.stop()
+        if event.step in running:
+            progress.remove_task(running.pop(event.step))
         events.append(event)
         mark = "[green]ok[/]" if event.status == "SUCCESS" else "[red]FAILED[/]"
         console.print(f"  {mark} {event.step} ({event.seconds:.1f} s)")
@@ -124,6 +139,7 @@ def run_locally(
         pipeline = build_pipeline(local=True)
         with (
             log_path.open("w") as log,
+            progress,
             contextlib.redirect_stdout(TaskLogWatcher(log, show)),
             _tasks_tmpdir(scratch / "tmp"),
         ):
@@ -133,8 +149,6 @@ def run_locally(
                 failure = str(exc)
             else:
                 failure = ""
-            finally:
-                spinner.stop()
         seconds = time.monotonic() - started
         if failure:
             detail = last_error_line(log_path.read_text()) or _ANSI.sub("", failure)

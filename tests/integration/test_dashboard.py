@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,15 +24,14 @@ from playwright.sync_api import (
     Route,
     ViewportSize,
     expect,
-    sync_playwright,
 )
 
+from tests.browser import chromium
 from tests.gate_stack import TEST_MARGINS, TOKEN, LocalStack, build_registry, ended_afterwards
 from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO_ROOT / "docs"
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 LIVE: dict[str, Any] = {"steps": [50, 100], "step_interval_s": 4.0, **TEST_MARGINS}
@@ -66,16 +64,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.is_file():  # CI installs it (.ci/run): missing is a failure, not a skip
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (Debian's package)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 class Watched:

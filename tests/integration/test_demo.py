@@ -1,4 +1,9 @@
-"""`python -m demo` end to end with shortened intervals, and its clean-up."""
+"""`python -m demo` end to end with shortened intervals, and its clean-up.
+
+Each story costs 30-50 s, so each run carries more than one check: the faulty scenario runs
+at a real terminal (a pseudo-terminal, 80 columns: the compact output, no KFP executor JSON,
+complete task logs), and the `--up` stack that README's commands are run against is also
+the one interrupted with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.gate_stack import kill_processes_mentioning, processes_mentioning
+from demo.stack import claim_run_dir
+from tests.gate_stack import add_model, kill_processes_mentioning, processes_mentioning
 from tests.helpers import REPO_ROOT, free_port
+from tests.terminal import run_in_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -50,20 +57,29 @@ def demo_command(run_dir: Path, scenario: str) -> list[str]:
     ]
 
 
-def run_demo(run_dir: Path, scenario: str) -> tuple[int, dict[str, Any], str]:
+def run_demo(
+    run_dir: Path, scenario: str, *, terminal: bool = False
+) -> tuple[int, dict[str, Any], str]:
+    """The demo's exit code, report and output; with ``terminal``, at a pseudo-terminal
+    (the output then is the screen's text, escapes removed)."""
     try:
-        completed = subprocess.run(
-            demo_command(run_dir, scenario),
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=420,
-        )
+        if terminal:
+            screen = run_in_terminal(demo_command(run_dir, scenario), REPO_ROOT, timeout=420)
+            code, output = screen.code, screen.text
+        else:
+            completed = subprocess.run(
+                demo_command(run_dir, scenario),
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=420,
+            )
+            code, output = completed.returncode, completed.stdout + completed.stderr
     finally:
         kill_processes_mentioning(str(run_dir))  # only if the demo's own clean-up failed
     report_path = run_dir / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    return completed.returncode, report, completed.stdout + completed.stderr
+    return code, report, output
 
 
 def assert_nothing_left(run_dir: Path) -> None:
@@ -115,10 +131,18 @@ def test_good_scenario_promotes_and_writes_the_report(tmp_path: Path) -> None:
     assert report["final_split"]["canary"] is None
     names = {row["name"] for row in report["load"]}
     assert {"/v1/models/iris:predict", "ModelInfer", "Aggregated"} <= names
+    # locust's per-second history, per request type: the timeline draws REST and gRPC apart
+    assert {(s["protocol"], s["name"]) for s in report["history"]} >= {
+        ("REST", "/v1/models/iris:predict"),
+        ("gRPC", "ModelInfer"),
+    }
+    assert report["weights"][-1]["candidate_share"] == 100  # became the stable, not 0
     html = (run_dir / "report.html").read_text()
     assert html.count("latency_p95") >= len(ticks)  # the statistics of every step
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/svg+xml;base64,") == 3  # timeline, checks, classes
     assert "<h2>Shadow</h2>" in html and "live accuracy on the shadow pairs" in html
+    assert "promoted: v2 is the stable now" in html
+    assert json.loads((run_dir / "gate-rollout.json").read_text())["phase"] == "succeeded"
     assert_nothing_left(run_dir)
 
 
@@ -144,45 +168,138 @@ def test_subtle_scenario_fails_in_shadow_before_any_user_meets_the_candidate(
     assert {w["canary_weight"] for w in report["weights"]} == {0}
     assert report["final_split"]["canary"] is None
     html = (run_dir / "report.html").read_text()
-    assert '<td class="flip">' in html
+    assert '<td class="num flip">' in html
     assert "outcome: failed_in_shadow" in output
     assert_nothing_left(run_dir)
 
 
-def test_faulty_scenario_rolls_back(tmp_path: Path) -> None:
+def test_faulty_scenario_rolls_back_and_reads_compactly_at_a_terminal(tmp_path: Path) -> None:
     run_dir = tmp_path / "faulty"
-    code, report, output = run_demo(run_dir, "faulty")
+    code, report, output = run_demo(run_dir, "faulty", terminal=True)
     assert code == 0, output[-3000:]
     assert report["outcome"] == "rolled_back"
     failed = [t for t in report["ticks"] if t["outcome"] == "fail"]
     assert len(failed) == 2
     assert all(t["canary_error_rate"] > 0.01 for t in failed)
     assert "failure limit reached" in report["rollout"]["message"]
+
+    # what the terminal showed: two pipeline runs, the watch line, the summary; it was
+    # 691 lines of executor JSON when rich took stdout over on a tty
+    for mark in ("KFP Executor", "executor_input", '"parameterValues"'):
+        assert mark not in output, f"{mark!r} reached the screen"
+    lines = [line.rsplit("\r", 1)[-1] for line in output.split("\n")]
+    shown = [line for line in lines if line.strip()]
+    assert len(shown) <= 80, "\n".join(shown)  # 65 with this run's paths
+    assert all(len(line) <= 80 for line in shown), max(shown, key=len)
+    # the decision table's headers whole at 80 columns (ten columns were cut to "weig…")
+    header = ["step", "verdict", "action", "req", "c/s", "err", "c/s", "p99", "c/s", "shift"]
+    assert any(line.split() == header for line in shown), "\n".join(shown)
+    assert any(
+        line.strip().startswith("rolled back") and "v1 stays stable" in line for line in shown
+    )
+    assert "outcome: rolled_back - rolled back: v1 stays the stable" in output
+    # ... while each pipeline run's task log has its executors' whole output
+    logs = sorted((run_dir / "logs").glob("pipeline-*.log"))
+    assert len(logs) == 2
+    for log in logs:
+        assert log.read_text().count("Got executor_input") >= 4, log
     assert_nothing_left(run_dir)
 
 
-def test_interrupted_demo_leaves_no_process_behind(tmp_path: Path) -> None:
-    run_dir = tmp_path / "interrupted"
+def readme_block(marker: str) -> str:
+    """The shell block README introduces with ``marker`` (an HTML comment)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    after = text[text.index(marker) :]
+    start = after.index("```sh\n") + len("```sh\n")
+    return after[start : after.index("```", start)]
+
+
+README_UP_BLOCK = "<!-- tests/integration/test_demo.py runs this block"
+
+
+def test_readmes_commands_against_make_up_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    """README's "Use the stack" block, run as written against `python -m demo --up` (ports,
+    run folder, token and venv swapped for this test's); then Ctrl-C. A registry with
+    version 1 is made in-process first (the pipeline runs in the block), and the analysis is
+    shortened, as the other tests do."""
+    run_dir = tmp_path / "up"
+    claim_run_dir(run_dir, clear=False)
+    add_model(tmp_path / "models", run_dir / "registry", "iris", ("logreg",))
+    ports = {name: free_port() for name in ("http", "grpc", "admin", "gate")}
     process = subprocess.Popen(
-        demo_command(run_dir, "good"),
+        [
+            sys.executable,
+            "-m",
+            "demo",
+            "--up",
+            "--run-dir",
+            str(run_dir),
+            "--router-http-port",
+            str(ports["http"]),
+            "--router-grpc-port",
+            str(ports["grpc"]),
+            "--router-admin-port",
+            str(ports["admin"]),
+            "--gate-port",
+            str(ports["gate"]),
+            "--steps",
+            "50,100",
+            "--step-interval",
+            "3",
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    banner: list[str] = []
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # wait until the gate's predictors are up
-            if any("--role stable" in c for c in commands_mentioning(str(run_dir))):
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "Ctrl-C stops everything." not in banner:
+            line = process.stdout.readline()
+            if not line:
                 break
-            time.sleep(0.5)
-        assert any("gate" in c for c in commands_mentioning(str(run_dir)))
+            banner.append(line.rstrip("\n"))
+        text = "\n".join(banner)
+        assert "Ctrl-C stops everything." in text, text
+        assert "serving iris version 1" in text  # what the router's stable answers as
+        assert f"REST   http://127.0.0.1:{ports['http']}" in text
+        (export,) = [line for line in banner if line.strip().startswith("export GATE_API_TOKEN=")]
+        token = export.split("GATE_API_TOKEN=")[1].split()[0]
+
+        block = readme_block(README_UP_BLOCK)
+        for readme, ours in (
+            ("127.0.0.1:8000", f"127.0.0.1:{ports['http']}"),
+            ("127.0.0.1:8090", f"127.0.0.1:{ports['gate']}"),
+            (".irisgate/up", str(run_dir)),
+            ("paste-the-token-make-up-printed", token),
+            ("source .venv/bin/activate", f"source {Path(sys.prefix)}/bin/activate"),
+        ):
+            assert readme in block, readme
+            block = block.replace(readme, ours)
+        started = time.monotonic()
+        completed = subprocess.run(
+            # -m: job control as in the terminal README speaks to, so `kill %1` stops the
+            # whole background job (the load test and the locust it runs)
+            ["bash", "-m", "-e", "-o", "pipefail", "-c", block],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        took = time.monotonic() - started
+        output = completed.stdout + completed.stderr
+        assert completed.returncode == 0, f"after {took:.0f} s:\n{output[-3000:]}"
+        assert '"predictions"' in completed.stdout
+        assert completed.stdout.rstrip().splitlines()[-1].split()[1] == "succeeded", output
+
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        rest, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
         kill_processes_mentioning(str(run_dir))
-    assert process.returncode == 130, output[-2000:]
-    assert "every process stopped" in output
+    assert process.returncode == 130, rest[-2000:]
+    assert "every process stopped" in rest
     assert_nothing_left(run_dir)

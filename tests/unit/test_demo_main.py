@@ -5,9 +5,12 @@ if reached."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,8 @@ from demo.stack import (
     claim_run_dir,
     run_dir_problem,
 )
-from tests.helpers import free_port
+from demo.up import served_version, up_banner
+from tests.helpers import REPO_ROOT, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +155,75 @@ def test_any_failure_ends_with_every_process_stopped(
     assert out.endswith(f"everyprocessstopped.Logs:{logs}")
     assert "pipeline stand-in" in (logs / "demo-traceback.log").read_text()
     assert len(pipeline_calls) == 1
+
+
+def test_the_watch_line_after_a_promotion_reads_as_one() -> None:
+    """A promoted rollout's canary weight is 0 (the candidate *is* stable): the watch line
+    said ``succeeded canary 0%``, which reads like a failure."""
+    rollout = {"candidate": {"version": "2"}, "previous_version": "1", "canary_weight": 0}
+    assert demo_main.candidate_share({**rollout, "phase": "succeeded"}) == (
+        100,
+        "promoted",
+        "v2 is stable, 100%",
+    )
+    assert demo_main.candidate_share({**rollout, "phase": "rolled_back"}) == (
+        0,
+        "rolled back",
+        "v1 stays stable",
+    )
+    step = {**rollout, "phase": "progressing", "canary_weight": 25}
+    assert demo_main.candidate_share(step) == (25, "progressing", "canary 25%")
+
+
+def test_the_up_banner_names_the_ports_and_commands_readme_documents(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, Ports())
+    banner = up_banner(stack, Path(".irisgate/up/registry"), "2", traffic_users=0)
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### Use the stack `make up` starts") :]
+    for port, where in (
+        (8000, "REST   http://127.0.0.1:8000"),
+        (8001, "gRPC   127.0.0.1:8001"),
+        (8002, "router admin  http://127.0.0.1:8002"),
+        (8090, "gate   http://127.0.0.1:8090"),
+    ):
+        assert where in banner
+        assert f"| `{port}` |" in section, port
+    assert "serving iris version 2" in banner
+    assert f"export GATE_API_TOKEN={stack.token} " in banner
+    assert "export GATE_API_TOKEN=paste-the-token-make-up-printed" in section
+    assert "python -m pipeline run --registry .irisgate/up/registry --gate-url" in banner
+    assert "no traffic yet" in banner and "--traffic" in banner
+    busy = up_banner(stack, Path("r"), "2", traffic_users=4)
+    assert "live traffic: locust's REST and gRPC users (4)" in busy
+    assert "no traffic yet" not in busy
+
+
+def test_the_banner_names_the_version_the_router_serves(tmp_path: Path) -> None:
+    """The store decides which version serves (after a rollback the newest registry
+    folder is the rejected candidate), so the banner asks the router's stable, not the
+    registry."""
+    answer = json.dumps({"name": "iris", "versions": ["2"], "platform": "sklearn"}).encode()
+
+    class Metadata(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/v2/models/iris"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(answer) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Metadata)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = int(server.server_address[1])
+        assert served_version(Stack(tmp_path, Ports(router_http=port))) == "2"
+        assert served_version(Stack(tmp_path, Ports(router_http=port)), "other") == "?"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert served_version(Stack(tmp_path, Ports(router_http=free_port()))) == "?"

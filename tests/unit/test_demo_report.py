@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from demo.render import print_summary, write_html
 from demo.report import (
     FAILED_IN_SHADOW,
     build_report,
     canary_accuracy,
     flip_matrix,
-    print_summary,
-    write_html,
 )
 from gate.core.analysis import LabelEvidence, _accuracy_check
 from gate.core.paired import PairedEvidence, judge_shadow
@@ -130,7 +129,7 @@ def test_a_rollout_failed_in_shadow_has_its_own_outcome_flip_matrix_and_accuracy
     write_html(report, tmp_path / "report.html")
     html = (tmp_path / "report.html").read_text()
     assert "<h2>Shadow</h2>" in html and "<h2>Live accuracy (delayed labels)</h2>" in html
-    assert '<td class="flip">80</td>' in html
+    assert '<td class="num flip">80</td>' in html
     assert 'src="http' not in html and 'href="http' not in html  # nothing external
 
 
