@@ -25,7 +25,7 @@ from gate.store import SQLiteStore, Stable
 from gate.stream_api import stream
 from gate.traffic.base import Deployer, Router, TrafficBackend, TrafficError
 from gate.ui_api import docs, ui
-from gate.wiring import make_provider, make_traffic
+from gate.wiring import check_traffic_settings, make_provider, make_traffic
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +81,15 @@ def create_app(
 
     ``backend`` and ``provider`` replace the configured ones (tests pass fakes).
     """
-    store = SQLiteStore(settings.db_path)
-    registry = CollectorRegistry()
-    gate_metrics = GateMetrics(registry)
+    # what settings can refuse is refused before the store creates its folder
+    if backend is None:
+        check_traffic_settings(settings)
     provider = provider or make_provider(
         settings.metrics_provider, settings.prometheus_url, settings.prometheus_queries
     )
+    store = SQLiteStore(settings.db_path)
+    registry = CollectorRegistry()
+    gate_metrics = GateMetrics(registry)
     router: Router
     deployer: Deployer
     router, deployer = (backend, backend) if backend else make_traffic(settings, store)

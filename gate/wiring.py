@@ -19,10 +19,21 @@ from gate.store import SQLiteStore
 from gate.traffic.base import Deployer, Router
 
 
+def check_traffic_settings(settings: GateSettings) -> None:
+    """What :func:`make_traffic` would refuse, checked before anything is built, so that a
+    gate refused at start leaves nothing behind (no store file, no run folder)."""
+    if settings.traffic_backend == "local" and settings.router_token is None:
+        raise ValueError("the local backend needs GATE_ROUTER_TOKEN (the router's token)")
+    if settings.traffic_backend not in ("local", "kserve"):
+        raise ValueError(
+            f"unknown traffic backend {settings.traffic_backend!r}; choose local or kserve"
+        )
+
+
 def make_traffic(settings: GateSettings, store: SQLiteStore) -> tuple[Router, Deployer]:
+    check_traffic_settings(settings)
     if settings.traffic_backend == "local":
-        if settings.router_token is None:
-            raise ValueError("the local backend needs GATE_ROUTER_TOKEN (the router's token)")
+        assert settings.router_token is not None  # (checked above)
         deployer = LocalDeployer(
             LocalSettings(
                 run_dir=Path(settings.run_dir),
@@ -38,14 +49,10 @@ def make_traffic(settings: GateSettings, store: SQLiteStore) -> tuple[Router, De
             settings.router_admin_url, settings.router_token.get_secret_value(), store
         )
         return router, deployer
-    if settings.traffic_backend == "kserve":
-        from gate.traffic.kserve import KServeTrafficBackend
+    from gate.traffic.kserve import KServeTrafficBackend  # (only "kserve" is left)
 
-        backend = KServeTrafficBackend.from_settings(settings, store)
-        return backend, backend
-    raise ValueError(
-        f"unknown traffic backend {settings.traffic_backend!r}; choose local or kserve"
-    )
+    backend = KServeTrafficBackend.from_settings(settings, store)
+    return backend, backend
 
 
 def make_provider(

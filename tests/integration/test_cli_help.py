@@ -73,3 +73,41 @@ def test_help_needs_no_settings_and_starts_nothing(tmp_path: Path, command: list
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "usage" in completed.stdout.lower()
     assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "the local backend needs GATE_ROUTER_TOKEN"),
+        (
+            {"GATE_ROUTER_TOKEN": "router-token-0123456789", "GATE_METRICS_PROVIDER": "prometheus"},
+            "the prometheus provider needs GATE_PROMETHEUS_URL",
+        ),
+        ({"GATE_TRAFFIC_BACKEND": "nomad"}, "unknown traffic backend 'nomad'"),
+    ],
+    ids=["no-router-token", "prometheus-without-url", "unknown-backend"],
+)
+def test_a_gate_refused_at_start_writes_nothing(
+    tmp_path: Path, settings: dict[str, str], message: str
+) -> None:
+    """The refusal is one line, and the store's folder (``.irisgate/``) is not made first."""
+    cwd = tmp_path / "empty"
+    cwd.mkdir()
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.upper().startswith(("GATE_", "ROUTER_", "PREDICTOR_", "IRISGATE_"))
+    }
+    env |= {"GATE_API_TOKEN": "api-token-0123456789", **settings}
+    completed = subprocess.run(
+        [sys.executable, "-m", "gate"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HELP_TIMEOUT_S,
+    )
+    assert completed.returncode != 0
+    assert message in completed.stderr, completed.stderr[-2000:]
+    assert "Traceback" not in completed.stderr
+    assert list(cwd.iterdir()) == []

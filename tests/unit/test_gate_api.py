@@ -325,10 +325,14 @@ def test_health_readiness_and_metrics(client: TestClient, artifact: Path) -> Non
 def test_unknown_backend_or_provider_fails_fast(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown traffic backend 'locl'"):
         create_app(settings(tmp_path, traffic_backend="locl"))
+    with pytest.raises(ValueError, match="needs GATE_ROUTER_TOKEN"):
+        create_app(settings(tmp_path))
+    router_token = "router-token-0123456789"
     with pytest.raises(ValueError, match="unknown metrics provider 'prometeus'"):
-        create_app(settings(tmp_path, metrics_provider="prometeus"))
+        create_app(settings(tmp_path, metrics_provider="prometeus", router_token=router_token))
     with pytest.raises(ValueError, match="needs GATE_PROMETHEUS_URL"):
-        create_app(settings(tmp_path, metrics_provider="prometheus"))
+        create_app(settings(tmp_path, metrics_provider="prometheus", router_token=router_token))
+    assert list(tmp_path.iterdir()) == []  # refused before the store made its folder
 
 
 # --- what an attacker sent, each once stored as a state nobody could read back ---------------
