@@ -7,10 +7,12 @@ locust failed to run.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 from rich.table import Table
@@ -100,16 +102,43 @@ def locust_command(args: argparse.Namespace, prefix: Path) -> list[str]:
     )
 
 
+def run_locust(command: Sequence[str], log: Path) -> tuple[int, int]:
+    """(locust's exit code, the signal that stopped us or 0). Locust runs as a child that
+    stops with us: a SIGTERM or SIGINT sent to this process alone (``kill`` from a script,
+    a shell without job control) is passed on, and we wait for it to write its figures,
+    instead of leaving it running with nobody to stop it."""
+    received = 0
+    with log.open("w") as handle:
+        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+
+        def forward(signum: int, frame: FrameType | None) -> None:
+            nonlocal received
+            received = signum
+            if child.poll() is None:
+                child.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if child.poll() is None:  # (an exception while waiting)
+                child.kill()
+                child.wait()
+    return code, received
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     args.report_dir.mkdir(parents=True, exist_ok=True)
     prefix = args.report_dir / args.protocol
     log = args.report_dir / f"{args.protocol}-locust.log"
-    with log.open("w") as handle:
-        code = subprocess.call(
-            locust_command(args, prefix), stdout=handle, stderr=subprocess.STDOUT
-        )
+    code, received = run_locust(locust_command(args, prefix), log)
+    if received:
+        console.print(f"[yellow]stopped by signal {received}; locust stopped too; see {log}[/]")
+        return 128 + received
     stats_csv = Path(f"{prefix}_stats.csv")
     if code != 0 or not stats_csv.exists():
         console.print(f"[red]locust failed (exit {code}); see {log}[/]")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from load_tests.slo import read_stats
@@ -104,3 +108,46 @@ def test_a_dead_host_is_reported_as_connection_refused(tmp_path: Path) -> None:
     failures = (tmp_path / "rest-v1_failures.csv").read_text()
     assert "no response: ConnectionRefusedError: [Errno 111] Connection refused" in failures
     assert "'0: '" not in failures and "got 0'" not in failures
+
+
+def test_a_terminated_load_test_stops_its_locust(tmp_path: Path) -> None:
+    """``kill PID`` of ``python -m load_tests`` alone (no job control, so not the process
+    group) stops locust too: it used to keep running with nobody to stop it."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "load_tests",
+            "--host",
+            f"http://127.0.0.1:{free_port()}",
+            "--protocol",
+            "rest-v1",
+            "--users",
+            "1",
+            "--run-time",
+            "5m",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a signal to the parent reaches no one else
+    )
+    try:
+        parent = psutil.Process(process.pid)
+        deadline = time.monotonic() + 60
+        while not (children := parent.children(recursive=True)):
+            assert time.monotonic() < deadline, "locust never started"
+            time.sleep(0.2)
+        time.sleep(2)  # locust up and sending
+        process.terminate()
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
+        assert b"locust stopped too" in output
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"still running: {[p.cmdline() for p in alive]}"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
