@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -151,3 +153,46 @@ def test_a_terminated_load_test_stops_its_locust(tmp_path: Path) -> None:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def readme_locust_commands() -> list[str]:
+    """README's web-UI command lines (``locust -f ...`` lines of its shell blocks)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+    return [
+        line.split("#")[0].strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("locust -f ")
+    ]
+
+
+def test_readmes_web_ui_commands_send_each_protocol_to_the_right_port(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    """Run headless for a few seconds against a predictor (its ports in place of
+    ``make up``'s): every request answered, none failed. Without a user class locust ran
+    the gRPC user against the REST port too (11,220 of 11,220 calls failed)."""
+    commands = readme_locust_commands()
+    assert len(commands) == 2, commands
+    ports = {
+        "http://127.0.0.1:8000": predictor.url,
+        "127.0.0.1:8001": predictor.grpc_target,
+    }
+    for index, command in enumerate(commands):
+        for documented, actual in ports.items():
+            command = command.replace(documented, actual)
+        argv = shlex.split(command)
+        locust = Path(sys.executable).with_name(argv[0])
+        csv = tmp_path / f"run-{index}"
+        headless = ["--headless", "-u", "2", "-r", "2", "-t", "3s", "--csv", str(csv)]
+        completed = subprocess.run(
+            [str(locust), *argv[1:], *headless],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert completed.returncode == 0, (command, completed.stderr[-2000:])
+        total = read_stats(Path(f"{csv}_stats.csv"))[-1]
+        assert total.requests > 0 and total.failures == 0, (command, total)
