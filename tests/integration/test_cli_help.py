@@ -42,6 +42,15 @@ def runnable_modules() -> list[str]:
     return found
 
 
+def unconfigured_env() -> dict[str, str]:
+    """This environment without any of the project's own settings (a fresh machine's)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.upper().startswith(("GATE_", "ROUTER_", "PREDICTOR_", "IRISGATE_"))
+    }
+
+
 def test_discovery_finds_the_known_commands() -> None:
     expected = {"gate", "gate.local.router", "predictor", "pipeline", "demo", "benchmarks"}
     assert expected <= set(runnable_modules())
@@ -55,11 +64,7 @@ def test_discovery_finds_the_known_commands() -> None:
 def test_help_needs_no_settings_and_starts_nothing(tmp_path: Path, command: list[str]) -> None:
     cwd = tmp_path / "empty"
     cwd.mkdir()
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.upper().startswith(("GATE_", "ROUTER_", "PREDICTOR_", "IRISGATE_"))
-    }
+    env = unconfigured_env()
     # benchmarks is not an installed package: run from the checkout like the Makefile does
     env["PYTHONPATH"] = str(REPO_ROOT)
     completed = subprocess.run(
@@ -93,11 +98,7 @@ def test_a_gate_refused_at_start_writes_nothing(
     """The refusal is one line, and the store's folder (``.irisgate/``) is not made first."""
     cwd = tmp_path / "empty"
     cwd.mkdir()
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.upper().startswith(("GATE_", "ROUTER_", "PREDICTOR_", "IRISGATE_"))
-    }
+    env = unconfigured_env()
     env |= {"GATE_API_TOKEN": "api-token-0123456789", **settings}
     completed = subprocess.run(
         [sys.executable, "-m", "gate"],
