@@ -20,6 +20,7 @@ from gate.notify import WebhookNotifier
 from gate.observability import GateMetrics
 from gate.payload_store import PayloadStore
 from gate.providers.base import MetricsProvider
+from gate.replay import HoldoutSource
 from gate.settings import GateSettings
 from gate.store import SQLiteStore, Stable
 from gate.stream_api import stream
@@ -106,6 +107,7 @@ def create_app(
             settings.db_path, settings.payload_retention_s, settings.payload_max_rows
         ),
         hook_namespace=settings.kserve_namespace,
+        holdout_source=HoldoutSource.from_settings(settings),
     )
     notifier = WebhookNotifier(
         settings.webhook_urls, store, gate_metrics, max_passes=settings.webhook_max_passes

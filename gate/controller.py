@@ -63,7 +63,14 @@ from gate.hooks import HookRunner
 from gate.observability import GateMetrics
 from gate.payload_store import PayloadStore
 from gate.providers.base import MetricsProvider, MetricsUnavailable, Targets
-from gate.replay import ReplayError, judge_accuracy, load_holdout, read_holdout, replay
+from gate.replay import (
+    HoldoutSource,
+    ReplayError,
+    judge_accuracy,
+    load_holdout,
+    read_holdout,
+    replay,
+)
 from gate.shadow import ShadowReplayer
 from gate.store import SQLiteStore, Stable
 from gate.tasks import RolloutTasks
@@ -114,6 +121,7 @@ class RolloutController:
         generators: Generators | None = None,
         payloads: PayloadStore | None = None,
         hook_namespace: str = "default",
+        holdout_source: HoldoutSource | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -125,6 +133,8 @@ class RolloutController:
         self.candidate_timeout_s = candidate_timeout_s
         self.crash_after = crash_after
         self._http = http or httpx.AsyncClient(timeout=30.0)
+        self.holdout_source = holdout_source or HoldoutSource()
+        """How held-out sets are read (size limit, the S3 API for s3://)."""
         self._locks: dict[str, asyncio.Lock] = {}
         self.generators = generators or Generators()
         self.payloads = payloads or PayloadStore(":memory:")
@@ -303,7 +313,8 @@ class RolloutController:
         if self.generators.running(state.id):
             return
         try:
-            rows, _ = read_holdout(await load_holdout(_holdout_location(state), self._http))
+            text = await load_holdout(_holdout_location(state), self._http, self.holdout_source)
+            rows, _ = read_holdout(text)
             targets = [self.deployer.candidate_url(state)]
             stable = self.deployer.stable_url(state)
         except (ReplayError, TrafficError) as exc:
@@ -396,7 +407,7 @@ class RolloutController:
             "tolerance": state.spec.accuracy_tolerance,
         }
         try:
-            holdout = await load_holdout(_holdout_location(state), self._http)
+            holdout = await load_holdout(_holdout_location(state), self._http, self.holdout_source)
             result = await replay(
                 self._http, self.deployer.candidate_url(state), state.model, holdout
             )

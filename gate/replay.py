@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,13 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from gate.core.spec import AnalysisSpec
+from gate.object_store import ObjectStoreError, S3Config, fetch_object, is_s3
+from gate.settings import GateSettings
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 LABEL = "species"
 BATCH_ROWS = 64
+DEFAULT_HOLDOUT_MAX_BYTES = 16 * 1024 * 1024
 
 
 class ReplayError(Exception):
@@ -71,19 +74,80 @@ def read_holdout(text: str) -> tuple[list[list[float]], list[int]]:
     return features, labels
 
 
-async def load_holdout(location: str, client: httpx.AsyncClient) -> str:
-    """A local path, or an http(s) URL."""
-    if location.startswith(("http://", "https://")):
+@dataclass(frozen=True)
+class HoldoutSource:
+    """How held-out sets are read: at most ``max_bytes`` of one (a client-named location
+    must not make the gate hold gigabytes), and where the S3 API is for ``s3://``."""
+
+    max_bytes: int = DEFAULT_HOLDOUT_MAX_BYTES
+    s3: S3Config = field(default_factory=S3Config)
+
+    @classmethod
+    def from_settings(cls, settings: GateSettings) -> HoldoutSource:
+        return cls(
+            max_bytes=settings.holdout_max_bytes,
+            s3=S3Config(settings.s3_endpoint_url, settings.s3_region, settings.s3_timeout_s),
+        )
+
+
+async def load_holdout(
+    location: str, client: httpx.AsyncClient, source: HoldoutSource | None = None
+) -> str:
+    """A local path, an http(s) URL or an ``s3://`` object (a pipeline's on a cluster),
+    as UTF-8 text of at most ``source.max_bytes``. Where it may be is decided before, by
+    :mod:`gate.confine`."""
+    source = source or HoldoutSource()
+    if is_s3(location):
         try:
-            response = await client.get(location)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise ReplayError(f"cannot fetch held-out set {location}: {exc!r}") from exc
-        return response.text
+            data = await fetch_object(location, source.s3, source.max_bytes)
+        except ObjectStoreError as exc:
+            raise ReplayError(f"cannot fetch held-out set {exc}") from exc
+        return _text(location, data)
+    if location.startswith(("http://", "https://")):
+        return _text(location, await _fetch_http(location, client, source.max_bytes))
+    if "://" in location:
+        raise ReplayError(f"held-out set {location}: unsupported scheme (path, http(s), s3)")
     path = Path(location)
     if not path.is_file():
         raise ReplayError(f"held-out set {location} not found")
-    return path.read_text()
+    size = path.stat().st_size
+    if size > source.max_bytes:
+        raise ReplayError(_too_large(location, f"{size} bytes", source.max_bytes))
+    return _text(location, path.read_bytes())
+
+
+async def _fetch_http(location: str, client: httpx.AsyncClient, max_bytes: int) -> bytes:
+    """The body, refused once it passes ``max_bytes`` (declared or as it streams in)."""
+    try:
+        async with client.stream("GET", location) as response:
+            response.raise_for_status()
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ReplayError(_too_large(location, f"{declared} bytes", max_bytes))
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in response.aiter_bytes():
+                received += len(chunk)
+                if received > max_bytes:
+                    raise ReplayError(_too_large(location, "more than that", max_bytes))
+                chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise ReplayError(f"cannot fetch held-out set {location}: {exc!r}") from exc
+    return b"".join(chunks)
+
+
+def _text(location: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ReplayError(f"held-out set {location} is not UTF-8 text: {exc.reason}") from exc
+
+
+def _too_large(location: str, size: str, max_bytes: int) -> str:
+    return (
+        f"held-out set {location} is {size}, over the limit of {max_bytes} bytes "
+        "(GATE_HOLDOUT_MAX_BYTES)"
+    )
 
 
 def infer_body(rows: Sequence[Sequence[float]]) -> dict[str, Any]:

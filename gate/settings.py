@@ -97,6 +97,22 @@ class GateSettings(BaseSettings):
     )
     """Where a candidate's holdout_uri may point besides the artifact's own
     ``holdout.csv``: path or URL prefixes, JSON list. Empty: the artifact's own only."""
+    holdout_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """Largest held-out set the gate reads (a path, an http(s) URL or an s3:// object);
+    a larger one fails the accuracy gate, naming the size, before it is read whole."""
+    s3_endpoint_url: str = Field(
+        "",
+        pattern=r"^(https?://[^\s/?#@]+/?)?$",
+        examples=["http://minio-service.kubeflow:9000"],
+    )
+    """S3 API endpoint for s3:// held-out sets, e.g. a MinIO service's
+    http://minio-service.kubeflow:9000; empty: AWS's own. Credentials come the standard
+    AWS way (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile or role); needs
+    the ``s3`` extra (boto3)."""
+    s3_region: str = Field("us-east-1", pattern=r"^[a-z0-9-]{1,32}$", examples=["eu-west-1"])
+    """Region named in the S3 requests' signatures (MinIO accepts us-east-1)."""
+    s3_timeout_s: float = Field(10.0, gt=0, le=300)
+    """Connect and read timeout of each S3 request (two attempts at most)."""
     kserve_storage_prefixes: list[str] = Field(
         default_factory=list, examples=[["gs://models/iris/"]]
     )
@@ -199,6 +215,8 @@ def expected_form(field: FieldInfo) -> str:
     if get_origin(annotation) in (list, dict):
         example = field.examples[0] if field.examples else _example(annotation)
         form += f", e.g. {json.dumps(example)}"
+    elif annotation is str and field.examples:  # a string of a given form: show one
+        form += f", e.g. {field.examples[0]}"
     return form
 
 

@@ -190,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry-pvc",
         default=cluster.registry_pvc,
         help=f"PersistentVolumeClaim mounted at {REGISTRY_MOUNT_PATH} in deploy, reject and "
-        f"notify; run with registry={REGISTRY_MOUNT_PATH} (default: none, the registry "
-        "lives in each pod)",
+        f"notify for the run notes the exit handler reports from; run with "
+        f"registry={REGISTRY_MOUNT_PATH}. Models stay in KFP's artifact store either way "
+        "(default: none; each pod has its own folder, and a successful run's message says "
+        "the outcome is unknown)",
     )
     return parser
 

@@ -1,4 +1,5 @@
-"""What the compiled pipeline needs from a Kubernetes cluster: images, Secrets, a volume.
+"""What the compiled pipeline needs from a Kubernetes cluster: images, Secrets, and
+optionally a volume for the run notes.
 
 Everything here is decided at compile time (``python -m pipeline compile`` flags) and
 checked before KFP compiles anything, so a typo is a one-line error naming the flag, not
@@ -52,7 +53,9 @@ SIGNING_KEY_MOUNT_PATH = "/etc/irisgate/signing"
 SIGNING_STEPS = ("train", "evaluate", "deploy")
 
 # Where --registry-pvc is mounted in the deploy, reject and notify steps; pass this path as
-# the pipeline's ``registry`` parameter.
+# the pipeline's ``registry`` parameter. On a cluster it holds only the run notes the exit
+# handler reports from and the rejection records: the model stays in KFP's artifact store
+# (pipeline/steps/deploy).
 REGISTRY_MOUNT_PATH = "/mnt/registry"
 
 
@@ -179,8 +182,13 @@ class ClusterOptions:
     without it does not start, which names the Secret, rather than signing with a key no
     predictor trusts."""
     registry_pvc: str = ""
-    """PersistentVolumeClaim mounted at :data:`REGISTRY_MOUNT_PATH` in the steps that read
-    or write the registry; empty mounts nothing (the registry then lives in each pod)."""
+    """PersistentVolumeClaim mounted at :data:`REGISTRY_MOUNT_PATH` in deploy, reject and
+    notify, optional: models never land in it on a cluster (they stay in KFP's artifact
+    store), only the run notes deploy and reject leave for the exit handler and the
+    rejection records. Empty mounts nothing: each pod then has a folder of its own, the
+    notes are lost with it, and the exit handler's message for a run that succeeded says
+    ``unknown`` instead of deployed or rejected (a failed run is still reported as
+    failed, from KFP's final state, but without the step's name or exception)."""
 
     def __post_init__(self) -> None:
         if self.registry_pvc:

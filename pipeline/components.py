@@ -109,15 +109,20 @@ def deploy(
     gate_url: str,
     run_id: str,
 ) -> str:
-    """Register the artifact and its held-out split under a new version; with a gate URL,
+    """Name the artifact and its held-out split under a new version; with a gate URL,
     hand the candidate to the gate (token from the GATE_API_TOKEN environment variable,
     a Kubernetes secret on a cluster, never a pipeline parameter). Leaves the run note the
-    exit handler reports from, once when starting and once with the record."""
+    exit handler reports from, once when starting and once with the record.
+
+    The model's artifact URI decides where it lives: a plain path (the local runner)
+    registers a copy in ``registry`` under the next free version; an object-store URI
+    (minio://, s3://, gs://: a cluster) hands over the model and test split where KFP
+    stored them, under a version derived from the run id (pipeline/steps/deploy)."""
     import json
     import os
 
     from pipeline.steps.common import GATE_TOKEN_ENV
-    from pipeline.steps.deploy import hand_to_gate, register_model
+    from pipeline.steps.deploy import hand_to_gate, register_model, storage_uri, stored_model
     from pipeline.steps.run_notes import noting_run
 
     logged = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float))}
@@ -129,7 +134,10 @@ def deploy(
                 f"{GATE_TOKEN_ENV} is empty but gate_url is set: on a cluster, create the "
                 "Secret the pipeline was compiled with (compile --gate-secret)"
             )
-        record = register_model(model.path, test_data.path, registry, logged)
+        if storage_uri(model.uri) is None:
+            record = register_model(model.path, test_data.path, registry, logged)
+        else:
+            record = stored_model(model.path, model.uri, test_data.uri, run_id, logged)
         if gate_url:
             record["rollout_id"] = hand_to_gate(gate_url, token, record, logged)
             record["gate_url"] = gate_url

@@ -121,7 +121,9 @@ def _on_kubernetes(
     """Secrets as environment variables (optional: with no gate URL the token is not
     needed, and with no webhook nothing is posted; deploy says so if a gate URL is set
     and the token is missing), the signing key as a file where artifacts are signed or
-    checked (required), and the registry volume where the registry is touched."""
+    checked (required), and, if asked for, the volume for the run notes where they are
+    written and read. No object-store credentials: deploy hands over the artifacts' URIs
+    and reads nothing from the store itself (KFP's launcher downloads its inputs)."""
     key_file = f"{SIGNING_KEY_MOUNT_PATH}/{options.signing_key.key}"
     for task in signing:
         kubernetes.use_secret_as_volume(

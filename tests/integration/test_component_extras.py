@@ -77,12 +77,15 @@ def stage_package(target: Path) -> Path:
     return target
 
 
-def component_venv(component: str, root: Path, context: Path | None = None) -> Path:
-    """A venv with ``.[component]`` installed from ``context`` (default: the build
-    context the component's Dockerfile stages), pinned by constraints.txt as the image's
-    ``pip install -c constraints.txt ".[component]"`` is. Made with uv from the cache the
-    other venv-making tests share (pip took 30-50 s a component here, uv a few seconds):
-    what is tested is what gets installed from the staged files, not the installer."""
+def component_venv(
+    component: str, root: Path, context: Path | None = None, extras: str = ""
+) -> Path:
+    """A venv with ``.[extras]`` (default: ``.[component]``) installed from ``context``
+    (default: the build context the component's Dockerfile stages), pinned by
+    constraints.txt as the image's ``pip install -c constraints.txt ".[extras]"`` is.
+    Made with uv from the cache the other venv-making tests share (pip took 30-50 s a
+    component here, uv a few seconds): what is tested is what gets installed from the
+    staged files, not the installer."""
     context = context or stage_build_context(component, root / "context")
     venv = root / "venv"
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
@@ -110,7 +113,7 @@ def component_venv(component: str, root: Path, context: Path | None = None) -> P
             str(python),
             "-c",
             "constraints.txt",
-            f".[{component}]",
+            f".[{extras or component}]",
         ],
         cwd=context,
         check=True,
@@ -174,9 +177,12 @@ def test_predictor_image_contents_serve(tmp_path: Path, outside: Path) -> None:
 
 
 def test_gate_image_contents_serve(tmp_path: Path, outside: Path) -> None:
-    python = component_venv("gate", tmp_path)
+    # the Dockerfile's extras: the gate's, and s3 for held-out sets in KFP's object store
+    assert '-c constraints.txt ".[gate,s3]"' in (REPO_ROOT / "gate" / "Dockerfile").read_text()
+    python = component_venv("gate", tmp_path, extras="gate,s3")
     assert not imports(python, "predictor", outside) and not imports(python, "kserve", outside)
     assert imports(python, "kubernetes", outside)  # for the kserve backend
+    assert imports(python, "boto3", outside) and not imports(python, "moto", outside)
     port = free_port()
     running = start_command(
         [str(python), "-m", "gate"],

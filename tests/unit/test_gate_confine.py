@@ -261,3 +261,23 @@ def test_the_local_backend_pins_the_digest_its_manifest_names(registry: Path) ->
 def test_the_kserve_backend_requires_a_digest() -> None:
     config = kserve(kserve_storage_prefixes=["gs://models/iris/"])
     assert "required" in refused("candidate.digest", "gs://models/iris/2", config, digest=None)
+
+
+def test_the_pipelines_object_store_uris_pass_when_its_prefix_is_allowed() -> None:
+    """What the deploy step hands over on a cluster: the model and the test split where
+    KFP stored them, under one prefix the operator allows for both."""
+    prefix = "s3://mlpipeline/v2/artifacts/irisgate-train-evaluate-deploy/"
+    config = kserve(kserve_storage_prefixes=[prefix], holdout_allowed_prefixes=[prefix])
+    run = f"{prefix}3f0c2a1e-7d4b-4c1a-9e2f-5b6a7c8d9e0f"
+    confine_candidate(candidate(f"{run}/train/11/model", f"{run}/preprocess/10/test_data"), config)
+    model = f"{run}/train/11/model"
+    for holdout in (
+        "s3://attacker/holdout.csv",  # a bucket the client names
+        "s3://mlpipeline/elsewhere/test_data",  # the same bucket, outside the prefix
+        "s3://mlpipeline/v2/artifacts/irisgate-train-evaluate-deploy-evil/r/test_data",
+        f"{run}/../../other/test_data",
+        "gs://mlpipeline/v2/artifacts/irisgate-train-evaluate-deploy/r/test_data",
+    ):
+        assert "GATE_HOLDOUT_ALLOWED_PREFIXES" in refused(
+            "candidate.holdout_uri", model, config, holdout
+        )

@@ -45,6 +45,15 @@ def problem_with(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
             {},
             "error: GATE_API_TOKEN: not set; expected a string of at least 16 characters",
         ),
+        (
+            {"GATE_API_TOKEN": TOKEN, "GATE_S3_ENDPOINT_URL": "minio-service:9000"},
+            "error: GATE_S3_ENDPOINT_URL: expected a string, e.g. "
+            "http://minio-service.kubeflow:9000, got 'minio-service:9000'",
+        ),
+        (
+            {"GATE_API_TOKEN": TOKEN, "GATE_HOLDOUT_MAX_BYTES": "10"},
+            "error: GATE_HOLDOUT_MAX_BYTES: expected an integer from 1024 to 1073741824, got '10'",
+        ),
     ],
 )
 def test_a_bad_setting_is_one_line_and_exit_2(

@@ -1,7 +1,8 @@
 """The compiled IR YAML, as a cluster would get it: the steps inside the exit handler, the
 condition with its operands, the artifact edges, caching only where it is safe, one fully
-qualified image per step, no pip at run time, Secrets and the registry volume in the
-Kubernetes platform spec, defaults equal to the local CLI's, and a clean SDK round trip."""
+qualified image per step, no pip at run time, Secrets and the optional run-notes volume in
+the Kubernetes platform spec, no volume or object-store credentials needed by default,
+defaults equal to the local CLI's, and a clean SDK round trip."""
 
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ def test_one_image_for_every_step_with_image(tmp_path: Path) -> None:
     }
 
 
-def test_secrets_and_the_registry_volume_are_in_the_kubernetes_platform_spec(
+def test_secrets_and_the_run_notes_volume_are_in_the_kubernetes_platform_spec(
     kubernetes: dict[str, Any],
 ) -> None:
     assert set(kubernetes) == {
@@ -240,6 +241,28 @@ def test_default_secret_names_and_no_volume_unless_asked(tmp_path: Path) -> None
         "exec-notify": ("irisgate-notify", "webhook-url"),
     }
     assert not any("pvcMount" in e for e in executors.values())
+
+
+def test_cluster_mode_needs_no_volume_and_no_object_store_credentials(tmp_path: Path) -> None:
+    """On a cluster the model stays in KFP's artifact store: deploy hands the gate the URIs
+    of train's model and preprocess's test split (inputs that exist when it runs, not an
+    output of its own, which KFP uploads only after it returns), reading nothing from the
+    store itself, so it needs no credentials for it, and no registry volume."""
+    spec, platform = compile_to(tmp_path / "p.yaml")
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert not any("pvcMount" in e for e in executors.values())
+    mapped = [
+        pair["envVar"]
+        for e in executors.values()
+        for secret in e.get("secretAsEnv", [])
+        for pair in secret["keyToEnv"]
+    ]
+    assert not [name for name in mapped if name.startswith("AWS_")]
+    deploy = spec["deploymentSpec"]["executors"]["exec-deploy"]["container"]
+    source = " ".join(deploy["command"] + deploy["args"])
+    assert "storage_uri(model.uri)" in source and "test_data.uri" in source
+    outputs = spec["components"]["comp-deploy"].get("outputDefinitions", {})
+    assert "artifacts" not in outputs  # nothing of its own to hand over
 
 
 def test_every_default_equals_the_local_cli_default(spec: dict[str, Any]) -> None:
