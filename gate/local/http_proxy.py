@@ -4,7 +4,9 @@ Built for the request path (see issue "the embedded default's router at the pred
 speed"): an asyncio ``Protocol`` per client connection parsed by httptools (the C parser
 uvicorn uses), keep-alive connection pools per backend (:mod:`gate.local.upstream`),
 bodies streamed in both directions as they arrive with back-pressure each way, and no
-per-request logging or per-request objects beyond one :class:`ProxyExchange`.
+per-request logging or per-request objects beyond one :class:`ProxyExchange`. A request
+whose head and body come in one read leaves in one write, and a whole answer that needs no
+change goes back in one (one send each way, one segment for each peer to read).
 
 Routing: the model comes from the path; inference calls (``:predict``, ``/infer``) take the
 weighted pick, everything else goes to the model's stable. A canary call that cannot get an
@@ -285,6 +287,16 @@ class ProxyExchange:
         self.attach(connection)
 
     def attach(self, connection: UpstreamConnection) -> None:
+        if self.client.parsing and not self.body_done:
+            # The rest of a small body is usually in the read being parsed: the request
+            # starts once that read has been, so head and body leave in one write (one
+            # send here, one segment for the backend to read) instead of two.
+            self.client.deferred.append((self, connection))
+            return
+        self.start(connection)
+
+    def start(self, connection: UpstreamConnection) -> None:
+        """Send the head, and the body so far, on ``connection``."""
         assert self.backend is not None
         self.upstream = connection
         pool = self.backend.http
@@ -563,6 +575,8 @@ class ClientConnection(asyncio.Protocol):
         self._eof = False
         self._done_reading = False
         self.deadline = 0.0  # loop time of this connection's head or idle timeout (0: none)
+        self.parsing = False  # within data_received: a request's start waits for its end
+        self.deferred: list[tuple[ProxyExchange, UpstreamConnection]] = []
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -574,6 +588,21 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done_reading:
             return
+        self.parsing = True
+        try:
+            self._parse(data)
+        finally:
+            self.parsing = False
+        if self.deferred:
+            deferred, self.deferred = self.deferred, []
+            for exchange, connection in deferred:
+                backend = exchange.backend
+                if exchange.finished or backend is None or backend.http is not connection.pool:
+                    connection.pool.release(connection)  # (refused or gone meanwhile)
+                else:
+                    exchange.start(connection)
+
+    def _parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
