@@ -280,9 +280,13 @@ def _kserve_flags(
 
 def irisgate(model: str, artifact: Path, log_dir: Path, extra: list[str]) -> Server:
     program = ["-m", "predictor"]
-    return _kserve_flags(
+    server = _kserve_flags(
         "irisgate", model, program, ["--model_dir", str(artifact), *extra], log_dir
     )
+    # Server readiness: with several processes, ready once every one serves (the model's
+    # own readiness comes earlier, from the first); the router's pool connects after it.
+    server.ready_path = "/v2/health/ready"
+    return server
 
 
 def router(predictor: Server, log_dir: Path) -> Server:

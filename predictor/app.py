@@ -13,7 +13,7 @@ from predictor import signing
 from predictor.artifact import ArtifactError
 from predictor.faults import FaultInjector
 from predictor.model import IrisModel
-from predictor.processes import ProcessGroup, die_with_parent
+from predictor.processes import GroupReadiness, ProcessGroup, die_with_parent
 from predictor.server import IrisModelServer
 from predictor.settings import PredictorSettings
 
@@ -124,13 +124,19 @@ def serve(settings: PredictorSettings) -> None:
         "es" if count > 1 else "",
     )
     try:
-        _serve_here(settings, model, reuse_port=count > 1, siblings=siblings)
+        _serve_here(
+            settings,
+            model,
+            reuse_port=count > 1,
+            siblings=siblings,
+            readiness=None if siblings is None else (siblings.readiness, 0),
+        )
     finally:
         if siblings is not None:
             siblings.join(settings.grace_period + 5)
 
 
-def serve_sibling(settings_data: dict[str, Any], index: int) -> None:
+def serve_sibling(settings_data: dict[str, Any], index: int, readiness: GroupReadiness) -> None:
     """A sibling server process (spawned): verifies and loads the artifact itself."""
     die_with_parent()
     settings = PredictorSettings(**settings_data)
@@ -140,7 +146,7 @@ def serve_sibling(settings_data: dict[str, Any], index: int) -> None:
     except ArtifactError as exc:
         logger.error("server process %d refusing to start: %s", index, exc)
         sys.exit(3)
-    _serve_here(settings, model, reuse_port=True, siblings=None)
+    _serve_here(settings, model, reuse_port=True, siblings=None, readiness=(readiness, index))
 
 
 def _serve_here(
@@ -149,6 +155,7 @@ def _serve_here(
     *,
     reuse_port: bool,
     siblings: ProcessGroup | None,
+    readiness: tuple[GroupReadiness, int] | None,
 ) -> None:
     assert model.metrics is not None
     server = IrisModelServer(
@@ -161,6 +168,7 @@ def _serve_here(
         fast_lane=settings.fast_lane,
         reuse_port=reuse_port,
         siblings=siblings,
+        readiness=readiness,
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
         max_threads=settings.max_threads,

@@ -90,6 +90,33 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+class GroupReadiness:
+    """Whether every process of the group has started serving: what "ready" means.
+
+    The parent loads its model and listens seconds before a spawned sibling has loaded its
+    own. Were it ready then, a client that waits for ready and then opens its keep-alive
+    connections (the router's pool, a sidecar) would have them all accepted by the parent,
+    ``SO_REUSEPORT`` having no other socket to hash them to yet, and would use one core of
+    several for as long as they live (measured: all 64 connections on one process, half
+    the throughput). So each process marks its own flag (a shared ``Event``) once its REST
+    and gRPC servers listen, and the server's readiness (``/v2/health/ready``, gRPC
+    ``ServerReady``) waits for every flag. Once all were set, it stays ready: a sibling
+    restarted later costs capacity for a second, which is no reason to take the whole
+    server out of a load balancer."""
+
+    def __init__(self, context: Any, count: int) -> None:
+        self._flags = [context.Event() for _ in range(count)]
+        self._all = False
+
+    def mark(self, index: int) -> None:
+        self._flags[index].set()
+
+    def all_serving(self) -> bool:
+        if not self._all:
+            self._all = all(flag.is_set() for flag in self._flags)
+        return self._all
+
+
 class ProcessGroup:
     """The parent's view of its sibling servers: start, supervise, signal, reap."""
 
@@ -99,12 +126,15 @@ class ProcessGroup:
         self._count = count
         self._context = multiprocessing.get_context("spawn")
         self._children: dict[int, BaseProcess] = {}
+        self.readiness = GroupReadiness(self._context, count)  # index 0: this process
         self.stopping = False
 
     def _spawn(self, index: int) -> None:
         target = (self._target.__module__, self._target.__qualname__)
         child = self._context.Process(
-            target=_child_main, args=(*target, *self._args, index), name=f"predictor-{index}"
+            target=_child_main,
+            args=(*target, *self._args, index, self.readiness),
+            name=f"predictor-{index}",
         )
         child.start()
         self._children[index] = child

@@ -82,7 +82,7 @@ from predictor.metrics import (
     unmark_traffic,
 )
 from predictor.model import IrisModel
-from predictor.processes import ProcessGroup
+from predictor.processes import GroupReadiness, ProcessGroup
 from predictor.transport import CoalescingHttpToolsProtocol
 
 logger = logging.getLogger(__name__)
@@ -255,6 +255,16 @@ def request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
 
 
 class IrisDataPlane(DataPlane):  # type: ignore[misc]
+    group: GroupReadiness | None = None  # several processes: ready once all serve
+
+    async def ready(self) -> bool:
+        """KServe's server readiness, and, with several processes, every one of them
+        serving (see :class:`predictor.processes.GroupReadiness`). Model readiness, which
+        inference checks too, stays the model's own."""
+        if self.group is not None and not self.group.all_serving():
+            return False
+        return bool(await super().ready())
+
     async def model_metadata(self, model_name: str) -> dict[str, Any]:
         """KServe's v2 model metadata plus ``versions``, which KServe leaves out ("model
         versioning is not supported yet"): the served artifact's version, so a client
@@ -453,6 +463,10 @@ class IrisRESTServer(RESTServer):  # type: ignore[misc]
     @property
     def draining(self) -> bool:
         return bool(self._server.should_exit)
+
+    @property
+    def listening(self) -> bool:
+        return bool(self._server.started)  # uvicorn's: set once its sockets listen
 
     def _add_middlewares(self, app: FastAPI) -> None:
         # uvicorn's protocols log whenever the access logger has handlers, whatever
@@ -737,6 +751,7 @@ class IrisGRPCServer:
         self._max_message_bytes = max_message_bytes
         self._client_errors = client_errors
         self._server: aio.Server | None = None
+        self.listening = False
 
     async def start(self, max_workers: int) -> None:
         self._server = aio.server(
@@ -766,6 +781,7 @@ class IrisGRPCServer:
             raise OSError(f"cannot bind gRPC to {self.address}")
         logger.info("gRPC server listening on %s", self.address)
         await self._server.start()
+        self.listening = True
         await self._server.wait_for_termination()
 
     async def stop(self, sig: int | None = None) -> None:
@@ -803,6 +819,7 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
         fast_lane: bool = True,
         reuse_port: bool = False,
         siblings: ProcessGroup | None = None,
+        readiness: tuple[GroupReadiness, int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(workers=1, **kwargs)
@@ -816,7 +833,19 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
         self.client_errors = ClientErrorLog(logger)
         self.reuse_port = reuse_port
         self.siblings = siblings
+        self.readiness = readiness
         self.dataplane = IrisDataPlane(model_registry=self.registered_models)
+        if readiness is not None:
+            self.dataplane.group = readiness[0]
+
+    async def _mark_serving(self, group: GroupReadiness, index: int) -> None:
+        """Mark this process serving once its REST and gRPC servers both listen."""
+        rest, grpc_server = self._rest_server, self._grpc_server
+        while not rest.listening or (self.enable_grpc and not grpc_server.listening):
+            if rest.draining:
+                return
+            await asyncio.sleep(0.02)
+        group.mark(index)
 
     def _make_rest_server(self) -> IrisRESTServer:
         return IrisRESTServer(
@@ -863,6 +892,8 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
             self.servers.append(self._grpc_server.start(self.max_threads))
         if self.siblings is not None:
             self.servers.append(self.siblings.supervise(lambda: rest.draining))
+        if self.readiness is not None:
+            self.servers.append(self._mark_serving(*self.readiness))
         self.setup_event_loop()
         self.register_signal_handler()
         freeze_startup_objects()

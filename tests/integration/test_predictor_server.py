@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import signal
+import socket
 import struct
 import threading
 import time
@@ -673,6 +674,44 @@ def test_several_processes_share_both_ports_and_merge_their_metrics(
             assert _total(requests, protocol="grpc", code="OK") == 20
             info = _samples(served, "irisgate_predictor_model_info")
             assert [value for _, value in info] == [1.0]  # one series, not one per process
+
+
+def test_ready_means_every_process_serves_so_pooled_connections_spread(
+    artifact: Path, tmp_path: Path
+) -> None:
+    """A keep-alive client (the router's pool) that connects as soon as the server is
+    ready must reach both processes: ready only once each listens."""
+    with run_predictor(artifact, tmp_path, "--workers", "2") as served:  # waits for ready
+        sockets = [socket.create_connection(("127.0.0.1", served.http_port)) for _ in range(32)]
+        try:
+            parent = psutil.Process(served.process.pid)
+            processes = [
+                parent,
+                *(c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())),
+            ]
+
+            def accepted() -> list[int]:
+                return [
+                    sum(
+                        1
+                        for c in p.connections(kind="tcp")
+                        if c.status == "ESTABLISHED" and c.laddr.port == served.http_port
+                    )
+                    for p in processes
+                ]
+
+            wait_until(
+                lambda: sum(accepted()) == 32,
+                10,
+                "accepted connections",
+                served.process,
+                served.log,
+            )
+            counts = accepted()
+            assert len(counts) == 2 and min(counts) > 0, counts  # all 32 on one: 2 in 2**31
+        finally:
+            for sock in sockets:
+                sock.close()
 
 
 def test_a_sibling_that_dies_is_replaced_and_all_stop_together(
