@@ -51,7 +51,11 @@ def test_private_attributes_set_by_kserve_constructors() -> None:
     servicer_init = inspect.getsource(InferenceServicer.__init__)
     assert "self._data_plane = data_plane" in servicer_init  # IrisServicer.ModelInfer
     rest_init = inspect.getsource(RESTServer.__init__)
-    assert "self._server" in rest_init  # IrisRESTServer.start / draining
+    assert "self._server" in rest_init  # IrisRESTServer.start / draining / listening
+    import uvicorn
+
+    # IrisRESTServer.listening: uvicorn sets it once its sockets listen (group readiness)
+    assert uvicorn.Server(uvicorn.Config(app="kserve.model_server:app")).started is False
     tensor = InferInput("x", [1, 4], "FP32")
     assert hasattr(tensor, "_raw_data")  # REST binary tensors are attached here
 
