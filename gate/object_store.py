@@ -115,7 +115,7 @@ def read_object(uri: str, config: S3Config, max_bytes: int) -> bytes:
         try:
             declared = int(response.get("ContentLength") or 0)
             if declared > max_bytes:
-                raise ObjectStoreError(_too_large(uri, f"{declared} bytes", max_bytes))
+                raise ObjectStoreError(too_large(uri, f"{declared} bytes", max_bytes))
             data: bytes = body.read(max_bytes + 1)
         finally:
             body.close()
@@ -140,7 +140,7 @@ def read_object(uri: str, config: S3Config, max_bytes: int) -> bytes:
     except BotoCoreError as exc:  # unreachable endpoint, timeouts, a broken answer
         raise ObjectStoreError(f"{uri}: cannot read from {endpoint}: {exc}") from exc
     if len(data) > max_bytes:  # the object grew after its length was declared
-        raise ObjectStoreError(_too_large(uri, "more than that", max_bytes))
+        raise ObjectStoreError(too_large(uri, "more than that", max_bytes))
     return data
 
 
@@ -149,5 +149,6 @@ async def fetch_object(uri: str, config: S3Config, max_bytes: int) -> bytes:
     return await asyncio.to_thread(read_object, uri, config, max_bytes)
 
 
-def _too_large(uri: str, size: str, max_bytes: int) -> str:
+def too_large(uri: str, size: str, max_bytes: int) -> str:
+    """The one wording of an over-limit held-out set, wherever it is read from."""
     return f"{uri} is {size}, over the limit of {max_bytes} bytes (GATE_HOLDOUT_MAX_BYTES)"

@@ -19,7 +19,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from gate.core.spec import AnalysisSpec
-from gate.object_store import ObjectStoreError, S3Config, fetch_object, is_s3
+from gate.object_store import ObjectStoreError, S3Config, fetch_object, is_s3, too_large
 from gate.settings import GateSettings
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -144,10 +144,7 @@ def _text(location: str, data: bytes) -> str:
 
 
 def _too_large(location: str, size: str, max_bytes: int) -> str:
-    return (
-        f"held-out set {location} is {size}, over the limit of {max_bytes} bytes "
-        "(GATE_HOLDOUT_MAX_BYTES)"
-    )
+    return f"held-out set {too_large(location, size, max_bytes)}"
 
 
 def infer_body(rows: Sequence[Sequence[float]]) -> dict[str, Any]:
