@@ -38,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fields = PredictorSettings.model_fields
 
-    def add(flag: str, **kwargs: Any) -> None:
+    def add(flag: str, *aliases: str, **kwargs: Any) -> None:
         field = fields.get(flag.lstrip("-"))
         if field is not None:
             kwargs["help"] = f"{field.description} (default: {field.default})"
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag, *aliases, **kwargs)
 
     # KServe's own flag names are kept so KServe users' manifests keep working.
     add("--model_name")
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc_port", type=int)
     add("--enable_grpc", type=_bool)
     add("--workers")
+    add("--event_loop", "--event-loop", choices=["auto", "asyncio", "uvloop"])
     add("--max_threads", type=int)
     add("--host")
     add("--role", choices=["stable", "canary"])

@@ -172,6 +172,7 @@ def _serve_here(
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
         max_threads=settings.max_threads,
+        event_loop=settings.event_loop,
         enable_grpc=settings.enable_grpc,
         enable_latency_logging=False,
         grace_period=settings.grace_period,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,11 @@ class PredictorSettings(BaseSettings):
     workers: int | Literal["auto"] = "auto"
     """Server processes, each serving REST and gRPC on the shared ports (SO_REUSEPORT);
     ``auto``: one per CPU this container may use (its cgroup CPU limit)."""
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """Event loop of every server process (KServe's --event-loop): ``auto`` is uvloop when
+    installed (the predictor extra brings it outside Windows), else asyncio's. Stock KServe
+    0.21 hands the flag to uvicorn only for ``--workers`` REST processes; its gRPC server
+    runs on asyncio's loop whatever the flag says."""
     max_threads: int = Field(4, ge=1)
     """gRPC thread pool size (KServe's --max_threads)."""
     role: Literal["stable", "canary"] = "stable"
@@ -79,6 +85,12 @@ class PredictorSettings(BaseSettings):
     """Seconds in-flight requests get to finish after SIGTERM."""
     log_level: str = "INFO"
     """Python log level for the predictor, KServe and uvicorn loggers."""
+
+    @model_validator(mode="after")
+    def _check_event_loop(self) -> PredictorSettings:
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("event_loop uvloop: uvloop is not installed (pip install uvloop)")
+        return self
 
     @model_validator(mode="after")
     def _check_workers(self) -> PredictorSettings:

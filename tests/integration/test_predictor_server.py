@@ -629,6 +629,25 @@ def test_fault_injection_and_canary_role(artifact: Path, tmp_path: Path) -> None
         assert _total(requests, role="canary", outcome="server_error") == 2
 
 
+def test_the_event_loop_flag_is_honoured(
+    predictor: Predictor, artifact: Path, tmp_path: Path
+) -> None:
+    """``auto`` (every other test's predictor) serves on uvloop; KServe's spelling
+    ``--event-loop asyncio`` on asyncio's loop, both protocols alike."""
+    assert "event loop: uvloop" in predictor.output()
+    with run_predictor(artifact, tmp_path, "--event-loop", "asyncio") as plain:
+        assert "event loop: asyncio" in plain.output()
+        response = httpx.post(f"{plain.url}/v1/models/iris:predict", json={"instances": [SETOSA]})
+        assert response.json() == {"predictions": [0]}
+        with grpc.insecure_channel(plain.grpc_target) as channel:
+            answer = GRPCInferenceServiceStub(channel).ModelInfer(
+                pb.ModelInferRequest(
+                    model_name="iris", inputs=[_grpc_tensor("FP32", [1, 4], SETOSA)]
+                )
+            )
+        assert list(answer.outputs[0].contents.int64_contents) == [0]
+
+
 def _siblings(served: Predictor, count: int) -> list[psutil.Process]:
     """The spawned sibling server processes, once ``count`` processes serve gRPC."""
     wait_until(

@@ -56,6 +56,8 @@ def test_private_attributes_set_by_kserve_constructors() -> None:
 
     # IrisRESTServer.listening: uvicorn sets it once its sockets listen (group readiness)
     assert uvicorn.Server(uvicorn.Config(app="kserve.model_server:app")).started is False
+    model_server_init = inspect.getsource(ModelServer.__init__)
+    assert "self.event_loop = event_loop" in model_server_init  # IrisModelServer.start
     tensor = InferInput("x", [1, 4], "FP32")
     assert hasattr(tensor, "_raw_data")  # REST binary tensors are attached here
 
