@@ -4,7 +4,9 @@ Built for the request path (see issue "the embedded default's router at the pred
 speed"): an asyncio ``Protocol`` per client connection parsed by httptools (the C parser
 uvicorn uses), keep-alive connection pools per backend (:mod:`gate.local.upstream`),
 bodies streamed in both directions as they arrive with back-pressure each way, and no
-per-request logging or per-request objects beyond one :class:`ProxyExchange`. A request
+per-request logging or per-request objects beyond one :class:`ProxyExchange`. The usual
+inference call, one read holding exactly one small POST, skips the parser's callbacks
+(:mod:`gate.local.simple_request`); everything else is parsed. A request
 whose head and body come in one read leaves in one write, and a whole answer that needs no
 change goes back in one (one send each way, one segment for each peer to read).
 
@@ -48,6 +50,7 @@ import httptools
 
 from gate.local.mirror import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, ModelMirror
 from gate.local.route_table import Backend, Routes, RouteTable, rest_target, shown
+from gate.local.simple_request import SimpleRequest, header_pairs, simple_post
 from gate.local.upstream import (
     HOP_BY_HOP,
     RESPONSE_HOP_BY_HOP,
@@ -119,6 +122,21 @@ def split_headers(
         kept = [(n, line) for n, line in zip(names, lines, strict=True) if n not in options]
         names, lines = [n for n, _ in kept], [line for _, line in kept]
     return lines, names, hop
+
+
+def request_framing(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[bytes, bool, bytes | None, bool]:
+    """What a parsed request head means for forwarding it (see ``ProxyExchange``)."""
+    forwarded, _, hop = split_headers(headers, HOP_BY_HOP)
+    chunked = b"chunked" in hop.get(b"transfer-encoding", b"").lower()
+    length = hop.get(b"content-length")
+    if chunked:
+        forwarded.append(b"transfer-encoding: chunked\r\n")
+    elif length is not None:
+        forwarded.append(b"content-length: " + length + b"\r\n")
+    continues = hop.get(b"expect", b"").lower() == b"100-continue"
+    return b"".join(forwarded), chunked, length, continues
 
 
 def _json_response(status: int, payload: dict[str, Any], close: bool) -> bytes:
@@ -198,25 +216,22 @@ class ProxyExchange:
         method: bytes,
         target: bytes,
         path: str,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | bytes,
         keep_alive: bool,
+        framing: tuple[bytes, bool, bytes | None, bool],
     ) -> None:
+        """``framing``: the header lines to forward, whether the body comes chunked, its
+        declared length, and whether the client expects ``100 Continue``
+        (:func:`request_framing`, or the simple-request lane's own)."""
         self.client = client
         self.method = method
         self.target = target  # path and query, raw as the client sent them
         self.path = path  # percent-decoded, for routing
         self.keep_alive = keep_alive
-        self.headers = headers  # read again only by a mirrored exchange
+        # read again only by a mirrored exchange: (name, value) pairs, or a checked block
+        self.headers = headers
         self.capture: Capture | None = None
-        forwarded, _, hop = split_headers(headers, HOP_BY_HOP)
-        self.chunked_in = b"chunked" in hop.get(b"transfer-encoding", b"").lower()
-        length = hop.get(b"content-length")
-        self.expects_continue = hop.get(b"expect", b"").lower() == b"100-continue"
-        if self.chunked_in:
-            forwarded.append(b"transfer-encoding: chunked\r\n")
-        elif length is not None:
-            forwarded.append(b"content-length: " + length + b"\r\n")
-        self.forwarded = b"".join(forwarded)
+        self.forwarded, self.chunked_in, length, self.expects_continue = framing
         self.chunks: list[bytes] = []  # body bytes (as forwarded) not sent yet or kept for a retry
         self.kept_bytes = 0
         self.body_bytes = 0
@@ -233,6 +248,10 @@ class ProxyExchange:
         self.held = b""  # the response head, until the first body bytes or the read's end
         self.close_after = not keep_alive
         self.deadline = 0.0  # loop time by which the backend must answer (0: none)
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        headers = self.headers
+        return header_pairs(headers) if isinstance(headers, bytes) else headers
 
     # --- the request ---------------------------------------------------------------------
 
@@ -407,7 +426,7 @@ class ProxyExchange:
                     capture.mirror.skip("response_too_big")
                 else:
                     capture.mirror.record(
-                        self.headers,
+                        self.header_pairs(),
                         self.role,
                         capture.request_body,
                         data,  # whole: the emitter reads from body_at, nothing is copied here
@@ -458,7 +477,7 @@ class ProxyExchange:
         if capture is not None:
             self.capture = None
             capture.mirror.record(
-                self.headers,
+                self.header_pairs(),
                 self.role,
                 capture.request_body,
                 b"".join(capture.response_chunks or ()),
@@ -588,6 +607,13 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done_reading:
             return
+        if self.current is None and self.receiving is None and not self._in_head:
+            simple = simple_post(
+                data, MAX_TARGET_BYTES, MAX_HEADERS, MAX_HEADER_BYTES, REPLAY_LIMIT_BYTES
+            )
+            if simple is not None:  # (the parser is between messages and stays there)
+                self._take_simple(simple)
+                return
         self.parsing = True
         try:
             self._parse(data)
@@ -601,6 +627,29 @@ class ClientConnection(asyncio.Protocol):
                     connection.pool.release(connection)  # (refused or gone meanwhile)
                 else:
                     exchange.start(connection)
+
+    def _take_simple(self, simple: SimpleRequest) -> None:
+        """A whole simple POST (see :mod:`gate.local.simple_request`): routed and sent on
+        in one write, as the parsed path would, without its callbacks."""
+        self._cancel_timer()
+        self.http11 = True
+        target = simple.target
+        length = len(simple.body)
+        exchange = ProxyExchange(
+            self,
+            b"POST",
+            target,
+            target.decode("utf-8", "replace"),
+            simple.received,
+            True,
+            (simple.headers, False, b"%d" % length, False),
+        )
+        exchange.body_done = True
+        if length:
+            exchange.chunks.append(simple.body)
+            exchange.kept_bytes = exchange.body_bytes = length
+        self.current = exchange
+        exchange.begin()
 
     def _parse(self, data: bytes) -> None:
         try:
@@ -684,6 +733,7 @@ class ClientConnection(asyncio.Protocol):
             path,
             self._headers,
             self.parser.should_keep_alive(),
+            request_framing(self._headers),
         )
         self.receiving = exchange
         if self.current is None:
