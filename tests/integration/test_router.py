@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import httpx
+import psutil
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
@@ -508,6 +509,16 @@ def test_one_date_and_at_most_one_server_header(router: Router) -> None:
     for response in responses:
         assert len(response.headers.get_list("date")) == 1, response.headers
         assert len(response.headers.get_list("server")) <= 1, response.headers
+
+
+def test_the_router_runs_as_a_batch_task_unless_told_otherwise(router: Router, logs: Path) -> None:
+    """SCHED_BATCH (see ``set_scheduling``): every thread the router has, by default."""
+    for thread in psutil.Process(router.running.process.pid).threads():
+        assert os.sched_getscheduler(thread.id) == os.SCHED_BATCH
+    assert "scheduling: batch" in router.running.output()
+    with run_router(logs, "--scheduling", "normal") as plain:
+        assert os.sched_getscheduler(plain.running.process.pid) == os.SCHED_OTHER
+        assert "scheduling: normal" in plain.running.output()
 
 
 def test_traffic_writes_no_log_lines_and_sigterm_exits_0(
