@@ -512,13 +512,21 @@ def test_one_date_and_at_most_one_server_header(router: Router) -> None:
 
 
 def test_the_router_runs_as_a_batch_task_unless_told_otherwise(router: Router, logs: Path) -> None:
-    """SCHED_BATCH (see ``set_scheduling``): every thread the router has, by default."""
+    """SCHED_BATCH (see ``set_scheduling``): every thread the router has, by default;
+    the default policy with ``--scheduling normal``, and by default when it can mirror
+    (``--events-url``)."""
     for thread in psutil.Process(router.running.process.pid).threads():
         assert os.sched_getscheduler(thread.id) == os.SCHED_BATCH
     assert "scheduling: batch" in router.running.output()
-    with run_router(logs, "--scheduling", "normal") as plain:
-        assert os.sched_getscheduler(plain.running.process.pid) == os.SCHED_OTHER
-        assert "scheduling: normal" in plain.running.output()
+    mirroring = ("--events-url", "http://127.0.0.1:9/v1/events")
+    events_token = {"ROUTER_EVENTS_TOKEN": "e" * 32}
+    for extra, env in (
+        (("--scheduling", "normal"), None),
+        (mirroring, events_token),
+    ):
+        with run_router(logs, *extra, env=env) as plain:
+            assert os.sched_getscheduler(plain.running.process.pid) == os.SCHED_OTHER
+            assert "scheduling: normal" in plain.running.output()
 
 
 def test_traffic_writes_no_log_lines_and_sigterm_exits_0(
