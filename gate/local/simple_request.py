@@ -68,8 +68,9 @@ def simple_post(
             return None
     if not length.isdigit() or len(length) > 9:
         return None
+    size = int(length)
     body_at = head.end()
-    if int(length) > max_body or len(data) - body_at != int(length):
+    if size > max_body or len(data) - body_at != size:
         return None  # the body is still coming, or another request follows
     forwarded = block
     if host:  # (the line's offset in ``lower`` is its offset in ``block``)
