@@ -235,6 +235,27 @@ def _answer(wire: str, body: Any) -> Any:
         return body
 
 
+def settle(
+    fleet: list[Server], *, busy_cores: float = 0.05, window_s: float = 0.25, limit_s: float = 15.0
+) -> float:
+    """Wait until the fleet is idle (all its processes together below ``busy_cores`` of a
+    core over ``window_s``), at most ``limit_s``; returns the seconds waited.
+
+    A server that falls behind at 64 connections (plain KServe's forest answers ~70 req/s)
+    still holds a queue of requests when the load generator stops and works through it for
+    a second or more: without this the next server measured shared the cores with it, and
+    whichever came next in the rotation showed the tail (the 140 ms p99 of 12-03's run)."""
+    start = time.monotonic()
+    before = sum(server.cpu_seconds() for server in fleet)
+    while time.monotonic() - start < limit_s:
+        time.sleep(window_s)
+        now = sum(server.cpu_seconds() for server in fleet)
+        if now - before < busy_cores * window_s:
+            break
+        before = now
+    return time.monotonic() - start
+
+
 @contextlib.contextmanager
 def running(fleet: list[Server], label: str) -> Iterator[None]:
     """Every server started, then each ready and answering right (its ports printed after
