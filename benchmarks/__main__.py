@@ -1,9 +1,18 @@
 """``python -m benchmarks`` (``make bench``): irisgate's predictor against the baselines.
 
 Starts every server side by side on loopback, checks each answers correctly, then drives
-them in interleaved rounds (every server gets its turn at a point before any gets a second
-one, and the order rotates between rounds) so a noisy neighbour or thermal drift hits all
-alike. Prints and writes a JSON + Markdown report with medians, ratios and the goal checks.
+them in interleaved rounds: every server gets its turn at a point before any gets a second
+one, and each turn starts once the whole fleet is idle (``servers.settle``: a server that
+fell behind works off its queue after the load stops). Prints and writes a JSON + Markdown
+report with medians, ratios and the goal checks.
+
+The host's speed drifts by a third within a minute, so a ratio is only as good as the
+nearness of its two measurements. The goals' ratios (router / its predictor, predictor /
+the constant floor) are therefore taken within a round, from measurements made one after
+the other: at each point the *core* block (per model the predictor then its router, the
+floor between the first half of the models and the rest) runs as one stretch, reversed on
+even rounds so neither side of a pair always goes first. The peers follow the core block,
+rotating between rounds as before. See ``round_order`` and ``report.Lookup``.
 
 ``--smoke`` runs every code path in seconds (one short round, low concurrency); tests use
 it so the benchmark cannot rot. Its figures mean nothing.
@@ -22,7 +31,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import joblib
 import sklearn
@@ -30,7 +39,16 @@ from sklearn.datasets import load_iris
 
 from benchmarks import servers
 from benchmarks.generators import GeneratorMissing, require_generators, run_h2load, run_wrk
-from benchmarks.report import Sample, evaluate_goals, markdown, summarize, to_json
+from benchmarks.report import (
+    DIRECT,
+    FLOOR,
+    ROUTER,
+    Sample,
+    evaluate_goals,
+    markdown,
+    summarize,
+    to_json,
+)
 from benchmarks.venvs import BENTOML, MLFLOW, MLSERVER, PeerVenv, ensure_venv
 from pipeline.steps.common import CLASSES, FEATURES, TrainParams
 from pipeline.steps.train import build_estimator
@@ -64,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "against a plain KServe model, MLServer and BentoML with adaptive batching, "
         "MLflow's model server and a constant-returning KServe model (the floor).",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument(
         "--duration", type=float, default=5.0, help="seconds per measurement (default 5)"
     )
@@ -239,18 +257,56 @@ def run(args: argparse.Namespace) -> int:
     return write_report(args, fleet, samples)
 
 
+class Measured(Protocol):
+    """What ordering needs of a server: a ``servers.Server``, or a stand-in in tests."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+
+
+MeasuredT = TypeVar("MeasuredT", bound=Measured)
+CORE_PAIR = (DIRECT, ROUTER)  # per model, in this order
+
+
+def round_order(fleet: Sequence[MeasuredT], round_no: int) -> list[MeasuredT]:
+    """The order of one round's turns at every point: the core block, then the rest.
+
+    Core: per model its predictor then its router, with the floor after the first half of
+    the models, so each router is next to its predictor and the floor next to a predictor;
+    the block is reversed on even rounds, so which side of each pair goes first alternates
+    and an order bias cancels out over the rounds. The rest (peers, plain KServe) rotate by
+    round number, so none is always measured straight after the core block.
+    """
+    models = list(dict.fromkeys(s.model for s in fleet if s.kind in CORE_PAIR))
+    half = (len(models) + 1) // 2
+
+    def pairs(chosen: list[str]) -> list[MeasuredT]:
+        return [
+            s for m in chosen for kind in CORE_PAIR for s in fleet if (s.kind, s.model) == (kind, m)
+        ]
+
+    core = pairs(models[:half]) + [s for s in fleet if s.kind == FLOOR] + pairs(models[half:])
+    if round_no % 2 == 0:
+        core.reverse()
+    rest = [s for s in fleet if s.kind not in (*CORE_PAIR, FLOOR)]
+    shift = (round_no - 1) % len(rest) if rest else 0
+    return core + rest[shift:] + rest[:shift]
+
+
 def run_rounds(
     fleet: list[servers.Server], args: argparse.Namespace, work_dir: Path
 ) -> list[Sample]:
     samples = []
     for round_no in range(1, args.rounds + 1):
-        shift = (round_no - 1) % len(fleet)
-        order = fleet[shift:] + fleet[:shift]  # rotate who goes first
+        order = round_order(fleet, round_no)
         for protocol in args.protocols:
             for concurrency in args.concurrency:
                 for server in order:
                     if protocol not in server.protocols:
                         continue
+                    settled = servers.settle(fleet)  # nobody still working off a queue
                     sample = measure(
                         server, protocol, concurrency, args.duration, work_dir, round_no
                     )
@@ -258,7 +314,8 @@ def run_rounds(
                     print(
                         f"bench: round {round_no}/{args.rounds} {protocol:7} c={concurrency:<3} "
                         f"{server.key:24} {sample.rps:8.0f} req/s  p99 {sample.p99_ms:7.1f} ms  "
-                        f"errors {sample.errors}  cpu {sample.cpu_ms_per_request:.2f} ms/req",
+                        f"errors {sample.errors}  cpu {sample.cpu_ms_per_request:.2f} ms/req  "
+                        f"(settled {settled:.1f} s)",
                         flush=True,
                     )
     return samples
@@ -269,7 +326,7 @@ def write_report(
 ) -> int:
     points = summarize(samples)
     idle_rss = {server.key: server.idle_rss_mb for server in fleet}
-    goals = evaluate_goals(points, idle_rss, max(args.concurrency))
+    goals = evaluate_goals(points, samples, idle_rss, max(args.concurrency))
     meta = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
@@ -286,7 +343,7 @@ def write_report(
         "concurrency": args.concurrency,
         "smoke": args.smoke,
     }
-    text = markdown(points, idle_rss, goals, meta, servers.LABELS, servers.WIRES)
+    text = markdown(points, samples, idle_rss, goals, meta, servers.LABELS, servers.WIRES)
     (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(
         json.dumps(to_json(samples, points, idle_rss, goals, meta), indent=2)
