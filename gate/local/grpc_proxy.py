@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
 from gate.local import h2
+from gate.local.grpc_unary import on_stream, single_message_model, unary_answer, unary_request
 from gate.local.h2 import H2Error, HeaderReader, Headers, header
 from gate.local.names import MalformedMessage, grpc_model_name, shown
 
@@ -112,7 +113,7 @@ class Endpoint(asyncio.Protocol):
         self.outboxes: dict[int, Outbox] = {}
         self.blocked: dict[int, Outbox] = {}
         self.closed = False
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
         self._flush_scheduled = False
         self._continued: tuple[int, int, bytearray] | None = None  # stream, flags, block
         self._credit_connection = 0
@@ -120,7 +121,7 @@ class Endpoint(asyncio.Protocol):
 
     # --- output ----------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self.closed:
             return
         self._out.append(data)
@@ -219,6 +220,8 @@ class Endpoint(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
+            if self.frames.idle and self._continued is None and self.unary(data):
+                return
             for item in self.frames.feed(data):
                 self.on_frame(item)
         except H2Error as exc:
@@ -340,6 +343,13 @@ class Endpoint(asyncio.Protocol):
     def on_goaway(self, last_stream: int, code: int) -> None:
         raise NotImplementedError
 
+    def unary(self, data: bytes) -> bool:
+        """Take ``data`` whole if it is one unary call's request (or answer) and everything
+        needed to pass it on at once is in place (:mod:`gate.local.grpc_unary`), with the
+        same bytes out and the same state after as frame by frame; False, having changed
+        nothing, leaves it to the frame-by-frame path."""
+        return False
+
     def on_settings_ack(self) -> None:
         self.headers.allow_table_size(0)
 
@@ -366,6 +376,7 @@ class Call:
         "block",
         "cid",
         "client",
+        "data_at",
         "down_box",
         "fresh",
         "headers",
@@ -375,6 +386,7 @@ class Call:
         "path",
         "pending",
         "pending_bytes",
+        "read",
         "replayable",
         "request_ended",
         "role",
@@ -395,6 +407,8 @@ class Call:
         self.kept: list[bytes] = []  # the request so far, for a second attempt
         self.kept_bytes = 0
         self.replayable = True
+        self.read = b""  # the read that held the whole request, if one did
+        self.data_at = 0
         self.request_ended = False
         self.table: RouteTable | None = None
         self.backend: Backend | None = None
@@ -507,6 +521,9 @@ class Call:
         self.down_box.on_sent = connection  # what reaches the client frees the backend's window
         block = self.block if self.block is not None else h2.encode_literal(self.headers)
         data = self.kept if self.replayable else self.pending
+        if self.request_ended and len(data) == 1 and self._sent_whole(connection, block, data[0]):
+            self.pending, self.pending_bytes = [], 0
+            return
         end_now = self.request_ended and not any(data)
         for piece in h2.header_frames(self.uid, block, end_now, connection.peer_max_frame):
             connection.write(piece)
@@ -520,6 +537,44 @@ class Call:
             box.end = self.request_ended
             connection.pump(box)
         self.pending, self.pending_bytes = [], 0
+
+    def _sent_whole(self, connection: UpstreamSide, block: bytes, body: bytes) -> bool:
+        """A whole request that fits one HEADERS and one DATA frame and the backend's
+        windows, written at once: what ``header_frames`` and a pump pass would write, and
+        the client's connection window back as the pump's ``replenish`` gives it (the
+        request is over, so no stream window)."""
+        size = len(body)
+        if not (
+            0 < size <= min(connection.send_window, connection.peer_initial_window)
+            and max(size, len(block)) <= connection.peer_max_frame
+        ):
+            return False
+        uid = self.uid
+        if self.read and block is self.block:
+            connection.write(on_stream(self.read, (0, self.data_at), uid))
+        else:
+            connection.write(
+                h2.frame(h2.HEADERS, h2.END_HEADERS, uid, block)
+                + h2.frame(h2.DATA, h2.END_STREAM, uid, body)
+            )
+        connection.send_window -= size
+        self.up_box = box = Outbox(connection, uid, self.client)
+        box.end = box.finished = True
+        self.client.give_back(size)
+        connection.stream_sent(uid)
+        return True
+
+    def take_whole(self, body: bytes, read: bytes, data_at: int) -> None:
+        """The whole request body, arrived at once (as ``request_data`` keeps it), and the
+        read that held it (HEADERS, then DATA at ``data_at``): forwarded as it is, on the
+        backend's stream, when the block is."""
+        self.read, self.data_at = read, data_at
+        self.request_ended = True
+        if len(body) > REPLAY_LIMIT_BYTES:
+            self.replayable = False
+            self.pending, self.pending_bytes = [body], len(body)
+        else:
+            self.kept, self.kept_bytes = [body], len(body)
 
     # --- the answer --------------------------------------------------------------------------
 
@@ -550,6 +605,44 @@ class Call:
             return
         self._count_status(headers)
         self.down_box.push_trailer(h2.header_frames(self.cid, forward, True, client.peer_max_frame))
+
+    def whole_answer(
+        self, upstream: UpstreamSide, read: bytes, head: bytes, size: int, trailer: bytes, at: int
+    ) -> bool:
+        """A whole 200 answer (headers, one message, trailers) from ``upstream``, passed on
+        at once if the client's windows take it: what ``response_headers``,
+        ``response_data`` and the trailers' ``response_headers`` write and change, in one
+        pass. False, having changed nothing, otherwise."""
+        client, box, backend = self.client, self.down_box, self.backend
+        if (
+            backend is None
+            or box.on_sent is not upstream
+            or self.answered
+            or self.over
+            or client.closed
+            or box.finished
+            or box.chunks
+            or size > min(client.send_window, box.window)
+            or max(size, len(head), len(trailer)) > client.peer_max_frame
+        ):
+            return False
+        headers = upstream.headers.cached(head)
+        trailers = upstream.headers.cached(trailer)
+        if headers is None or trailers is None or header(headers, b":status") != b"200":
+            return False
+        self.answered = True
+        if not backend.reachable:
+            backend.mark(True, self.role)
+        self.kept, self.kept_bytes = [], 0
+        cid = self.cid
+        client.write(on_stream(read, (0, at, at + 9 + size), cid))
+        client.send_window -= size
+        upstream.give_back(size)  # the pump's replenish: the stream's credit ends with it
+        upstream.stream_over(self.uid)
+        self._count_status(trailers)
+        box.end = box.finished = True
+        client.stream_sent(cid)
+        return True
 
     def _count_status(self, headers: Headers) -> None:
         status = header(headers, b"grpc-status")
@@ -692,6 +785,35 @@ class ClientSide(Endpoint):
             return  # routed once the model name has arrived
         call.route()
 
+    def unary(self, data: bytes) -> bool:
+        if self._timer is not None or self._going_away or len(self.calls) >= MAX_STREAMS:
+            return False
+        parsed = unary_request(data, self.frames.max_frame)
+        if parsed is None:
+            return False
+        stream, block, body, at = parsed
+        if stream <= self.last_stream or not stream & 1:
+            return False
+        headers = self.headers.cached(block)
+        if headers is None or header(headers, b":path") != INFER:
+            return False
+        model = single_message_model(body, NAME_PREFIX_BYTES)
+        table = self.routes.get(model) if model is not None else None
+        if table is None:
+            return False
+        # from here on, as on_headers, on_data and route would
+        self.last_stream = stream
+        call = Call(self, stream, headers, block)
+        self.calls[stream] = call
+        call.take_whole(body, data, at)
+        call.table = table
+        role, backend = table.pick(True)
+        if backend is None:
+            call.fail(UNAVAILABLE, "no backend configured")
+        else:
+            call.send_to(backend, role)
+        return True
+
     def on_data(self, stream: int, data: bytes, end: bool) -> None:
         call = self.calls.get(stream)
         if call is None or call.over or call.request_ended:
@@ -787,9 +909,20 @@ class UpstreamSide(Endpoint):
         if call is None:
             return
         if end:
-            self._stream_over(stream)
+            self.stream_over(stream)
         call.response_headers(headers, block, self_contained, end)
         self._close_if_drained()
+
+    def unary(self, data: bytes) -> bool:
+        parsed = unary_answer(data, self.frames.max_frame)
+        if parsed is None:
+            return False
+        stream, head, size, trailer, at = parsed
+        call = self.calls.get(stream)
+        if call is None or not call.whole_answer(self, data, head, size, trailer, at):
+            return False
+        self._close_if_drained()
+        return True
 
     def on_data(self, stream: int, data: bytes, end: bool) -> None:
         call = self.calls.get(stream)
@@ -797,7 +930,7 @@ class UpstreamSide(Endpoint):
             self.give_back(len(data))
             return
         if end:
-            self._stream_over(stream)
+            self.stream_over(stream)
         call.response_data(data, end)
         self._close_if_drained()
 
@@ -807,7 +940,7 @@ class UpstreamSide(Endpoint):
             call.upstream_reset(code)
         self._close_if_drained()
 
-    def _stream_over(self, stream: int) -> None:
+    def stream_over(self, stream: int) -> None:
         """The backend answered in full: nothing more goes up this stream either."""
         self.calls.pop(stream, None)
         box = self.outboxes.pop(stream, None)

@@ -93,6 +93,11 @@ class FrameReader:
         self.max_frame = max_frame
         self._buffer = bytearray()
 
+    @property
+    def idle(self) -> bool:
+        """No part of a frame is waiting for the rest of it."""
+        return not self._buffer
+
     def feed(self, data: bytes) -> list[Frame]:
         buffer = self._buffer
         buffer += data
@@ -168,6 +173,11 @@ class HeaderReader:
     def allow_table_size(self, size: int) -> None:
         """Our SETTINGS_HEADER_TABLE_SIZE, once the peer acknowledged it."""
         self._decoder.max_allowed_table_size = size
+
+    def cached(self, block: bytes) -> Headers | None:
+        """The fields of a self-contained block this reader decoded before, else None
+        (reading a cached block changes no decoder state, so skipping ``read`` is safe)."""
+        return self._cache.get(block)
 
     def read(self, block: bytes) -> tuple[Headers, bool]:
         cached = self._cache.get(block)
