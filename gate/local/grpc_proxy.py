@@ -220,8 +220,12 @@ class Endpoint(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            if self.frames.idle and self._continued is None and self.unary(data):
-                return
+            if self.frames.idle and self._continued is None:
+                taken = self.unary(data)
+                if taken:
+                    if taken == len(data):
+                        return
+                    data = data[taken:]
             for item in self.frames.feed(data):
                 self.on_frame(item)
         except H2Error as exc:
@@ -343,12 +347,13 @@ class Endpoint(asyncio.Protocol):
     def on_goaway(self, last_stream: int, code: int) -> None:
         raise NotImplementedError
 
-    def unary(self, data: bytes) -> bool:
-        """Take ``data`` whole if it is one unary call's request (or answer) and everything
-        needed to pass it on at once is in place (:mod:`gate.local.grpc_unary`), with the
-        same bytes out and the same state after as frame by frame; False, having changed
-        nothing, leaves it to the frame-by-frame path."""
-        return False
+    def unary(self, data: bytes) -> int:
+        """Take the start of ``data`` if it is one unary call's whole request (or answer)
+        and everything needed to pass it on at once is in place
+        (:mod:`gate.local.grpc_unary`), with the same bytes out and the same state after
+        as frame by frame; returns how many bytes it took (the rest goes frame by frame).
+        0, having changed nothing, leaves all of it to the frame-by-frame path."""
+        return 0
 
     def on_settings_ack(self) -> None:
         self.headers.allow_table_size(0)
@@ -551,7 +556,7 @@ class Call:
             return False
         uid = self.uid
         if self.read and block is self.block:
-            connection.write(on_stream(self.read, (0, self.data_at), uid))
+            connection.write(on_stream(self.read, len(self.read), (0, self.data_at), uid))
         else:
             connection.write(
                 h2.frame(h2.HEADERS, h2.END_HEADERS, uid, block)
@@ -607,7 +612,14 @@ class Call:
         self.down_box.push_trailer(h2.header_frames(self.cid, forward, True, client.peer_max_frame))
 
     def whole_answer(
-        self, upstream: UpstreamSide, read: bytes, head: bytes, size: int, trailer: bytes, at: int
+        self,
+        upstream: UpstreamSide,
+        read: bytes,
+        head: bytes,
+        size: int,
+        trailer: bytes,
+        at: int,
+        end: int,
     ) -> bool:
         """A whole 200 answer (headers, one message, trailers) from ``upstream``, passed on
         at once if the client's windows take it: what ``response_headers``,
@@ -635,7 +647,7 @@ class Call:
             backend.mark(True, self.role)
         self.kept, self.kept_bytes = [], 0
         cid = self.cid
-        client.write(on_stream(read, (0, at, at + 9 + size), cid))
+        client.write(on_stream(read, end, (0, at, at + 9 + size), cid))
         client.send_window -= size
         upstream.give_back(size)  # the pump's replenish: the stream's credit ends with it
         upstream.stream_over(self.uid)
@@ -785,34 +797,34 @@ class ClientSide(Endpoint):
             return  # routed once the model name has arrived
         call.route()
 
-    def unary(self, data: bytes) -> bool:
+    def unary(self, data: bytes) -> int:
         if self._timer is not None or self._going_away or len(self.calls) >= MAX_STREAMS:
-            return False
+            return 0
         parsed = unary_request(data, self.frames.max_frame)
         if parsed is None:
-            return False
-        stream, block, body, at = parsed
+            return 0
+        stream, block, body, at, end = parsed
         if stream <= self.last_stream or not stream & 1:
-            return False
+            return 0
         headers = self.headers.cached(block)
         if headers is None or header(headers, b":path") != INFER:
-            return False
+            return 0
         model = single_message_model(body, NAME_PREFIX_BYTES)
         table = self.routes.get(model) if model is not None else None
         if table is None:
-            return False
+            return 0
         # from here on, as on_headers, on_data and route would
         self.last_stream = stream
         call = Call(self, stream, headers, block)
         self.calls[stream] = call
-        call.take_whole(body, data, at)
+        call.take_whole(body, data[:end] if end < len(data) else data, at)
         call.table = table
         role, backend = table.pick(True)
         if backend is None:
             call.fail(UNAVAILABLE, "no backend configured")
         else:
             call.send_to(backend, role)
-        return True
+        return end
 
     def on_data(self, stream: int, data: bytes, end: bool) -> None:
         call = self.calls.get(stream)
@@ -913,16 +925,16 @@ class UpstreamSide(Endpoint):
         call.response_headers(headers, block, self_contained, end)
         self._close_if_drained()
 
-    def unary(self, data: bytes) -> bool:
+    def unary(self, data: bytes) -> int:
         parsed = unary_answer(data, self.frames.max_frame)
         if parsed is None:
-            return False
-        stream, head, size, trailer, at = parsed
+            return 0
+        stream, head, size, trailer, at, end = parsed
         call = self.calls.get(stream)
-        if call is None or not call.whole_answer(self, data, head, size, trailer, at):
-            return False
+        if call is None or not call.whole_answer(self, data, head, size, trailer, at, end):
+            return 0
         self._close_if_drained()
-        return True
+        return end
 
     def on_data(self, stream: int, data: bytes, end: bool) -> None:
         call = self.calls.get(stream)

@@ -9,11 +9,13 @@ Taken frame by frame (:class:`gate.local.h2.FrameReader`, a dispatch per frame, 
 against ~25 us for a REST request, and through the router gRPC reached 0.74x of direct
 against 0.84-0.87x for REST (``make bench``, 2026-12-03).
 
-These functions only recognise the shape, strictly: a read whose frames are exactly that
-sequence on one stream, with exactly those flags (no padding, no priority, no
-CONTINUATION), each frame within ``max_frame``, and nothing before, between or after
-them. They return the pieces, which the proxy forwards byte for byte, or ``None``: then
-the read takes the frame-by-frame path, which keeps every check and every refusal.
+These functions only recognise the shape, strictly: a read that starts with exactly that
+sequence of frames on one stream, with exactly those flags (no padding, no priority, no
+CONTINUATION), each frame within ``max_frame``, nothing before or between them. They
+return the pieces, which the proxy forwards byte for byte, and how many bytes they took
+(the rest of the read, such as the WINDOW_UPDATE grpcio sends after every answer, goes
+through the frame-by-frame path after them, as it would have); or ``None``: then the whole
+read takes the frame-by-frame path, which keeps every check and every refusal.
 """
 
 from __future__ import annotations
@@ -39,26 +41,29 @@ def _stream_at(data: bytes, at: int) -> int:
     return int.from_bytes(data[at + 5 : at + 9], "big") & _STREAM_MASK
 
 
-def unary_request(data: bytes, max_frame: int) -> tuple[int, bytes, bytes, int] | None:
-    """``(stream, header block, body, offset of the DATA frame)`` if ``data`` is exactly
-    HEADERS (END_HEADERS) and a DATA frame with END_STREAM on the same stream."""
+def unary_request(data: bytes, max_frame: int) -> tuple[int, bytes, bytes, int, int] | None:
+    """``(stream, header block, body, offset of the DATA frame, bytes taken)`` if ``data``
+    starts with HEADERS (END_HEADERS) and a DATA frame with END_STREAM on the same stream
+    (what follows is the frame-by-frame path's)."""
     head = _frame_at(data, 0, HEADERS, END_HEADERS, max_frame)
     if head < 0:
         return None
     at = 9 + head
     body = _frame_at(data, at, DATA, END_STREAM, max_frame)
-    if body < 0 or at + 9 + body != len(data):
+    if body < 0:
         return None
     stream = _stream_at(data, 0)
     if _stream_at(data, at) != stream:
         return None
-    return stream, data[9:at], data[at + 9 :], at
+    end = at + 9 + body
+    return stream, data[9:at], data[at + 9 : end], at, end
 
 
-def unary_answer(data: bytes, max_frame: int) -> tuple[int, bytes, int, bytes, int] | None:
-    """``(stream, header block, body size, trailer block, offset of the DATA frame)`` if
-    ``data`` is exactly HEADERS (END_HEADERS), a non-empty DATA frame without flags and
-    HEADERS with END_HEADERS and END_STREAM, all on one stream."""
+def unary_answer(data: bytes, max_frame: int) -> tuple[int, bytes, int, bytes, int, int] | None:
+    """``(stream, header block, body size, trailer block, offset of the DATA frame, bytes
+    taken)`` if ``data`` starts with HEADERS (END_HEADERS), a non-empty DATA frame
+    without flags and HEADERS with END_HEADERS and END_STREAM, all on one stream (what
+    follows, grpcio's WINDOW_UPDATE for the request, is the frame-by-frame path's)."""
     head = _frame_at(data, 0, HEADERS, END_HEADERS, max_frame)
     if head < 0:
         return None
@@ -66,21 +71,22 @@ def unary_answer(data: bytes, max_frame: int) -> tuple[int, bytes, int, bytes, i
     body = _frame_at(data, at, DATA, 0, max_frame)
     if body <= 0:
         return None
-    end = at + 9 + body
-    trailer = _frame_at(data, end, HEADERS, END_HEADERS | END_STREAM, max_frame)
-    if trailer < 0 or end + 9 + trailer != len(data):
+    trailer_at = at + 9 + body
+    trailer = _frame_at(data, trailer_at, HEADERS, END_HEADERS | END_STREAM, max_frame)
+    if trailer < 0:
         return None
     stream = _stream_at(data, 0)
-    if _stream_at(data, at) != stream or _stream_at(data, end) != stream:
+    if _stream_at(data, at) != stream or _stream_at(data, trailer_at) != stream:
         return None
-    return stream, data[9:at], body, data[end + 9 :], at
+    end = trailer_at + 9 + trailer
+    return stream, data[9:at], body, data[trailer_at + 9 : end], at, end
 
 
-def on_stream(data: bytes, offsets: tuple[int, ...], stream: int) -> bytearray:
-    """``data``, a read of whole frames, with the stream of the frames at ``offsets`` set
-    to ``stream``: the frames the other connection gets, byte for byte what writing each
-    one anew would make."""
-    out = bytearray(data)
+def on_stream(data: bytes, end: int, offsets: tuple[int, ...], stream: int) -> bytearray:
+    """``data[:end]``, whole frames, with the stream of the frames at ``offsets`` set to
+    ``stream``: the frames the other connection gets, byte for byte what writing each one
+    anew would make."""
+    out = bytearray(data[:end])
     field = stream.to_bytes(4, "big")
     for at in offsets:
         out[at + 5 : at + 9] = field

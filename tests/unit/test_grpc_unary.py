@@ -133,8 +133,8 @@ class lane:
 
     def __enter__(self) -> None:
         if not self.on:
-            gp.ClientSide.unary = lambda self, data: False  # type: ignore[method-assign]
-            gp.UpstreamSide.unary = lambda self, data: False  # type: ignore[method-assign]
+            gp.ClientSide.unary = lambda self, data: 0  # type: ignore[method-assign]
+            gp.UpstreamSide.unary = lambda self, data: 0  # type: ignore[method-assign]
             gp.Call._sent_whole = lambda self, connection, block, body: False  # type: ignore[method-assign]
 
     def __exit__(self, *exc: object) -> None:
@@ -279,6 +279,8 @@ def answer_reads(draw: st.DrawFn, enc: hpack.Encoder, uid: int) -> list[bytes]:
         + h2.frame(h2.DATA, data_flags, uid, body)
         + h2.frame(h2.HEADERS, trailer_flags, uid, trailer)
     )
+    if draw(st.booleans()):  # as grpcio follows every answer
+        data += h2.window_update(draw(st.sampled_from([0, uid])), 40)
     if not plain and draw(st.booleans()):
         data += h2.frame(h2.PING, 0, 0, b"q" * 8)
     return split(draw, data, plain)
@@ -350,13 +352,15 @@ def test_plain_calls_take_the_lane_and_are_forwarded_byte_for_byte() -> None:
     taken: list[bool] = []
     real_client, real_upstream = _REAL
 
-    def client_unary(self: gp.ClientSide, data: bytes) -> bool:
-        taken.append(real_client(self, data))
-        return taken[-1]
+    def client_unary(self: gp.ClientSide, data: bytes) -> int:
+        took = real_client(self, data)
+        taken.append(took == len(data))
+        return took
 
-    def upstream_unary(self: gp.UpstreamSide, data: bytes) -> bool:
-        taken.append(real_upstream(self, data))
-        return taken[-1]
+    def upstream_unary(self: gp.UpstreamSide, data: bytes) -> int:
+        took = real_upstream(self, data)
+        taken.append(took == len(data))
+        return took
 
     answers: dict[str, int] = {"stable": 0, "canary": 0}
     lanes = {"request": 0, "answer": 0}
@@ -412,41 +416,61 @@ def frames_of(data: bytes) -> Iterator[h2.Frame]:
     assert reader.idle
 
 
-@given(st.binary(max_size=200), st.binary(max_size=200), st.integers(0, 255), st.integers(0, 255))
+TAILS = [b"", h2.window_update(0, 1), h2.window_update(9, 40) + b"\x00\x00", b"\x00"]
+
+
+@given(
+    st.binary(max_size=200),
+    st.binary(max_size=200),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.sampled_from(TAILS),
+)
 def test_unary_request_agrees_with_the_frame_reader(
-    block: bytes, body: bytes, flags: int, other: int
+    block: bytes, body: bytes, flags: int, other: int, tail: bytes
 ) -> None:
-    data = h2.frame(h2.HEADERS, flags, 7, block) + h2.frame(h2.DATA, other, 7, body)
-    parsed = unary_request(data, h2.DEFAULT_MAX_FRAME)
-    frames = list(frames_of(data))
+    frames = h2.frame(h2.HEADERS, flags, 7, block) + h2.frame(h2.DATA, other, 7, body)
+    parsed = unary_request(frames + tail, h2.DEFAULT_MAX_FRAME)
     expected = flags == h2.END_HEADERS and other == h2.END_STREAM
     assert (parsed is not None) == expected
     if parsed is not None:
-        assert parsed[:3] == (7, frames[0].payload, frames[1].payload)
-        assert data[parsed[3] :] == h2.frame(h2.DATA, other, 7, body)
-    for cut in (1, len(data) - 1):
-        assert unary_request(data[:cut], h2.DEFAULT_MAX_FRAME) is None
-    assert unary_request(data + h2.window_update(0, 1), h2.DEFAULT_MAX_FRAME) is None
+        read = list(frames_of(frames))
+        assert parsed[:3] == (7, read[0].payload, read[1].payload)
+        assert frames[parsed[3] :] == h2.frame(h2.DATA, other, 7, body)
+        assert parsed[4] == len(frames)  # the tail is left to the frame reader
+    for cut in (1, len(frames) - 1):
+        assert unary_request(frames[:cut], h2.DEFAULT_MAX_FRAME) is None
+    assert unary_request(h2.window_update(0, 1) + frames, h2.DEFAULT_MAX_FRAME) is None
+    assert unary_request(frames, len(max(block, body, key=len)) - 1) is None or not (block or body)
 
 
-@given(st.binary(max_size=100), st.binary(max_size=100), st.binary(max_size=100), st.integers(0, 2))
+@given(
+    st.binary(max_size=100),
+    st.binary(max_size=100),
+    st.binary(max_size=100),
+    st.integers(0, 2),
+    st.sampled_from(TAILS),
+)
 def test_unary_answer_agrees_with_the_frame_reader(
-    head: bytes, body: bytes, trailer: bytes, odd: int
+    head: bytes, body: bytes, trailer: bytes, odd: int, tail: bytes
 ) -> None:
     streams = [9, 9, 9]
     if odd:
         streams[odd] = 11
-    data = (
+    frames = (
         h2.frame(h2.HEADERS, h2.END_HEADERS, streams[0], head)
         + h2.frame(h2.DATA, 0, streams[1], body)
         + h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, streams[2], trailer)
     )
-    parsed = unary_answer(data, h2.DEFAULT_MAX_FRAME)
+    parsed = unary_answer(frames + tail, h2.DEFAULT_MAX_FRAME)
     assert (parsed is not None) == (not odd and bool(body))
     if parsed is not None:
-        frames = list(frames_of(data))
-        assert parsed[:4] == (9, frames[0].payload, len(frames[1].payload), frames[2].payload)
-    assert unary_answer(data, len(body) - 1 if body else 0) is None or not body
+        read = list(frames_of(frames))
+        assert parsed[:4] == (9, read[0].payload, len(read[1].payload), read[2].payload)
+        assert parsed[5] == len(frames)
+    for cut in (1, len(frames) - 1):
+        assert unary_answer(frames[:cut], h2.DEFAULT_MAX_FRAME) is None
+    assert unary_answer(frames, len(body) - 1) is None or not body
 
 
 @pytest.mark.parametrize(
