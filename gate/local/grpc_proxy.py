@@ -429,7 +429,9 @@ class Call:
     # --- the request -------------------------------------------------------------------------
 
     def request_data(self, data: bytes, end: bool) -> None:
-        self.request_ended = self.request_ended or end
+        if self.request_ended:  # nothing follows END_STREAM (a client's late trailers)
+            return
+        self.request_ended = end
         if self.replayable:
             self.kept.append(data)
             self.kept_bytes += len(data)
@@ -563,8 +565,7 @@ class Call:
                 + h2.frame(h2.DATA, h2.END_STREAM, uid, body)
             )
         connection.send_window -= size
-        self.up_box = box = Outbox(connection, uid, self.client)
-        box.end = box.finished = True
+        self.up_box = None  # (nothing more to send: request_data takes no more)
         self.client.give_back(size)
         connection.stream_sent(uid)
         return True

@@ -20,40 +20,42 @@ read takes the frame-by-frame path, which keeps every check and every refusal.
 
 from __future__ import annotations
 
+import struct
+
 from gate.local.h2 import DATA, END_HEADERS, END_STREAM, HEADERS
 from gate.local.names import MalformedMessage, grpc_model_name
 
+# A frame's header as one unpack: (length << 8 | type, flags, stream with its reserved bit)
+_HEAD = struct.Struct(">IBI")
 _STREAM_MASK = 0x7FFF_FFFF  # the reserved bit is ignored, as the frame reader does
+_HEADERS_ONLY = (HEADERS, END_HEADERS)
+_LAST_DATA = (DATA, END_STREAM)
+_DATA = (DATA, 0)
+_TRAILERS = (HEADERS, END_HEADERS | END_STREAM)
 
 
-def _frame_at(data: bytes, at: int, kind: int, flags: int, max_frame: int) -> int:
-    """The payload length of a frame of ``kind`` with exactly ``flags`` at ``at``; -1 if
-    there is none there, or it is over ``max_frame`` or past the end of ``data``."""
-    if len(data) - at < 9 or data[at + 3] != kind or data[at + 4] != flags:
-        return -1
-    length = int.from_bytes(data[at : at + 3], "big")
-    if length > max_frame or len(data) - at - 9 < length:
-        return -1
-    return length
-
-
-def _stream_at(data: bytes, at: int) -> int:
-    return int.from_bytes(data[at + 5 : at + 9], "big") & _STREAM_MASK
+def _frame_at(data: bytes, at: int, shape: tuple[int, int], max_frame: int) -> tuple[int, int]:
+    """(payload length, stream) of the frame at ``at`` if it has exactly ``shape`` (type,
+    flags) and fits within ``max_frame`` and ``data``; (-1, 0) otherwise."""
+    if len(data) - at < 9:
+        return -1, 0
+    size_kind, flags, stream = _HEAD.unpack_from(data, at)
+    length = size_kind >> 8
+    if (size_kind & 0xFF, flags) != shape or length > max_frame or len(data) - at - 9 < length:
+        return -1, 0
+    return length, stream & _STREAM_MASK
 
 
 def unary_request(data: bytes, max_frame: int) -> tuple[int, bytes, bytes, int, int] | None:
     """``(stream, header block, body, offset of the DATA frame, bytes taken)`` if ``data``
     starts with HEADERS (END_HEADERS) and a DATA frame with END_STREAM on the same stream
     (what follows is the frame-by-frame path's)."""
-    head = _frame_at(data, 0, HEADERS, END_HEADERS, max_frame)
+    head, stream = _frame_at(data, 0, _HEADERS_ONLY, max_frame)
     if head < 0:
         return None
     at = 9 + head
-    body = _frame_at(data, at, DATA, END_STREAM, max_frame)
-    if body < 0:
-        return None
-    stream = _stream_at(data, 0)
-    if _stream_at(data, at) != stream:
+    body, data_stream = _frame_at(data, at, _LAST_DATA, max_frame)
+    if body < 0 or data_stream != stream:
         return None
     end = at + 9 + body
     return stream, data[9:at], data[at + 9 : end], at, end
@@ -64,19 +66,16 @@ def unary_answer(data: bytes, max_frame: int) -> tuple[int, bytes, int, bytes, i
     taken)`` if ``data`` starts with HEADERS (END_HEADERS), a non-empty DATA frame
     without flags and HEADERS with END_HEADERS and END_STREAM, all on one stream (what
     follows, grpcio's WINDOW_UPDATE for the request, is the frame-by-frame path's)."""
-    head = _frame_at(data, 0, HEADERS, END_HEADERS, max_frame)
+    head, stream = _frame_at(data, 0, _HEADERS_ONLY, max_frame)
     if head < 0:
         return None
     at = 9 + head
-    body = _frame_at(data, at, DATA, 0, max_frame)
-    if body <= 0:
+    body, data_stream = _frame_at(data, at, _DATA, max_frame)
+    if body <= 0 or data_stream != stream:
         return None
     trailer_at = at + 9 + body
-    trailer = _frame_at(data, trailer_at, HEADERS, END_HEADERS | END_STREAM, max_frame)
-    if trailer < 0:
-        return None
-    stream = _stream_at(data, 0)
-    if _stream_at(data, at) != stream or _stream_at(data, trailer_at) != stream:
+    trailer, trailer_stream = _frame_at(data, trailer_at, _TRAILERS, max_frame)
+    if trailer < 0 or trailer_stream != stream:
         return None
     end = trailer_at + 9 + trailer
     return stream, data[9:at], body, data[trailer_at + 9 : end], at, end
