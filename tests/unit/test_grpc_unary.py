@@ -1,13 +1,14 @@
 """The router's unary gRPC lane writes what the frame-by-frame path writes and leaves the
 same state behind, for whatever reads arrive.
 
-Two proxies on fake transports, one with the lane and one without (``unary`` always
-False), are fed the same reads: calls shaped as clients and grpcio send them and
-variations of them (other flags, padding, stream ids, paths, models, compressed or cut
-bodies, extra frames, reads split anywhere), answers likewise (other statuses, flags,
-empty or extra frames), and peers with small windows or frames. After every read both
-must have written the same bytes to every connection and agree on every counter, window
-and open call. The lane's own parsers are checked against :class:`h2.FrameReader`.
+Two proxies on fake transports, one with the lane and one without (``unary`` takes
+nothing, and a whole request is not written in one piece), are fed the same reads: calls
+shaped as clients and grpcio send them and variations of them (other flags, padding,
+stream ids, paths, models, compressed or cut bodies, extra frames, reads split anywhere),
+answers likewise (other statuses, flags, empty or extra frames), and peers with small
+windows or frames. After every read both must have written the same bytes to every
+connection and agree on every counter, window and open call. The lane's own parsers are
+checked against :class:`h2.FrameReader`.
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ class Proxy:
     upstream_out: dict[str, Transport]
     routes: Routes
     lane: bool
-    written: list[bytes] = field(default_factory=list)
 
     def run(self) -> None:
         """A few turns of the loop: the deferred flushes, and a new connection's attempt
