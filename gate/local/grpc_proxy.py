@@ -804,7 +804,7 @@ class ClientSide(Endpoint):
         call.route()
 
     def unary(self, data: bytes) -> int:
-        if self._timer is not None or self._going_away or len(self.calls) >= MAX_STREAMS:
+        if self._going_away or len(self.calls) >= MAX_STREAMS:
             return 0
         parsed = unary_request(data, self.frames.max_frame)
         if parsed is None:
