@@ -668,9 +668,9 @@ class CpuMeter:
         return latencies, foreign / elapsed
 
 
-def shows_more_than(allowance: float, ratios: Sequence[float], alpha: float = ALPHA) -> float:
+def shows_more_than(allowance: float, ratios: Sequence[float]) -> float:
     """The p-value with which paired on/off ratios show the true ratio above ``allowance``
-    (the test fails below ``alpha``): Wilcoxon's signed-rank test, one-sided, of the
+    (the test fails below ``ALPHA``): Wilcoxon's signed-rank test, one-sided, of the
     pairs' log ratios against ``log(allowance)`` (F. Wilcoxon, "Individual comparisons by
     ranking methods", Biometrics Bulletin 1945; exact null distribution for these few
     pairs, as scipy computes it; Hollander, Wolfe and Chicco, *Nonparametric Statistical
@@ -680,7 +680,7 @@ def shows_more_than(allowance: float, ratios: Sequence[float], alpha: float = AL
     ratio varies by +-15 % (CI's pairs: 0.92 to 1.43 in one run), so a median of 7 pairs
     put against 1.10 is a coin toss for any mirror near the line (CI: 1.105 and 1.107
     in two runs; 0.88-1.08 on a developer's machine). This rule fails a mirror costing
-    exactly 10 % in at most ``alpha`` of runs and one costing 40 % almost always (both
+    exactly 10 % in at most ``ALPHA`` of runs and one costing 40 % almost always (both
     checked by simulation in ``test_the_p99_verdict_has_its_stated_error_rates``); a
     finer verdict needs more pairs than a CI run can spend. Log ratios, so that 0.8 and
     1.25 are as far from 1; signed ranks, so that one stalled round weighs as one pair."""
