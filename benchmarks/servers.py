@@ -32,7 +32,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ import psutil
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
 from benchmarks.generators import MODEL_NAME, grpc_request, rest_body, rest_path
+from gate.local.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 PROTOCOLS = ("rest-v1", "rest-v2", "grpc")
@@ -85,13 +85,6 @@ V2_READY = f"/v2/models/{MODEL_NAME}/ready"
 
 class ServerFailed(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from gate.local.ports import free_port
 from pipeline.steps.common import TrainParams
 from pipeline.steps.train import build_estimator
 from predictor.artifact import ModelFormat, fingerprint_dataset, write_artifact
@@ -77,12 +77,6 @@ def workflow_images() -> dict[str, str]:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     entries = workflow["jobs"]["images"]["strategy"]["matrix"]["include"]
     return {entry["image"]: entry["dockerfile"] for entry in entries}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(

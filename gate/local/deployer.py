@@ -28,6 +28,7 @@ import psutil
 
 from gate.core.spec import TERMINAL
 from gate.core.state import RolloutState
+from gate.local.ports import free_port
 from gate.providers.base import Targets
 from gate.store import SQLiteStore, Stable
 from gate.traffic.base import Deployer, Readiness, TrafficError
@@ -44,14 +45,6 @@ class LocalSettings:
     predictor_args: tuple[str, ...] = ()  # extra flags for every candidate (e.g. faults)
     predictor_args_by_model: dict[str, tuple[str, ...]] = field(default_factory=dict)
     python: str = sys.executable
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalDeployer(Deployer):
