@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gate.local.ports import free_port
+from gate.local.ports import free_port as free_port  # re-exported: the tests pick ports here
 from pipeline.steps.common import TrainParams
 from pipeline.steps.train import build_estimator
 from predictor.artifact import ModelFormat, fingerprint_dataset, write_artifact
