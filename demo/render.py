@@ -118,9 +118,16 @@ def accuracy_lines(live: dict[str, Any] | None) -> list[str]:
     lines = []
     if live.get("shadow"):
         shadow = live["shadow"]
+        seen = shadow.get("at_verdict", shadow["rows"])
+        when = (
+            "all of them by its verdict"
+            if seen == shadow["rows"]
+            else f"{count(seen)} of them by its verdict, the rest joined after it"
+        )
         lines.append(
             f"live accuracy on the shadow pairs (the same {count(shadow['rows'])} labelled "
-            f"rows): stable {pct(shadow['stable'])}, candidate {pct(shadow['candidate'])}"
+            f"rows, {when}): stable {pct(shadow['stable'])}, candidate "
+            f"{pct(shadow['candidate'])}"
         )
     canary = live.get("canary")
     if canary and "canary" in canary:

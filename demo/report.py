@@ -210,16 +210,35 @@ def canary_accuracy(checks: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def live_accuracy(
-    shadow: dict[str, Any] | None, ticks: list[dict[str, Any]], labels: dict[str, Any] | None
+    shadow: dict[str, Any] | None,
+    ticks: list[dict[str, Any]],
+    labels: dict[str, Any] | None,
+    pairs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the delayed labels showed: on the shadow pairs (both models, the same
-    requests) and in the canary steps (each on the requests it answered)."""
+    requests) and in the canary steps (each on the requests it answered).
+
+    ``pairs``: the shadow pairs as the gate holds them at the end of the run
+    (``shadow_pairs`` of the rollout). The verdict may come before the first label: a
+    disagreement shown below the margin passes, and labels can only fail a shadow phase.
+    Labels go on joining its pairs after it, so the end's figures cover more rows;
+    ``at_verdict`` says how many the verdict itself saw."""
+    at_verdict = int(shadow["labelled_rows"]) if shadow is not None else 0
     in_shadow = None
-    if shadow is not None and shadow["labelled_rows"]:
+    if pairs is not None and int(pairs.get("labelled_rows") or 0) > 0:
+        labelled = int(pairs["labelled_rows"])
         in_shadow = {
-            "rows": shadow["labelled_rows"],
+            "rows": labelled,
+            "stable": _share(int(pairs.get("stable_correct") or 0), labelled),
+            "candidate": _share(int(pairs.get("candidate_correct") or 0), labelled),
+            "at_verdict": at_verdict,
+        }
+    elif shadow is not None and at_verdict:
+        in_shadow = {
+            "rows": at_verdict,
             "stable": shadow["stable_accuracy"],
             "candidate": shadow["candidate_accuracy"],
+            "at_verdict": at_verdict,
         }
     in_steps = next((t["accuracy"] for t in reversed(ticks) if t.get("accuracy")), None)
     return {"shadow": in_shadow, "canary": in_steps, "labels": labels}
@@ -390,5 +409,10 @@ def build_report(
     labels = None
     if labels_json is not None and labels_json.exists():
         labels = json.loads(labels_json.read_text())  # the label poster's counters
-    report["live_accuracy"] = live_accuracy(report["shadow"], report["ticks"], labels)
+    report["live_accuracy"] = live_accuracy(
+        report["shadow"],
+        report["ticks"],
+        labels,
+        (detail or {}).get("shadow_pairs") if report["shadow"] is not None else None,
+    )
     return report

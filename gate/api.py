@@ -30,9 +30,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gate.confine import confine_candidate, confine_hooks
-from gate.controller import RolloutController, RolloutNotFound
+from gate.controller import RolloutController, RolloutNotFound, watch_key
 from gate.core.decide import Command, CommandError
 from gate.core.errors import Conflict, GateError, NotFound
+from gate.core.paired import PairedEvidence
 from gate.schemas import (
     ApprovalCreate,
     DecisionPublic,
@@ -184,8 +185,19 @@ def rollout_detail(controller: RolloutController, rollout_id: str) -> RolloutDet
         raise NotFound(f"no rollout {rollout_id}") from exc
     decisions = [DecisionPublic.of(d) for d in controller.store.decisions(rollout_id)]
     return RolloutDetail(
-        **RolloutPublic.of(state).model_dump(), analysis=state.spec, decisions=decisions
+        **RolloutPublic.of(state).model_dump(),
+        analysis=state.spec,
+        decisions=decisions,
+        shadow_pairs=_pairs(controller, rollout_id),
+        watch_pairs=_pairs(controller, watch_key(rollout_id)),
     )
+
+
+def _pairs(controller: RolloutController, key: str) -> PairedEvidence | None:
+    """The pairs kept under ``key`` summed now, labels that arrived since the last
+    decision included; None when the replayer never got that far."""
+    paired = controller.payloads.paired_evidence(key)
+    return paired if paired.requests or paired.skipped else None
 
 
 @rollouts.get("/{rollout_id}", responses={**NOT_FOUND, **INVALID})

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from gate.core.bounds import STRICT_FINITE
 from gate.core.decide import RolloutState
 from gate.core.hooks import HookType
+from gate.core.paired import PairedEvidence
 from gate.core.spec import AnalysisOverrides, AnalysisSpec, Candidate, Integral, Phase
 from gate.store import Decision, DecisionEntry
 
@@ -118,6 +119,17 @@ class DecisionPublic(DecisionEntry):
 class RolloutDetail(RolloutPublic):
     analysis: AnalysisSpec
     decisions: list[DecisionPublic]
+    shadow_pairs: PairedEvidence | None = Field(
+        default=None,
+        description="the shadow phase's pairs as they stand now (null: none were made). A "
+        "decision's evidence is what it saw; true labels keep joining these pairs after it, "
+        "so the labelled accuracies here can cover more rows",
+    )
+    watch_pairs: PairedEvidence | None = Field(
+        default=None,
+        description="the post-promotion watch's pairs as they stand now (null: none); "
+        "'stable' is the new stable, 'candidate' the previous one",
+    )
 
 
 class Label(BaseModel):

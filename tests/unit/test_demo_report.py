@@ -111,7 +111,12 @@ def test_a_rollout_failed_in_shadow_has_its_own_outcome_flip_matrix_and_accuracy
         "versicolor": {"setosa": 0, "versicolor": 600, "virginica": 80},
         "virginica": {"setosa": 0, "versicolor": 50, "virginica": 650},
     }
-    assert report["live_accuracy"]["shadow"] == {"rows": 700, "stable": 0.95, "candidate": 0.9143}
+    assert report["live_accuracy"]["shadow"] == {
+        "rows": 700,
+        "stable": 0.95,
+        "candidate": 0.9143,
+        "at_verdict": 700,
+    }
     assert report["live_accuracy"]["canary"] is None
     assert report["live_accuracy"]["labels"]["posted"] == 440
     assert report["ticks"] == []
@@ -226,3 +231,40 @@ def test_flip_matrix_names_ids_and_keeps_names() -> None:
         "virginica": {"versicolor": 2, "virginica": 0},
     }
     assert flip_matrix({}) == {}
+
+
+def test_labels_that_joined_the_shadow_pairs_after_the_verdict_are_shown_as_such() -> None:
+    """A shadow phase may pass on its disagreement before the first label arrives; the
+    labels joined afterwards are in the rollout's ``shadow_pairs`` and the report says
+    how many the verdict itself saw."""
+    early = PairedEvidence(requests=120, rows=480, disagreements=4, flips={"0->0": 476})
+    detail = rollout(
+        "succeeded",
+        [
+            decision(5, "shadow"),
+            shadow_decision(8, early, action="step", weight=50),
+            decision(30, "promoted", phase="succeeded"),
+        ],
+    )
+    later = early.model_copy(
+        update={"labelled_rows": 200, "stable_correct": 188, "candidate_correct": 190}
+    )
+    report = build_report("good", RUNS, detail | {"shadow_pairs": later.model_dump()}, None, None)
+    assert report["shadow"]["labelled_rows"] == 0
+    assert report["live_accuracy"]["shadow"] == {
+        "rows": 200,
+        "stable": 0.94,
+        "candidate": 0.95,
+        "at_verdict": 0,
+    }
+    console = Console(record=True, width=200)
+    print_summary(report, console)
+    assert (
+        "live accuracy on the shadow pairs (the same 200 labelled rows, 0 of them by its "
+        "verdict, the rest joined after it): stable 94.0%, candidate 95.0%"
+    ) in console.export_text()
+
+    no_labels = build_report(
+        "good", RUNS, detail | {"shadow_pairs": early.model_dump()}, None, None
+    )
+    assert no_labels["live_accuracy"]["shadow"] is None

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gate.api import rollout_detail
 from gate.controller import RolloutController
 from gate.core.spec import AnalysisSpec, Candidate, Phase
 from gate.payload_store import CANDIDATE_ERROR, PAIRED, PayloadStore
@@ -311,3 +312,34 @@ def test_labels_reach_the_shadow_pairs(tmp_path: Path) -> None:
         2,
         1,
     )
+
+
+def test_the_rollout_shows_labels_that_joined_its_shadow_pairs_after_the_verdict(
+    tmp_path: Path,
+) -> None:
+    """The shadow phase passed on its disagreement before any label; labels that arrive
+    later still join its pairs, and ``GET /v1/rollouts/{id}`` shows the pairs as they are
+    now beside the verdict's own evidence."""
+    controller, rollout = run_shadow(tmp_path, flip_live=False)
+    verdict = next(d for d in controller.store.decisions(rollout) if "paired" in d.evidence)
+    assert verdict.evidence["paired"]["labelled_rows"] == 0
+    controller.payloads.add_labels("iris", [(f"live{i}", ("1",)) for i in range(30)])
+
+    detail = rollout_detail(controller, rollout)
+    assert detail.shadow_pairs is not None and detail.watch_pairs is None
+    # the replayer stops at the next tick: a pair in flight at the verdict may follow it
+    assert detail.shadow_pairs.requests >= verdict.evidence["paired"]["requests"] >= 30
+    # stable answered 1 on the live row and so did the candidate: both right on all 30
+    assert (
+        detail.shadow_pairs.labelled_rows,
+        detail.shadow_pairs.stable_correct,
+        detail.shadow_pairs.candidate_correct,
+    ) == (30, 30, 30)
+    assert detail.model_dump(mode="json")["shadow_pairs"]["labelled_rows"] == 30
+
+
+def test_a_rollout_without_a_shadow_phase_has_no_pairs(tmp_path: Path) -> None:
+    spec = AnalysisSpec(steps=[10, 100], shadow_s=0)
+    controller, _, _, rollout = shadow_controller(tmp_path, spec, flipping_candidate(False))
+    detail = rollout_detail(controller, rollout)
+    assert detail.shadow_pairs is None and detail.watch_pairs is None
