@@ -45,8 +45,12 @@ unit: venv
 integration: venv
 	$(BIN)/pytest -m integration
 
+# Two workers, each given a whole test file at a time (a file's module fixtures, such as
+# started predictors, are made once), then the tests that measure time or CPU shares,
+# alone: another worker's load would decide them.
 test: lint typecheck tools
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not serial" -n 2 --dist loadfile
+	$(BIN)/pytest -m serial
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m demo --scenario $(SCENARIO) --run-dir $(RUN_DIR)

@@ -706,6 +706,7 @@ def test_the_p99_verdict_has_its_stated_error_rates() -> None:
             assert least <= failed / runs <= most, (name, true_ratio, failed / runs)
 
 
+@pytest.mark.serial  # the pairs are rerun while other processes take CPU
 def test_mirroring_adds_at_most_10_percent_to_p99(logs: Path, predictor: Predictor) -> None:
     """The same router and predictor, pairs of rounds with the mirror on and off, in ABBA
     order, compared pair by pair: each pair gives one p99 ratio (on / off), and the test
