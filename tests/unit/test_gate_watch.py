@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gate.api import rollout_detail
 from gate.controller import RolloutController, watch_key
 from gate.core.decide import Action, Command, after_error, after_watch, command, finish
 from gate.core.paired import PairedEvidence, ShadowVerdict, judge_watch
@@ -207,6 +208,8 @@ def test_a_new_stable_shown_worse_on_labels_is_rolled_back_to_the_previous(
     check = judged.evidence["checks"][0]
     assert check["name"] == "watch_accuracy" and check["fail_interval"][0] > 0.01
     assert controller.payloads.paired_evidence(watch_key(rollout.id)).labelled_rows >= 5
+    detail = rollout_detail(controller, rollout.id)  # what GET /v1/rollouts/{id} shows
+    assert detail.watch_pairs == controller.payloads.paired_evidence(watch_key(rollout.id))
     events = [e.event for e in controller.store.pending_events()]
     assert events[-2:] == ["promotion", "rollback"]
 
