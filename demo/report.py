@@ -143,6 +143,16 @@ def _share(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+def labelled_accuracy(paired: dict[str, Any]) -> tuple[int, float | None, float | None]:
+    """Paired evidence's labelled rows and both models' accuracy on them."""
+    labelled = int(paired.get("labelled_rows") or 0)
+    return (
+        labelled,
+        _share(int(paired.get("stable_correct") or 0), labelled),
+        _share(int(paired.get("candidate_correct") or 0), labelled),
+    )
+
+
 def shadow_of(detail: dict[str, Any]) -> dict[str, Any] | None:
     """The shadow phase's last verdict (the one that ended it) with its paired evidence."""
     decision = next(
@@ -159,7 +169,7 @@ def shadow_of(detail: dict[str, Any]) -> dict[str, Any] | None:
     paired = evidence["paired"]
     checks = {c["name"]: c for c in evidence.get("checks") or []}
     disagreement = checks.get("disagreement") or {}
-    labelled = int(paired.get("labelled_rows") or 0)
+    labelled, stable_accuracy, candidate_accuracy = labelled_accuracy(paired)
     return {
         "outcome": decision["outcome"],
         "reason": decision["reason"],
@@ -181,8 +191,8 @@ def shadow_of(detail: dict[str, Any]) -> dict[str, Any] | None:
             else None
         ),
         "labelled_rows": labelled,
-        "stable_accuracy": _share(int(paired.get("stable_correct") or 0), labelled),
-        "candidate_accuracy": _share(int(paired.get("candidate_correct") or 0), labelled),
+        "stable_accuracy": stable_accuracy,
+        "candidate_accuracy": candidate_accuracy,
         "statistics": statistics(evidence.get("checks") or []),
     }
 
@@ -224,22 +234,18 @@ def live_accuracy(
     Labels go on joining its pairs after it, so the end's figures cover more rows;
     ``at_verdict`` says how many the verdict itself saw."""
     at_verdict = int(shadow["labelled_rows"]) if shadow is not None else 0
-    in_shadow = None
-    if pairs is not None and int(pairs.get("labelled_rows") or 0) > 0:
-        labelled = int(pairs["labelled_rows"])
-        in_shadow = {
-            "rows": labelled,
-            "stable": _share(int(pairs.get("stable_correct") or 0), labelled),
-            "candidate": _share(int(pairs.get("candidate_correct") or 0), labelled),
-            "at_verdict": at_verdict,
-        }
-    elif shadow is not None and at_verdict:
-        in_shadow = {
-            "rows": at_verdict,
-            "stable": shadow["stable_accuracy"],
-            "candidate": shadow["candidate_accuracy"],
-            "at_verdict": at_verdict,
-        }
+    rows, stable, candidate = labelled_accuracy(pairs or {})
+    if not rows and shadow is not None:  # no labelled pairs now: the verdict's own, if any
+        rows, stable, candidate = (
+            at_verdict,
+            shadow["stable_accuracy"],
+            shadow["candidate_accuracy"],
+        )
+    in_shadow = (
+        {"rows": rows, "stable": stable, "candidate": candidate, "at_verdict": at_verdict}
+        if rows
+        else None
+    )
     in_steps = next((t["accuracy"] for t in reversed(ticks) if t.get("accuracy")), None)
     return {"shadow": in_shadow, "canary": in_steps, "labels": labels}
 
