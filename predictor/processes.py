@@ -206,17 +206,36 @@ def _process_id() -> int:
     return _pid
 
 
-def cheap_metric_values() -> None:
+def cheap_metric_values() -> Any:
     """In multiprocess mode, prometheus_client asks ``os.getpid()`` on every ``inc`` and
     ``observe`` to notice a fork; glibc no longer caches it, so that is a system call per
     metric update, ~6-8 per request (~6 % of a process's CPU under load here). The pid is
     read once instead and refreshed after a fork (what the check is for), through the
     ``process_identifier`` hook prometheus_client offers. Call before any metric exists:
-    with :data:`METRICS_ENV` set, before prometheus_client's users (KServe) are imported."""
-    if os.environ.get(METRICS_ENV):
-        from prometheus_client import values
+    with :data:`METRICS_ENV` set, before prometheus_client's users (KServe) are imported.
+    Returns the value class it replaced (None if not in multiprocess mode)."""
+    if not os.environ.get(METRICS_ENV):
+        return None
+    from prometheus_client import values
 
-        values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)  # type: ignore[no-untyped-call]
+    replaced = values.ValueClass
+    values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)  # type: ignore[no-untyped-call]
+    return replaced
+
+
+@contextlib.contextmanager
+def _multiprocess_values() -> Iterator[None]:
+    """:func:`cheap_metric_values` while the server runs; after it, the value class it
+    replaced again, so metrics made later in this process (a test's, or a second server's
+    with one process) do not write to a directory that is gone."""
+    replaced = cheap_metric_values()
+    try:
+        yield
+    finally:
+        if replaced is not None:
+            from prometheus_client import values
+
+            values.ValueClass = replaced
 
 
 def _child_main(module: str, name: str, *args: Any) -> None:
@@ -239,13 +258,13 @@ def shared_metrics_dir(count: int) -> Iterator[None]:
     if given:
         for stale in Path(given).glob("*.db"):
             stale.unlink()
-        cheap_metric_values()
-        yield
+        with _multiprocess_values():
+            yield
         return
     with tempfile.TemporaryDirectory(prefix="irisgate-metrics-") as folder:
         os.environ[METRICS_ENV] = folder
-        cheap_metric_values()
         try:
-            yield
+            with _multiprocess_values():
+                yield
         finally:
             os.environ.pop(METRICS_ENV, None)

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from prometheus_client import values
 
 from predictor import processes
 from predictor.processes import available_cpus, shared_metrics_dir
@@ -61,11 +62,15 @@ def test_a_temporary_metrics_directory_lives_as_long_as_the_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(processes.METRICS_ENV, raising=False)
+    before = values.ValueClass
     with shared_metrics_dir(2):
         folder = Path(os.environ[processes.METRICS_ENV])
         assert folder.is_dir()
+        assert values.ValueClass is not before  # the multiprocess files' values
     assert not folder.exists()
     assert processes.METRICS_ENV not in os.environ
+    # metrics made after the server (a later test's) do not look for the folder
+    assert values.ValueClass is before
 
 
 def test_a_given_metrics_directory_is_emptied_of_a_previous_runs_counts(
@@ -74,6 +79,9 @@ def test_a_given_metrics_directory_is_emptied_of_a_previous_runs_counts(
     (tmp_path / "counter_123.db").write_bytes(b"stale")
     (tmp_path / "keep.txt").write_text("not ours")
     monkeypatch.setenv(processes.METRICS_ENV, str(tmp_path))
+    before = values.ValueClass
     with shared_metrics_dir(2):
         assert not (tmp_path / "counter_123.db").exists()
+        assert values.ValueClass is not before
     assert (tmp_path / "keep.txt").exists()
+    assert values.ValueClass is before
