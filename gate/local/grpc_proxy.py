@@ -21,7 +21,9 @@ lists of :data:`MAX_HEADER_LIST_BYTES`, the connection preface within the head t
 A read that starts with a whole unary request, or a whole answer, takes a lane
 (:meth:`ClientSide.unary`, :meth:`UpstreamSide.unary`, shapes in
 :mod:`gate.local.grpc_unary`): the same bytes out and the same state after as frame by
-frame, at about half the interpreter time a call.
+frame, at about half the interpreter time a call. A read that held nothing else
+(:func:`gate.local.grpc_unary.alone`) is written on at once (:meth:`Endpoint.write_now`),
+without a flush scheduled for the end of the loop's turn.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
 from gate.local import h2
-from gate.local.grpc_unary import on_stream, single_message_model, unary_answer, unary_request
+from gate.local.grpc_unary import (
+    WINDOW_UPDATE_BYTES,
+    WINDOW_UPDATE_HEAD,
+    alone,
+    on_stream,
+    single_message_model,
+    unary_answer,
+    unary_request,
+    window_update_fields,
+)
 from gate.local.h2 import H2Error, HeaderReader, Headers, header
 from gate.local.names import MalformedMessage, grpc_model_name, shown
 
@@ -140,6 +151,15 @@ class Endpoint(asyncio.Protocol):
             out, self._out = self._out, []
             self.transport.write(b"".join(out))
 
+    def write_now(self, data: bytes | bytearray) -> None:
+        """``write``, straight to the transport when nothing is waiting to be flushed
+        (the order on the wire is the same): the lanes' one write a call, without a
+        callback scheduled and run for it."""
+        if self._out or self.closed or self.transport is None:
+            self.write(data)
+        else:
+            self.transport.write(data)
+
     def pump(self, box: Outbox) -> None:
         """Send what the windows allow of one outbox."""
         if box.finished or self.closed:
@@ -231,6 +251,10 @@ class Endpoint(asyncio.Protocol):
                     if taken == len(data):
                         return
                     data = data[taken:]
+                    if len(data) == WINDOW_UPDATE_BYTES and data[:5] == WINDOW_UPDATE_HEAD:
+                        # what follows grpcio's every answer: the request's window back
+                        self._window_update(*window_update_fields(data))
+                        return
             for item in self.frames.feed(data):
                 self.on_frame(item)
         except H2Error as exc:
@@ -397,6 +421,7 @@ class Call:
         "pending",
         "pending_bytes",
         "read",
+        "read_alone",
         "replayable",
         "request_ended",
         "role",
@@ -418,6 +443,7 @@ class Call:
         self.kept_bytes = 0
         self.replayable = True
         self.read = b""  # the read that held the whole request, if one did
+        self.read_alone = False  # and nothing else but perhaps a WINDOW_UPDATE
         self.data_at = 0
         self.request_ended = False
         self.table: RouteTable | None = None
@@ -563,7 +589,11 @@ class Call:
             return False
         uid = self.uid
         if self.read and block is self.block:
-            connection.write(on_stream(self.read, len(self.read), (0, self.data_at), uid))
+            forwarded = on_stream(self.read, len(self.read), (0, self.data_at), uid)
+            if self.read_alone:
+                connection.write_now(forwarded)
+            else:
+                connection.write(forwarded)
         else:
             connection.write(
                 h2.frame(h2.HEADERS, h2.END_HEADERS, uid, block)
@@ -575,11 +605,11 @@ class Call:
         connection.stream_sent(uid)
         return True
 
-    def take_whole(self, body: bytes, read: bytes, data_at: int) -> None:
+    def take_whole(self, body: bytes, read: bytes, data_at: int, alone: bool) -> None:
         """The whole request body, arrived at once (as ``request_data`` keeps it), and the
         read that held it (HEADERS, then DATA at ``data_at``): forwarded as it is, on the
         backend's stream, when the block is."""
-        self.read, self.data_at = read, data_at
+        self.read, self.data_at, self.read_alone = read, data_at, alone
         self.request_ended = True
         if len(body) > REPLAY_LIMIT_BYTES:
             self.replayable = False
@@ -626,11 +656,13 @@ class Call:
         trailer: bytes,
         at: int,
         end: int,
+        alone: bool,
     ) -> bool:
         """A whole 200 answer (headers, one message, trailers) from ``upstream``, passed on
         at once if the client's windows take it: what ``response_headers``,
         ``response_data`` and the trailers' ``response_headers`` write and change, in one
-        pass. False, having changed nothing, otherwise."""
+        pass. False, having changed nothing, otherwise. ``alone``: the read held nothing
+        more for the client (so nothing else could join this write)."""
         client, box, backend = self.client, self.down_box, self.backend
         if (
             backend is None
@@ -653,7 +685,11 @@ class Call:
             backend.mark(True, self.role)
         self.kept, self.kept_bytes = [], 0
         cid = self.cid
-        client.write(on_stream(read, end, (0, at, at + 9 + size), cid))
+        forwarded = on_stream(read, end, (0, at, at + 9 + size), cid)
+        if alone:
+            client.write_now(forwarded)
+        else:
+            client.write(forwarded)
         client.send_window -= size
         upstream.give_back(size)  # the pump's replenish: the stream's credit ends with it
         upstream.stream_over(self.uid)
@@ -823,7 +859,7 @@ class ClientSide(Endpoint):
         self.last_stream = stream
         call = Call(self, stream, headers, block)
         self.calls[stream] = call
-        call.take_whole(body, data[:end] if end < len(data) else data, at)
+        call.take_whole(body, data[:end] if end < len(data) else data, at, alone(data, end))
         call.table = table
         role, backend = table.pick(True)
         if backend is None:
@@ -937,7 +973,9 @@ class UpstreamSide(Endpoint):
             return 0
         stream, head, size, trailer, at, end = parsed
         call = self.calls.get(stream)
-        if call is None or not call.whole_answer(self, data, head, size, trailer, at, end):
+        if call is None or not call.whole_answer(
+            self, data, head, size, trailer, at, end, alone(data, end)
+        ):
             return 0
         self._close_if_drained()
         return end

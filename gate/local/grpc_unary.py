@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 
-from gate.local.h2 import DATA, END_HEADERS, END_STREAM, HEADERS
+from gate.local.h2 import DATA, END_HEADERS, END_STREAM, HEADERS, WINDOW_UPDATE
 from gate.local.names import MalformedMessage, grpc_model_name
 
 # A frame's header as one unpack: (length << 8 | type, flags, stream with its reserved bit)
@@ -79,6 +79,28 @@ def unary_answer(data: bytes, max_frame: int) -> tuple[int, bytes, int, bytes, i
         return None
     end = trailer_at + 9 + trailer
     return stream, data[9:at], body, data[trailer_at + 9 : end], at, end
+
+
+# One whole WINDOW_UPDATE frame: its first five bytes (length 4, type, no flags), its size
+WINDOW_UPDATE_HEAD = (4).to_bytes(3, "big") + bytes((WINDOW_UPDATE, 0))
+WINDOW_UPDATE_BYTES = 13
+_WINDOW_UPDATE = struct.Struct(">5xII")
+
+
+def window_update_fields(data: bytes) -> tuple[int, int]:
+    """(stream, increment) of ``data``, one whole WINDOW_UPDATE frame (the caller checks
+    its size and :data:`WINDOW_UPDATE_HEAD`), the reserved bits ignored as the frame reader
+    and ``on_frame`` ignore them."""
+    stream, increment = _WINDOW_UPDATE.unpack(data)
+    return stream & _STREAM_MASK, increment & _STREAM_MASK
+
+
+def alone(data: bytes, end: int) -> bool:
+    """Nothing follows ``data[:end]`` in the read but, perhaps, one WINDOW_UPDATE frame
+    (grpcio's after every answer). Then nothing else read now can be written with what
+    the lane forwards, and it may be written at once, without the deferred flush."""
+    rest = len(data) - end
+    return rest == 0 or (rest == WINDOW_UPDATE_BYTES and data[end : end + 5] == WINDOW_UPDATE_HEAD)
 
 
 def on_stream(data: bytes, end: int, offsets: tuple[int, ...], stream: int) -> bytearray:

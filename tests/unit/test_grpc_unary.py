@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import hpack
 import pytest
@@ -25,7 +25,13 @@ from hypothesis import strategies as st
 
 from gate.local import grpc_proxy as gp
 from gate.local import h2
-from gate.local.grpc_unary import single_message_model, unary_answer, unary_request
+from gate.local.grpc_unary import (
+    alone,
+    single_message_model,
+    unary_answer,
+    unary_request,
+    window_update_fields,
+)
 from gate.local.route_table import BackendSpec, Routes, RoutesSpec
 
 INFER = b"/inference.GRPCInferenceService/ModelInfer"
@@ -279,8 +285,21 @@ def answer_reads(draw: st.DrawFn, enc: hpack.Encoder, uid: int) -> list[bytes]:
         + h2.frame(h2.DATA, data_flags, uid, body)
         + h2.frame(h2.HEADERS, trailer_flags, uid, trailer)
     )
-    if draw(st.booleans()):  # as grpcio follows every answer
+    if draw(st.booleans()):  # as grpcio follows every answer (the lane takes it too)
         data += h2.window_update(draw(st.sampled_from([0, uid])), 40)
+    elif not plain and draw(st.booleans()):  # near misses of that shape, and a second one
+        stream = draw(st.sampled_from([0, uid, uid | 1 << 31]))
+        data += draw(
+            st.sampled_from(
+                [
+                    h2.frame(h2.WINDOW_UPDATE, 0x1, stream, (40).to_bytes(4, "big")),
+                    h2.frame(h2.WINDOW_UPDATE, 0, stream, (40 | 1 << 31).to_bytes(4, "big")),
+                    h2.frame(h2.WINDOW_UPDATE, 0, stream, (0).to_bytes(4, "big")),
+                    h2.frame(h2.WINDOW_UPDATE, 0, stream, (40).to_bytes(5, "big")),
+                    h2.window_update(0, 40) + h2.window_update(uid, 40),
+                ]
+            )
+        )
     if not plain and draw(st.booleans()):
         data += h2.frame(h2.PING, 0, 0, b"q" * 8)
     return split(draw, data, plain)
@@ -486,3 +505,153 @@ def test_unary_answer_agrees_with_the_frame_reader(
 )
 def test_single_message_model(body: bytes, model: str | None) -> None:
     assert single_message_model(body, 4096) == model
+
+
+WINDOW_UPDATE_LIKE = st.builds(
+    lambda kind, flags, stream, payload, extra: (
+        h2.frame(kind, flags, 0, payload)[:5] + stream.to_bytes(4, "big") + payload + extra
+    ),
+    st.sampled_from([h2.WINDOW_UPDATE, h2.WINDOW_UPDATE, h2.PING]),
+    st.sampled_from([0, 0, 0, 1, 0x80]),
+    st.integers(0, 2**32 - 1),
+    st.binary(min_size=3, max_size=5),
+    st.sampled_from([b"", b"", b"\x00", h2.window_update(0, 1)]),
+)
+
+
+@given(st.one_of(st.binary(max_size=40), WINDOW_UPDATE_LIKE), st.integers(0, 40))
+def test_alone_is_an_end_of_read_or_one_whole_window_update(rest: bytes, head: int) -> None:
+    """``alone``: what follows a lane's frames is nothing, or exactly one WINDOW_UPDATE
+    that the frame reader reads as such (4-byte payload, no flags); and that frame's
+    fields are what ``on_frame`` would take from it, reserved bits dropped."""
+    data = bytes(head) + rest
+    reader = h2.FrameReader(h2.DEFAULT_MAX_FRAME)
+    try:
+        frames: list[h2.Frame] | None = reader.feed(rest)
+    except h2.H2Error:
+        frames = None
+    if not reader.idle:
+        frames = None
+    one_update = (
+        frames is not None
+        and len(frames) == 1
+        and (frames[0].type, frames[0].flags, len(frames[0].payload)) == (h2.WINDOW_UPDATE, 0, 4)
+    )
+    assert alone(data, head) == (not rest or one_update)
+    if one_update:
+        assert frames is not None
+        increment = int.from_bytes(frames[0].payload, "big") & 0x7FFF_FFFF
+        assert window_update_fields(rest) == (frames[0].stream, increment)
+
+
+@pytest.mark.parametrize(
+    ("rest", "expected"),
+    [
+        (b"", True),
+        (h2.window_update(0, 65_535), True),
+        (h2.window_update(7, 1), True),
+        (h2.frame(h2.WINDOW_UPDATE, 0, (1 << 31) | 7, (1 << 31 | 5).to_bytes(4, "big")), True),
+        (h2.frame(h2.WINDOW_UPDATE, 0x1, 0, (5).to_bytes(4, "big")), False),  # a flag
+        (h2.frame(h2.WINDOW_UPDATE, 0, 0, (5).to_bytes(5, "big")), False),  # 5-byte payload
+        (h2.window_update(0, 5)[:-1], False),  # cut short
+        (h2.window_update(0, 5) + h2.window_update(0, 5), False),  # two
+        (h2.frame(h2.PING, 0, 0, b"\0\0\0\0"), False),
+    ],
+)
+def test_alone_cases(rest: bytes, expected: bool) -> None:
+    assert alone(b"xyz" + rest, 3) is expected
+
+
+def lane_and_reference() -> list[Proxy]:
+    """Two proxies to feed the same reads: with the lane, and frame by frame."""
+    return [
+        make_proxy(True, {}, {h2.MAX_CONCURRENT_STREAMS: 100}),
+        make_proxy(False, {}, {h2.MAX_CONCURRENT_STREAMS: 100}),
+    ]
+
+
+def plain_calls(proxies: list[Proxy], count: int) -> Iterator[tuple[str, bytes]]:
+    """``count`` plain calls sent to both proxies (checked alike); for each, the backend
+    role it went to and the plain answer (HEADERS, one message, trailers) on its stream,
+    for the caller to feed."""
+    enc = Encoders()
+    for call in range(count):
+        stream = 2 * call + 1
+        read = h2.frame(h2.HEADERS, h2.END_HEADERS, stream, request_block(enc, INFER, None))
+        read += h2.frame(h2.DATA, h2.END_STREAM, stream, message(b"iris"))
+        for proxy in proxies:
+            proxy.feed("client", read)
+        same(*proxies)
+        role, upstream = next((r, u) for r, u in proxies[1].upstreams.items() if u.calls)
+        uid = max(upstream.calls)
+        answer = bytes(enc.answer(role).encode([(b":status", b"200")]))
+        trailer = bytes(enc.answer(role).encode([(b"grpc-status", b"0")]))
+        yield (
+            role,
+            (
+                h2.frame(h2.HEADERS, h2.END_HEADERS, uid, answer)
+                + h2.frame(h2.DATA, 0, uid, b"\x00\x00\x00\x00\x02\x0a\x00")
+                + h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, uid, trailer)
+            ),
+        )
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        h2.window_update(0, 133),  # grpcio's: the connection window for the request
+        "stream",  # the answered stream's own (over: nothing to do)
+        h2.frame(h2.WINDOW_UPDATE, 0, 1 << 31, (1 << 31 | 7).to_bytes(4, "big")),  # reserved
+        h2.frame(h2.WINDOW_UPDATE, 0, 0, bytes(4)),  # an increment of 0
+    ],
+)
+def test_the_window_update_after_a_whole_answer_is_read_as_frame_by_frame(
+    tail: bytes | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpcio follows every answer with a WINDOW_UPDATE in the same read, which the lane
+    takes without the frame reader: the same bytes out and the same windows after as the
+    frame-by-frame path, whatever the frame's stream and bits."""
+    taken: list[tuple[int, int]] = []
+    real = window_update_fields
+
+    def counted(data: bytes) -> tuple[int, int]:
+        taken.append(real(data))
+        return taken[-1]
+
+    monkeypatch.setattr(gp, "window_update_fields", counted)
+    proxies = lane_and_reference()
+    try:
+        for role, answer in plain_calls(proxies, 8):
+            uid = int.from_bytes(answer[5:9], "big")
+            after = h2.window_update(uid, 99) if tail == "stream" else cast(bytes, tail)
+            for proxy in proxies:
+                proxy.feed(role, answer + after)
+            same(*proxies)
+    finally:
+        for proxy in proxies:
+            proxy.loop.close()
+    assert len(taken) >= 4, taken  # the lane took the tail once the blocks were cached
+    if tail == "stream":
+        assert all(stream > 0 for stream, _ in taken)
+    elif isinstance(tail, bytes) and tail[5] & 0x80:
+        assert set(taken) == {(0, 7)}
+
+
+def test_a_lane_write_goes_after_what_is_already_waiting_for_that_connection() -> None:
+    """The lanes write at once only when nothing is queued for the connection; in one
+    turn of the loop a client's PING is answered (queued), then the backend's answer
+    arrives: on the wire the PING's ACK still comes first, as frame by frame."""
+    proxies = lane_and_reference()
+    try:
+        for role, answer in plain_calls(proxies, 6):
+            for proxy in proxies:
+                with lane(proxy.lane):  # both reads in one turn of the loop
+                    proxy.client.data_received(h2.frame(h2.PING, 0, 0, b"pingpong"))
+                    proxy.upstreams[role].data_received(answer)
+                    proxy.run()
+            sent = proxies[0].client_out.out
+            assert sent.startswith(h2.frame(h2.PING, h2.ACK, 0, b"pingpong")), bytes(sent)
+            same(*proxies)
+    finally:
+        for proxy in proxies:
+            proxy.loop.close()
