@@ -27,6 +27,7 @@ from gate.local.names import MalformedMessage, grpc_model_name
 
 # A frame's header as one unpack: (length << 8 | type, flags, stream with its reserved bit)
 _HEAD = struct.Struct(">IBI")
+_STREAM = struct.Struct(">I")
 _STREAM_MASK = 0x7FFF_FFFF  # the reserved bit is ignored, as the frame reader does
 _HEADERS_ONLY = (HEADERS, END_HEADERS)
 _LAST_DATA = (DATA, END_STREAM)
@@ -34,31 +35,30 @@ _DATA = (DATA, 0)
 _TRAILERS = (HEADERS, END_HEADERS | END_STREAM)
 
 
-def _frame_at(data: bytes, at: int, shape: tuple[int, int], max_frame: int) -> tuple[int, int]:
-    """(payload length, stream) of the frame at ``at`` if it has exactly ``shape`` (type,
-    flags) and fits within ``max_frame`` and ``data``; (-1, 0) otherwise."""
-    if len(data) - at < 9:
-        return -1, 0
-    size_kind, flags, stream = _HEAD.unpack_from(data, at)
-    length = size_kind >> 8
-    if (size_kind & 0xFF, flags) != shape or length > max_frame or len(data) - at - 9 < length:
-        return -1, 0
-    return length, stream & _STREAM_MASK
-
-
 def unary_request(data: bytes, max_frame: int) -> tuple[int, bytes, bytes, int, int] | None:
     """``(stream, header block, body, offset of the DATA frame, bytes taken)`` if ``data``
     starts with HEADERS (END_HEADERS) and a DATA frame with END_STREAM on the same stream
-    (what follows is the frame-by-frame path's)."""
-    head, stream = _frame_at(data, 0, _HEADERS_ONLY, max_frame)
-    if head < 0:
+    (what follows is the frame-by-frame path's).
+
+    Each frame's header is read with one unpack, inline: this runs once a call."""
+    size = len(data)
+    if size < 18:
         return None
-    at = 9 + head
-    body, data_stream = _frame_at(data, at, _LAST_DATA, max_frame)
-    if body < 0 or data_stream != stream:
+    kind_length, flags, stream = _HEAD.unpack_from(data, 0)
+    at = 9 + (kind_length >> 8)
+    if (kind_length & 0xFF, flags) != _HEADERS_ONLY or at - 9 > max_frame or size - at < 9:
         return None
+    kind_length, flags, data_stream = _HEAD.unpack_from(data, at)
+    body = kind_length >> 8
     end = at + 9 + body
-    return stream, data[9:at], data[at + 9 : end], at, end
+    if (
+        (kind_length & 0xFF, flags) != _LAST_DATA
+        or body > max_frame
+        or end > size
+        or (data_stream ^ stream) & _STREAM_MASK
+    ):
+        return None
+    return stream & _STREAM_MASK, data[9:at], data[at + 9 : end], at, end
 
 
 def unary_answer(data: bytes, max_frame: int) -> tuple[int, bytes, int, bytes, int, int] | None:
@@ -66,19 +66,33 @@ def unary_answer(data: bytes, max_frame: int) -> tuple[int, bytes, int, bytes, i
     taken)`` if ``data`` starts with HEADERS (END_HEADERS), a non-empty DATA frame
     without flags and HEADERS with END_HEADERS and END_STREAM, all on one stream (what
     follows, grpcio's WINDOW_UPDATE for the request, is the frame-by-frame path's)."""
-    head, stream = _frame_at(data, 0, _HEADERS_ONLY, max_frame)
-    if head < 0:
+    size = len(data)
+    if size < 27:
         return None
-    at = 9 + head
-    body, data_stream = _frame_at(data, at, _DATA, max_frame)
-    if body <= 0 or data_stream != stream:
+    kind_length, flags, stream = _HEAD.unpack_from(data, 0)
+    at = 9 + (kind_length >> 8)
+    if (kind_length & 0xFF, flags) != _HEADERS_ONLY or at - 9 > max_frame or size - at < 9:
         return None
+    kind_length, flags, data_stream = _HEAD.unpack_from(data, at)
+    body = kind_length >> 8
     trailer_at = at + 9 + body
-    trailer, trailer_stream = _frame_at(data, trailer_at, _TRAILERS, max_frame)
-    if trailer < 0 or trailer_stream != stream:
+    if (
+        (kind_length & 0xFF, flags) != _DATA
+        or not 0 < body <= max_frame
+        or size - trailer_at < 9
+        or (data_stream ^ stream) & _STREAM_MASK
+    ):
         return None
-    end = trailer_at + 9 + trailer
-    return stream, data[9:at], body, data[trailer_at + 9 : end], at, end
+    kind_length, flags, trailer_stream = _HEAD.unpack_from(data, trailer_at)
+    end = trailer_at + 9 + (kind_length >> 8)
+    if (
+        (kind_length & 0xFF, flags) != _TRAILERS
+        or end - trailer_at - 9 > max_frame
+        or end > size
+        or (trailer_stream ^ stream) & _STREAM_MASK
+    ):
+        return None
+    return stream & _STREAM_MASK, data[9:at], body, data[trailer_at + 9 : end], at, end
 
 
 # One whole WINDOW_UPDATE frame: its first five bytes (length 4, type, no flags), its size
@@ -108,9 +122,8 @@ def on_stream(data: bytes, end: int, offsets: tuple[int, ...], stream: int) -> b
     ``stream``: the frames the other connection gets, byte for byte what writing each one
     anew would make."""
     out = bytearray(data[:end])
-    field = stream.to_bytes(4, "big")
     for at in offsets:
-        out[at + 5 : at + 9] = field
+        _STREAM.pack_into(out, at + 5, stream)
     return out
 
 

@@ -32,6 +32,7 @@ class MalformedMessage(ValueError):
 # the scan is bounded anyway. A request naming two models is routed by the first, and
 # the backend (which serves only that model) answers for the one it reads.
 _MAX_FIELDS_SCANNED = 64
+_FIELD_1_STRING = 1 << 3 | 2  # field 1, wire type 2 (length-delimited)
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -48,7 +49,21 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def grpc_model_name(message: bytes) -> str:
-    """Field 1 (a string) of a serialized request; "" if the message has none."""
+    """Field 1 (a string) of a serialized request; "" if the message has none.
+
+    The usual message starts with field 1 and a one-byte length (a name under 128 bytes):
+    that is read at once, the same as the scan below would read it."""
+    end = len(message)
+    if end >= 2 and message[0] == _FIELD_1_STRING and message[1] < 0x80 and message[1] <= end - 2:
+        try:
+            return message[2 : 2 + message[1]].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedMessage("model name is not UTF-8") from exc
+    return scanned_model_name(message)
+
+
+def scanned_model_name(message: bytes) -> str:
+    """:func:`grpc_model_name` for any message: field by field, up to field 1."""
     pos, end = 0, len(message)
     for _ in range(_MAX_FIELDS_SCANNED):
         if pos >= end:

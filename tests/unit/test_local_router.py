@@ -9,11 +9,14 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from pydantic import ValidationError
 
 from gate.local.admin import AdminApp
 from gate.local.asgi import Message
+from gate.local.names import scanned_model_name
 from gate.local.route_table import (
     BackendSpec,
     MalformedMessage,
@@ -107,6 +110,27 @@ def test_grpc_model_name_never_fails_otherwise_on_random_bytes() -> None:
         except MalformedMessage:
             continue
         assert len(name) <= len(raw)
+
+
+@given(
+    length=st.integers(0, 0xFF),
+    rest=st.binary(max_size=160)
+    | st.text(max_size=140).map(lambda name: name.encode())
+    | st.builds(lambda name, more: name.encode() + more, st.text(max_size=140), st.binary()),
+)
+def test_grpc_model_name_reads_a_leading_field_1_as_the_scan_does(length: int, rest: bytes) -> None:
+    """The one-step read of a message that starts with field 1 and a one-byte length
+    (every client's) answers what the field-by-field scan answers, name or error."""
+    raw = b"\x0a" + bytes((length,)) + rest
+    expected: str | type[MalformedMessage]
+    try:
+        expected = scanned_model_name(raw)
+    except MalformedMessage:
+        expected = MalformedMessage
+    try:
+        assert grpc_model_name(raw) == expected
+    except MalformedMessage:
+        assert expected is MalformedMessage
 
 
 @pytest.mark.parametrize(
