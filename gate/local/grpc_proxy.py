@@ -296,9 +296,7 @@ class Endpoint(asyncio.Protocol):
             else:
                 self._continued = (stream, flags, bytearray(first))
         elif kind == h2.SETTINGS:
-            if flags & h2.ACK:
-                self.on_settings_ack()
-            else:
+            if not flags & h2.ACK:  # an ACK needs nothing (see h2.HeaderReader)
                 self._apply_settings(payload)
         elif kind == h2.WINDOW_UPDATE:
             if len(payload) != 4:
@@ -387,9 +385,6 @@ class Endpoint(asyncio.Protocol):
         as frame by frame; returns how many bytes it took (the rest goes frame by frame).
         0, having changed nothing, leaves all of it to the frame-by-frame path."""
         return 0
-
-    def on_settings_ack(self) -> None:
-        self.headers.allow_table_size(0)
 
     def stream_sent(self, stream: int) -> None:
         """Our side of ``stream`` is complete (END_STREAM written)."""
@@ -729,7 +724,7 @@ class Call:
         ):
             return False
         failed = upstream.plain_answers.get((head, trailer))
-        if failed is None:
+        if failed is None or not upstream.headers.stateless:
             headers = upstream.headers.cached(head)
             trailers = upstream.headers.cached(trailer)
             if headers is None or trailers is None or header(headers, b":status") != b"200":

@@ -161,7 +161,15 @@ def encode_literal(headers: Headers) -> bytes:
 class HeaderReader:
     """One connection's decoder. ``read`` returns the fields and whether the block was
     self-contained (no dynamic table in play), i.e. may be forwarded to another connection
-    byte for byte."""
+    byte for byte.
+
+    We advertise a table size of 0 but accept blocks that use up to HTTP/2's default 4,096
+    bytes (hpack's default allowance): grpcio has been seen sending, right after its
+    SETTINGS acknowledgment, a block without the size update RFC 7541 4.2 asks for
+    (under load, on a stream whose deadline had passed). Refusing it closed the
+    connection and failed every call on it. Such a block is decoded, and not
+    self-contained. Blocks are cached (skippable, forwardable as they are) only while the
+    table is 0."""
 
     CACHE_SIZE = 256
 
@@ -170,20 +178,23 @@ class HeaderReader:
         self._decoder.max_header_list_size = max_list_size
         self._cache: OrderedDict[bytes, Headers] = OrderedDict()
 
-    def allow_table_size(self, size: int) -> None:
-        """Our SETTINGS_HEADER_TABLE_SIZE, once the peer acknowledged it."""
-        self._decoder.max_allowed_table_size = size
+    @property
+    def stateless(self) -> bool:
+        """The peer's dynamic table is 0: a self-contained block decodes the same at any
+        time and changes nothing."""
+        return self._decoder.header_table_size == 0
 
     def cached(self, block: bytes) -> Headers | None:
-        """The fields of a self-contained block this reader decoded before, else None
-        (reading a cached block changes no decoder state, so skipping ``read`` is safe)."""
-        return self._cache.get(block)
+        """The fields of a self-contained block this reader decoded before, if the table is
+        still 0, else None (reading such a block changes no decoder state, so skipping
+        ``read`` is safe)."""
+        return self._cache.get(block) if self._decoder.header_table_size == 0 else None
 
     def read(self, block: bytes) -> tuple[Headers, bool]:
-        cached = self._cache.get(block)
+        stateless = self._decoder.header_table_size == 0
+        cached = self._cache.get(block) if stateless else None
         if cached is not None:
             return cached, True
-        stateless = self._decoder.header_table_size == 0
         try:
             fields = self._decoder.decode(block, raw=True)
         except hpack.HPACKError as exc:

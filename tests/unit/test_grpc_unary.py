@@ -662,3 +662,62 @@ def test_a_lane_write_goes_after_what_is_already_waiting_for_that_connection() -
     finally:
         for proxy in proxies:
             proxy.loop.close()
+
+
+def test_a_block_without_the_size_update_after_the_ack_is_read_not_refused() -> None:
+    """grpcio was seen answering, after acknowledging our SETTINGS (table size 0), with a
+    block that lacks the size update: it is decoded (not self-contained, so re-encoded
+    when forwarded) and the backend connection stays open for the calls after it; with
+    the lane as without it."""
+    proxies = lane_and_reference()
+    try:
+        calls = plain_calls(proxies, 3)
+        role, _ = next(calls)
+        uid = max(proxies[0].upstreams[role].calls)
+        stale = hpack.Encoder()  # never told of our table size: no update in its blocks
+        head = bytes(stale.encode([(b":status", b"200"), (b"content-type", b"application/grpc")]))
+        trailer = bytes(stale.encode([(b"grpc-status", b"4")]))
+        assert not head.startswith(b"\x20")  # no dynamic table size update
+        for proxy in proxies:
+            proxy.take()
+            proxy.feed(
+                role,
+                h2.frame(h2.HEADERS, h2.END_HEADERS, uid, head)
+                + h2.frame(h2.DATA, 0, uid, b"\x00\x00\x00\x00\x02\x0a\x00")
+                + h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, uid, trailer),
+            )
+            upstream = proxy.upstreams[role]
+            assert not upstream.closed and not proxy.client.closed
+            frames = list(frames_of(proxy.take()[0]))
+            assert [f.type for f in frames] == [h2.HEADERS, h2.DATA, h2.HEADERS]
+            answer = [
+                (bytes(n), bytes(v)) for n, v in hpack.Decoder().decode(frames[0].payload, raw=True)
+            ]
+            assert (b":status", b"200") in answer
+            assert not upstream.headers.stateless  # the table is still the default's
+        for role, answer_read in calls:  # the calls after it are answered, alike
+            for proxy in proxies:
+                proxy.feed(role, answer_read)
+            same(*proxies)
+    finally:
+        for proxy in proxies:
+            proxy.loop.close()
+
+
+def test_cached_blocks_are_not_skipped_once_the_peer_uses_a_dynamic_table() -> None:
+    """A block cached while the table was 0 may add entries once the peer raises the table
+    size (allowed up to 4,096): it is then decoded again, never skipped."""
+    reader = h2.HeaderReader(64 * 1024)
+    encoder = hpack.Encoder()
+    encoder.header_table_size = 0
+    fields = [(b":status", b"200"), (b"x-trace", b"abc")]
+    first = bytes(encoder.encode(fields))  # carries the update to 0
+    assert reader.read(first) == (tuple(fields), False)
+    again = bytes(encoder.encode(fields))
+    assert reader.read(again) == (tuple(fields), True)
+    assert reader.cached(again) == tuple(fields) and reader.stateless
+    encoder.header_table_size = 4096
+    grown = bytes(encoder.encode(fields))
+    assert reader.read(grown) == (tuple(fields), False)
+    assert not reader.stateless and reader.cached(again) is None
+    assert reader.read(again) == (tuple(fields), False)  # decoded: it may index entries
