@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -90,6 +91,15 @@ def create(stack: LocalStack, version: str, analysis: dict[str, Any]) -> str:
     return rollout_id
 
 
+def _as_a_shell_starts_it() -> None:
+    """SIGINT neither blocked nor ignored in the child, as a shell starts a command. A
+    signal mask is inherited through fork and exec: in a full test run the worker that
+    forks may have SIGINT blocked, and the CLI then never saw the Ctrl-C (two fresh-clone
+    runs timed out here; this test alone passed)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def watch_under_a_pty(stack: LocalStack, rollout_id: str) -> pexpect.spawn:
     return pexpect.spawn(
         str(IRISGATE),
@@ -100,6 +110,7 @@ def watch_under_a_pty(stack: LocalStack, rollout_id: str) -> pexpect.spawn:
         encoding="utf-8",
         codec_errors="replace",  # Ctrl-C can cut a box-drawing character in half
         timeout=90,
+        preexec_fn=_as_a_shell_starts_it,
     )
 
 
