@@ -400,6 +400,18 @@ class Endpoint(asyncio.Protocol):
         return 0
 
 
+def _takes_whole(connection: UpstreamSide, size: int, block_size: int) -> bool:
+    """Whether a request body of ``size`` bytes and its header block go out as one HEADERS
+    and one DATA frame: a body that the backend's connection and stream windows take and
+    that, like the block, fits the backend's largest frame."""
+    return (
+        0 < size <= connection.send_window
+        and size <= connection.peer_initial_window
+        and size <= connection.peer_max_frame
+        and block_size <= connection.peer_max_frame
+    )
+
+
 class Call:
     """One gRPC call: a client stream, and the backend stream it was sent to."""
 
@@ -588,28 +600,37 @@ class Call:
         the client's connection window back as the pump's ``replenish`` gives it (the
         request is over, so no stream window)."""
         size = len(body)
-        if not (
-            0 < size <= min(connection.send_window, connection.peer_initial_window)
-            and max(size, len(block)) <= connection.peer_max_frame
-        ):
+        if not _takes_whole(connection, size, len(block)):
             return False
         uid = self.uid
         if self.read and block is self.block:
             forwarded = on_stream(self.read, len(self.read), (0, self.data_at), uid)
-            if self.read_alone:
-                connection.write_now(forwarded)
-            else:
-                connection.write(forwarded)
+            self._wrote_whole(connection, forwarded, self.read_alone, size)
         else:
-            connection.write(
+            self._wrote_whole(
+                connection,
                 h2.frame(h2.HEADERS, h2.END_HEADERS, uid, block)
-                + h2.frame(h2.DATA, h2.END_STREAM, uid, body)
+                + h2.frame(h2.DATA, h2.END_STREAM, uid, body),
+                False,
+                size,
             )
-        connection.send_window -= size
         self.up_box = None  # (nothing more to send: request_data takes no more)
-        self.client.give_back(size)
         connection.stream_sent(uid)
         return True
+
+    def _wrote_whole(
+        self, connection: UpstreamSide, forwarded: bytes | bytearray, now: bool, size: int
+    ) -> None:
+        """A whole request's frames written (at once when they are all the client's read
+        held, see ``write_now``), its ``size`` bytes debited from the backend's window and
+        the client's connection window given back as the pump's ``replenish`` would (the
+        request is over, so no stream window)."""
+        if now:
+            connection.write_now(forwarded)
+        else:
+            connection.write(forwarded)
+        connection.send_window -= size
+        self.client.give_back(size)
 
     def take_whole(self, body: bytes, read: bytes, data_at: int, alone: bool) -> None:
         """The whole request body, arrived at once (as ``request_data`` keeps it), and the
@@ -640,13 +661,7 @@ class Call:
         size = len(body)
         block = self.block
         assert block is not None  # the lane's block is always a cached, whole one
-        if not (
-            0 < size <= REPLAY_LIMIT_BYTES
-            and size <= connection.send_window
-            and size <= connection.peer_initial_window
-            and size <= connection.peer_max_frame
-            and len(block) <= connection.peer_max_frame
-        ):
+        if size > REPLAY_LIMIT_BYTES or not _takes_whole(connection, size, len(block)):
             return False
         self.request_ended = True
         self.kept, self.kept_bytes = [body], size
@@ -655,13 +670,9 @@ class Call:
         self.upstream = connection
         self.uid = uid = connection.open_stream(self)
         self.down_box.on_sent = connection  # what reaches the client frees the backend's window
-        forwarded = on_stream(read, end, (0, data_at), uid)
-        if alone(read, end):
-            connection.write_now(forwarded)
-        else:
-            connection.write(forwarded)
-        connection.send_window -= size
-        self.client.give_back(size)  # the request is over: no stream window to give
+        self._wrote_whole(
+            connection, on_stream(read, end, (0, data_at), uid), alone(read, end), size
+        )
         return True
 
     # --- the answer --------------------------------------------------------------------------
