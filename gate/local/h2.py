@@ -188,10 +188,10 @@ class HeaderReader:
         """The fields of a self-contained block this reader decoded before, if the table is
         still 0, else None (reading such a block changes no decoder state, so skipping
         ``read`` is safe)."""
-        return self._cache.get(block) if self._decoder.header_table_size == 0 else None
+        return self._cache.get(block) if self.stateless else None
 
     def read(self, block: bytes) -> tuple[Headers, bool]:
-        stateless = self._decoder.header_table_size == 0
+        stateless = self.stateless
         cached = self._cache.get(block) if stateless else None
         if cached is not None:
             return cached, True
@@ -200,7 +200,7 @@ class HeaderReader:
         except hpack.HPACKError as exc:
             raise H2Error(0x9, f"header block does not decode: {exc}") from exc  # COMPRESSION
         headers: Headers = tuple((bytes(n), bytes(v)) for n, v in fields)
-        if stateless and self._decoder.header_table_size == 0:
+        if stateless and self.stateless:  # (and the block did not grow the table)
             self._cache[block] = headers
             if len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)

@@ -317,6 +317,13 @@ def same(with_lane: Proxy, without: Proxy) -> None:
     assert with_lane.state() == without.state()
 
 
+def feed_alike(proxies: list[Proxy], role: str, read: bytes) -> None:
+    """One read fed to the lane's proxy and the reference, which must then agree."""
+    for proxy in proxies:
+        proxy.feed(role, read)
+    same(*proxies)
+
+
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
@@ -344,17 +351,13 @@ def test_the_lane_writes_and_leaves_what_frame_by_frame_does(data: st.DataObject
             opened, reads = data.draw(call_reads(enc, stream))
             stream = max(stream, opened) + 2
             for read in reads:
-                for proxy in proxies:
-                    proxy.feed("client", read)
-                same(*proxies)
+                feed_alike(proxies, "client", read)
             for role, upstream in proxies[1].upstreams.items():
                 if not upstream.calls:
                     continue
                 uid = max(upstream.calls)
                 for read in data.draw(answer_reads(enc.answer(role), uid)):
-                    for proxy in proxies:
-                        proxy.feed(role, read)
-                    same(*proxies)
+                    feed_alike(proxies, role, read)
     finally:
         for proxy in proxies:
             proxy.loop.close()
@@ -586,9 +589,7 @@ def plain_calls(proxies: list[Proxy], count: int) -> Iterator[tuple[str, bytes]]
         stream = 2 * call + 1
         read = h2.frame(h2.HEADERS, h2.END_HEADERS, stream, request_block(enc, INFER, None))
         read += h2.frame(h2.DATA, h2.END_STREAM, stream, message(b"iris"))
-        for proxy in proxies:
-            proxy.feed("client", read)
-        same(*proxies)
+        feed_alike(proxies, "client", read)
         role, upstream = next((r, u) for r, u in proxies[1].upstreams.items() if u.calls)
         uid = max(upstream.calls)
         answer = bytes(enc.answer(role).encode([(b":status", b"200")]))
@@ -631,9 +632,7 @@ def test_the_window_update_after_a_whole_answer_is_read_as_frame_by_frame(
         for role, answer in plain_calls(proxies, 8):
             uid = int.from_bytes(answer[5:9], "big")
             after = h2.window_update(uid, 99) if tail == "stream" else cast(bytes, tail)
-            for proxy in proxies:
-                proxy.feed(role, answer + after)
-            same(*proxies)
+            feed_alike(proxies, role, answer + after)
     finally:
         for proxy in proxies:
             proxy.loop.close()
@@ -696,9 +695,7 @@ def test_a_block_without_the_size_update_after_the_ack_is_read_not_refused() -> 
             assert (b":status", b"200") in answer
             assert not upstream.headers.stateless  # the table is still the default's
         for role, answer_read in calls:  # the calls after it are answered, alike
-            for proxy in proxies:
-                proxy.feed(role, answer_read)
-            same(*proxies)
+            feed_alike(proxies, role, answer_read)
     finally:
         for proxy in proxies:
             proxy.loop.close()
