@@ -75,6 +75,13 @@ def _csv(
     return parse
 
 
+def _absolute(text: str) -> Path:
+    """A path flag, made absolute at once: the servers get it with working directories of
+    their own (MLServer read a relative ``--out``'s model URI against its model folder and
+    refused to load)."""
+    return Path(text).resolve()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -101,22 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="extra flags for irisgate's predictor, e.g. '--workers 2' (default: none)",
     )
-    parser.add_argument("--out", type=Path, default=REPO / ".bench" / "results")
+    parser.add_argument("--out", type=_absolute, default=REPO / ".bench" / "results")
     parser.add_argument(
         "--mlserver-venv",
-        type=Path,
+        type=_absolute,
         default=REPO / ".bench" / "mlserver-venv",
         help="where MLServer gets its own venv (made on first use)",
     )
     parser.add_argument(
         "--bentoml-venv",
-        type=Path,
+        type=_absolute,
         default=REPO / ".bench" / "bentoml-venv",
         help="where BentoML gets its own venv (made on first use)",
     )
     parser.add_argument(
         "--mlflow-venv",
-        type=Path,
+        type=_absolute,
         default=REPO / ".bench" / "mlflow-venv",
         help="where MLflow gets its own venv (made on first use)",
     )

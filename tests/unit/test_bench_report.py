@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
-from benchmarks.__main__ import round_order
+from benchmarks.__main__ import build_parser, round_order
 from benchmarks.report import (
     FLOOR,
     Goal,
@@ -397,3 +398,19 @@ def test_with_one_model_the_floor_follows_its_router() -> None:
     assert [s.kind for s in round_order(fleet, 1)[:3]] == ["irisgate", "router", FLOOR]
     assert [s.kind for s in round_order(fleet, 2)[:3]] == [FLOOR, "router", "irisgate"]
     assert len(round_order(fleet, 2)) == len(fleet)
+
+
+def test_path_flags_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers run with working directories of their own: a relative ``--out`` (MLServer's
+    model URI under it) or venv folder must not be read against theirs."""
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(
+        ["--out", "out", "--mlserver-venv", "m", "--bentoml-venv", "b", "--mlflow-venv", "f"]
+    )
+    for path, name in (
+        (args.out, "out"),
+        (args.mlserver_venv, "m"),
+        (args.bentoml_venv, "b"),
+        (args.mlflow_venv, "f"),
+    ):
+        assert path == tmp_path.resolve() / name
