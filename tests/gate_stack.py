@@ -338,9 +338,15 @@ def ended_afterwards(stack: LocalStack, rollout_id: str) -> Iterator[None]:
     try:
         yield
     finally:
-        with contextlib.suppress(httpx.HTTPError, TimeoutError):
-            httpx.post(f"{stack.gate_url}/v1/rollouts/{rollout_id}/abort", headers=AUTH, timeout=10)
-            stack.wait_phase(rollout_id, TERMINAL_PHASES, 30)
+        end_rollout(stack, rollout_id)
+
+
+def end_rollout(stack: LocalStack, rollout_id: str) -> None:
+    """Abort the rollout, if it has not ended, and wait for it to (errors ignored: this
+    cleans up after a test, whatever state it left)."""
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        httpx.post(f"{stack.gate_url}/v1/rollouts/{rollout_id}/abort", headers=AUTH, timeout=10)
+        stack.wait_phase(rollout_id, TERMINAL_PHASES, 30)
 
 
 @contextlib.contextmanager

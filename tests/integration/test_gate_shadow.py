@@ -9,6 +9,7 @@ here is 15 %: v2 is shown within it, v3 beyond it.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -27,9 +28,10 @@ from tests.gate_stack import (
     TEST_MARGINS,
     LocalStack,
     build_registry,
-    ended_afterwards,
+    end_rollout,
     local_stack,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +68,7 @@ def nothing_left_active(request: pytest.FixtureRequest) -> Iterator[None]:
     stack: LocalStack = request.getfixturevalue("stack")
     listed = httpx.get(f"{stack.gate_url}/v1/rollouts", params={"active": "true"}, timeout=10)
     for rollout in listed.json():
-        with ended_afterwards(stack, rollout["id"]):
-            pass
+        end_rollout(stack, rollout["id"])
 
 
 def actions(detail: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -97,21 +98,15 @@ def post_labels(stack: LocalStack, labels: list[dict[str, Any]]) -> dict[str, An
     return result
 
 
-def wait_scored(stack: LocalStack, ids: list[str], timeout: float = 15) -> tuple[int, int]:
-    """(answers to ``ids`` scored against a label, how many were right), once every id's
-    answer is scored or ``timeout`` has passed: the events of the last requests may still
-    be in the router's batch or in the gate's ingestion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(stack.root / "gate.db") as db:
-            count, right = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(correct = labelled), 0) FROM payloads "
-                f"WHERE request_id IN ({','.join('?' * len(ids))}) AND labelled IS NOT NULL",
-                ids,
-            ).fetchone()
-        if count >= len(ids) or time.monotonic() > deadline:
-            return int(count), int(right)
-        time.sleep(0.2)
+def scored_answers(stack: LocalStack, ids: list[str]) -> tuple[int, int]:
+    """(answers to ``ids`` scored against a label, how many were right)."""
+    with sqlite3.connect(stack.root / "gate.db") as db:
+        count, right = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(correct = labelled), 0) FROM payloads "
+            f"WHERE request_id IN ({','.join('?' * len(ids))}) AND labelled IS NOT NULL",
+            ids,
+        ).fetchone()
+    return int(count), int(right)
 
 
 def pairs(stack: LocalStack) -> set[tuple[str, int]]:
@@ -138,14 +133,18 @@ def test_an_agreeing_candidate_passes_shadow_on_live_requests_then_steps(
         labels = [{"id": i, "label": 1} for i in ids] + [{"id": "never-sent", "label": 0}]
         first = post_labels(stack, labels)
         assert first["accepted"] == len(labels) and 1 <= first["unknown"] <= len(labels)
-        scored = wait_scored(stack, ids)
+        # the events of the last requests may still be in the router's batch or in the
+        # gate's ingestion: wait for them (a timeout is reported by the assertions below)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: scored_answers(stack, ids)[0] >= len(ids), 15, "answers scored")
+        scored = scored_answers(stack, ids)
         mirrored = stack.routes()["mirror_stats"]
         assert scored[0] == len(ids), mirrored  # every labelled request's answer was scored
         assert mirrored["lost"] == mirrored["dropped"] == 0, mirrored
         assert scored[1] == sum(answer == 1 for answer in answers)
         again = post_labels(stack, labels)  # the same again replaces; only one id unknown now
         assert again == {"accepted": len(labels), "unknown": 1}
-        assert wait_scored(stack, ids) == scored
+        assert scored_answers(stack, ids) == scored
         final = stack.wait_phase(rollout, TERMINAL, timeout=120)
     shadow = next(d for d in final["decisions"] if d["action"] == "step")
     assert shadow["outcome"] == "pass" and "shadow: disagreement" in shadow["reason"]
@@ -209,15 +208,10 @@ def test_a_promotion_the_watch_shows_worse_on_labels_is_rolled_back_to_the_previ
             f"{previous_http}/v1/models/iris:predict", json={"instances": [row]}, timeout=10
         ).json()["predictions"][0]
         labels.append({"id": request_id, "label": int(truth)})
-    feedback = httpx.post(
-        f"{stack.gate_url}/v1/feedback",
-        headers=AUTH,
-        json={"model": "iris", "labels": labels},
-        timeout=10,
-    )
+    feedback = post_labels(stack, labels)
     # the router sends events in batches: a label may arrive before its answer does (it
     # is kept, counted as unknown, and scored when the answer comes)
-    assert feedback.status_code == 200 and feedback.json()["accepted"] == 60, feedback.text
+    assert feedback["accepted"] == 60, feedback
     final = stack.wait_phase(rollout, TERMINAL, timeout=90)
     assert final["phase"] == "rolled_back", final["message"]
     assert final["message"].startswith("watch: the new stable's accuracy is shown worse")
