@@ -70,7 +70,8 @@ up: $(DEMO_STAMP)
 	$(BIN)/python -m demo --up --run-dir .irisgate/up
 
 # The benchmark (not part of `make test`): needs wrk and h2load (apt-get install wrk
-# nghttp2-client); installs MLServer, BentoML and MLflow into their own venvs under .bench/
+# nghttp2-client), and HAProxy for its reference proxy (apt-get install haproxy; left out
+# without it); installs MLServer, BentoML and MLflow into their own venvs under .bench/
 # on first use. `python -m benchmarks.soak` is the 10-minute soak through the router.
 # BENCH_ARGS, e.g. BENCH_ARGS="--rounds 5 --duration 10".
 BENCH_ARGS ?=

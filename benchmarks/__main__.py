@@ -42,6 +42,7 @@ from benchmarks.generators import GeneratorMissing, require_generators, run_h2lo
 from benchmarks.report import (
     DIRECT,
     FLOOR,
+    REFERENCE_PROXY,
     ROUTER,
     Sample,
     evaluate_goals,
@@ -189,12 +190,21 @@ def plan_servers(args: argparse.Namespace, run_dir: Path) -> list[servers.Server
         for kind, (peer, field) in PEER_VENVS.items()
         if kind in args.servers
     }
+    with_haproxy = "haproxy" in args.servers and servers.haproxy_version() is not None
+    if "haproxy" in args.servers and not with_haproxy:
+        print(
+            "bench: haproxy not found, so the reference proxy is left out "
+            "(on Debian/Ubuntu: apt-get install haproxy)",
+            file=sys.stderr,
+        )
     for model in args.models:
-        if "irisgate" in args.servers or "router" in args.servers:
+        if {"irisgate", "router", "haproxy"} & set(args.servers):
             predictor = servers.irisgate(model, artifacts[model], run_dir, extra)
             chosen.append(predictor)
             if "router" in args.servers:
                 chosen.append(servers.router(predictor, run_dir))
+            if with_haproxy:
+                chosen.append(servers.haproxy(predictor, run_dir))
         if "kserve-plain" in args.servers:
             chosen.append(servers.kserve_plain(model, artifacts[model], run_dir))
         if "mlserver" in venvs:
@@ -274,30 +284,29 @@ class Measured(Protocol):
 
 
 MeasuredT = TypeVar("MeasuredT", bound=Measured)
-CORE_PAIR = (DIRECT, ROUTER)  # per model, in this order
+CORE = (REFERENCE_PROXY, ROUTER, DIRECT)  # per model, in this order
 
 
 def round_order(fleet: Sequence[MeasuredT], round_no: int) -> list[MeasuredT]:
     """The order of one round's turns at every point: the core block, then the rest.
 
-    Core: per model its predictor then its router, with the floor after the first half of
-    the models, so each router is next to its predictor and the floor next to a predictor;
-    the block is reversed on even rounds, so which side of each pair goes first alternates
-    and an order bias cancels out over the rounds. The rest (peers, plain KServe) rotate by
+    Core: per model HAProxy, the router, then the predictor they front, with the floor
+    after the first half of the models, so each router is next to its predictor, HAProxy
+    next to the router and the floor next to a predictor; the block is reversed on even
+    rounds, so which side of each pair goes first alternates and an order bias cancels out
+    over the rounds. The rest (peers, plain KServe) rotate by
     round number, so none is always measured straight after the core block.
     """
-    models = list(dict.fromkeys(s.model for s in fleet if s.kind in CORE_PAIR))
+    models = list(dict.fromkeys(s.model for s in fleet if s.kind in CORE))
     half = (len(models) + 1) // 2
 
-    def pairs(chosen: list[str]) -> list[MeasuredT]:
-        return [
-            s for m in chosen for kind in CORE_PAIR for s in fleet if (s.kind, s.model) == (kind, m)
-        ]
+    def blocks(chosen: list[str]) -> list[MeasuredT]:
+        return [s for m in chosen for kind in CORE for s in fleet if (s.kind, s.model) == (kind, m)]
 
-    core = pairs(models[:half]) + [s for s in fleet if s.kind == FLOOR] + pairs(models[half:])
+    core = blocks(models[:half]) + [s for s in fleet if s.kind == FLOOR] + blocks(models[half:])
     if round_no % 2 == 0:
         core.reverse()
-    rest = [s for s in fleet if s.kind not in (*CORE_PAIR, FLOOR)]
+    rest = [s for s in fleet if s.kind not in (*CORE, FLOOR)]
     shift = (round_no - 1) % len(rest) if rest else 0
     return core + rest[shift:] + rest[:shift]
 
@@ -362,8 +371,10 @@ def write_report(
 
 
 def _peer_versions(kinds: Sequence[str]) -> list[str]:
-    """The pinned peer packages of this run, e.g. 'bentoml==1.4.40'."""
+    """The pinned peer packages of this run, e.g. 'bentoml==1.4.40', and HAProxy's."""
     pins = [peer.requirements[0] for kind, (peer, _) in PEER_VENVS.items() if kind in kinds]
+    if "haproxy" in kinds and (version := servers.haproxy_version()) is not None:
+        pins.append(f"haproxy {version}")
     return pins or ["none"]
 
 

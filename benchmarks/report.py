@@ -23,6 +23,7 @@ from typing import Any, Literal
 SERVER_ORDER = (
     "irisgate",
     "router",
+    "haproxy",
     "mlserver",
     "bentoml",
     "mlflow",
@@ -31,6 +32,8 @@ SERVER_ORDER = (
 )
 FLOOR = "kserve-constant"
 ROUTER, DIRECT = "router", "irisgate"  # the same predictor, through the router and not
+REFERENCE_PROXY = "haproxy"  # the same predictor through HAProxy: what the router is held to
+PROXIES = (ROUTER, REFERENCE_PROXY)  # whose figures are also shown against direct
 # The serving frameworks irisgate's predictor must beat by 2x, by their report names.
 PEERS = {"mlserver": "MLServer", "bentoml": "BentoML", "mlflow": "MLflow"}
 PEER_GOAL_CONCURRENCY = (16, 64)
@@ -385,6 +388,7 @@ def markdown(
     for goal in goals:
         verdict = {True: "yes", False: "**no**", None: "-"}[goal.met]
         lines.append(f"| {goal.text} | {goal.measured} | {verdict} |")
+    lines += _against_reference(look, points)
     measured = {p.server for p in points}
     if wires:
         lines += [
@@ -423,7 +427,7 @@ def markdown(
                 f"| {model} | {p.concurrency} | {labels.get(p.server, p.server)} "
                 f"| {p.rps:,.0f} | {p.p50_ms:.2f} | {p.p99_ms:.1f} | {p.errors} "
                 f"| {p.cpu_ms_per_request:.2f} | {ratio('kserve-plain')} | {ratio('mlserver')} "
-                f"| {ratio(FLOOR)} | {ratio(DIRECT) if p.server == ROUTER else ''} |"
+                f"| {ratio(FLOOR)} | {ratio(DIRECT) if p.server in PROXIES else ''} |"
             )
     lines += ["", "## Idle memory", "", "| server | model | RSS per process, MB |", "|---|---|---|"]
     for key, rss in sorted(idle_rss.items()):
@@ -431,6 +435,34 @@ def markdown(
         sizes = ", ".join(f"{mb:.0f}" for mb in rss)
         lines.append(f"| {labels.get(kind, kind)} | {model} | {sizes} |")
     return "\n".join(lines) + "\n"
+
+
+def _against_reference(look: Lookup, points: list[Point]) -> list[str]:
+    """The router beside HAProxy in its place, at the top concurrency: how much of what a
+    proxy costs is the router's own (no goal: a reference, measured in the same rounds)."""
+    top = max((p.concurrency for p in points if p.server == REFERENCE_PROXY), default=None)
+    if top is None:
+        return []
+    lines = [
+        "",
+        "## The router against HAProxy in its place",
+        "",
+        f"The same predictor at c={top}, through the router and through HAProxy (written in "
+        "C, layer 7, one thread, a backend connection per client connection as the router "
+        "has); req/s ratios, the median of per-round ratios.",
+        "",
+        "| model | protocol | router vs direct | HAProxy vs direct | router vs HAProxy |",
+        "|---|---|---:|---:|---:|",
+    ]
+    chosen = [p for p in points if p.server == REFERENCE_PROXY and p.concurrency == top]
+    for p in sorted(chosen, key=lambda p: (p.model, list(PROTOCOL_TITLES).index(p.protocol))):
+        ratios = [
+            look.ratio(server, other, p.model, p.protocol, top)
+            for server, other in ((ROUTER, DIRECT), (REFERENCE_PROXY, DIRECT), (ROUTER, p.server))
+        ]
+        cells = " | ".join(_fmt_ratio(r) for r in ratios)
+        lines.append(f"| {p.model} | {PROTOCOL_TITLES[p.protocol]} | {cells} |")
+    return lines
 
 
 def to_json(
@@ -457,7 +489,9 @@ def paired_ratios(points: list[Point], samples: Iterable[Sample]) -> list[Paired
     wanted: list[tuple[str, str, Metric]] = [
         (DIRECT, other, "rps") for other in (*PEERS, "kserve-plain", FLOOR)
     ]
-    wanted += [(ROUTER, DIRECT, "rps"), (ROUTER, DIRECT, "p99_ms")]
+    wanted += [(proxy, DIRECT, metric) for proxy in PROXIES for metric in ("rps", "p99_ms")] + [
+        (ROUTER, REFERENCE_PROXY, "rps")
+    ]
     return [
         paired
         for p in points

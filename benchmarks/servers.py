@@ -1,11 +1,14 @@
 """The servers under test: how each starts, how we know it is ready, what it costs.
 
-Seven kinds, all on 127.0.0.1 with ports picked free:
+Eight kinds, all on 127.0.0.1 with ports picked free:
 
 - ``irisgate``: ``python -m predictor`` with its default settings;
 - ``router``: ``python -m gate.local.router`` in front of that same predictor (the path of
   every local request in the embedded default), so "direct" and "through the router" are
   the same predictor in the same run; its CPU figure is the router's own;
+- ``haproxy``: HAProxy (Debian's package) in the router's place, as the reference a
+  user would put there instead: a proxy written in C that also reads every request and
+  could route it (:func:`haproxy`); left out with a note when it is not installed;
 - ``kserve-plain``: the docs-style KServe custom model (``benchmarks/plain_kserve.py``);
 - ``mlserver``: MLServer + mlserver-sklearn with adaptive batching (64 rows, 5 ms), from a
   venv of its own because its dependencies differ from ours (see :mod:`benchmarks.venvs`);
@@ -55,6 +58,7 @@ EXPECTED_CLASS = 1  # the benchmark row is a versicolor
 SERVER_KINDS = (
     "irisgate",
     "router",
+    "haproxy",
     "kserve-plain",
     "mlserver",
     "bentoml",
@@ -64,6 +68,7 @@ SERVER_KINDS = (
 LABELS = {
     "irisgate": "irisgate predictor",
     "router": "irisgate predictor via the router",
+    "haproxy": "irisgate predictor via HAProxy (C, L7, 1 thread)",
     "kserve-plain": "plain KServe model",
     "mlserver": "MLServer + batching",
     "bentoml": "BentoML 1.4 (batching, 2 workers)",
@@ -74,6 +79,7 @@ _KSERVE_WIRE = "REST v1 + v2 (KServe), gRPC v2"
 WIRES = {  # what each server speaks, for the report
     "irisgate": _KSERVE_WIRE,
     "router": _KSERVE_WIRE,
+    "haproxy": _KSERVE_WIRE,
     "kserve-plain": _KSERVE_WIRE,
     "mlserver": "REST v2, gRPC v2",
     "bentoml": 'BentoML JSON: POST /predict {"features": [[row]]} -> [class]',
@@ -330,6 +336,72 @@ def router(predictor: Server, log_dir: Path) -> Server:
         grpc_port,
         log_dir / f"router-{predictor.model}.log",
         env={"ROUTER_ADMIN_TOKEN": secrets.token_urlsafe(24)},  # nobody uses its admin API
+    )
+
+
+HAPROXY_CONFIG = """\
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    timeout connect 5s
+    timeout client 75s
+    timeout server 75s
+    http-reuse never
+frontend rest
+    mode http
+    bind 127.0.0.1:{http}
+    default_backend rest_predictor
+backend rest_predictor
+    mode http
+    server predictor 127.0.0.1:{predictor_http}
+frontend grpc
+    mode http
+    bind 127.0.0.1:{grpc} proto h2
+    default_backend grpc_predictor
+backend grpc_predictor
+    mode http
+    server predictor 127.0.0.1:{predictor_grpc} proto h2
+"""
+
+
+def haproxy_version() -> str | None:
+    """``haproxy -v``'s version (e.g. '2.6.12'), or None when it is not installed."""
+    if shutil.which("haproxy") is None:
+        return None
+    out = subprocess.run(["haproxy", "-v"], capture_output=True, text=True, check=False).stdout
+    words = out.split()
+    return words[2].split("-")[0] if len(words) > 2 and words[1] == "version" else "?"
+
+
+def haproxy(predictor: Server, log_dir: Path) -> Server:
+    """HAProxy in the router's place, in front of the same predictor.
+
+    The reference for what the router costs: a mature proxy written in C that, like the
+    router, reads each request (HTTP/1.1 for REST, HTTP/2 for gRPC: layer 7) and so could
+    route it by weight. One thread, as the router has one event loop. ``http-reuse never``
+    gives each client connection a backend connection of its own, as the router's pools
+    do: the predictor's processes share their ports (SO_REUSEPORT) and the kernel spreads
+    connections, not calls, so HAProxy's default of sharing idle backend connections sent
+    every gRPC call of a run to one process (0.62x direct at 64 connections, against
+    0.75x with a connection per client, measured side by side)."""
+    http, grpc_port = free_port(), free_port()
+    config = log_dir / f"haproxy-{predictor.model}.cfg"
+    config.write_text(
+        HAPROXY_CONFIG.format(
+            http=http,
+            grpc=grpc_port,
+            predictor_http=predictor.http_port,
+            predictor_grpc=predictor.grpc_port,
+        )
+    )
+    return Server(
+        "haproxy",
+        predictor.model,
+        ["haproxy", "-db", "-f", str(config)],  # -db: in the foreground, logs to stderr
+        http,
+        grpc_port,
+        log_dir / f"haproxy-{predictor.model}.log",
     )
 
 

@@ -16,6 +16,8 @@ from tests.helpers import REPO_ROOT
 pytestmark = pytest.mark.integration
 
 HAVE_GENERATORS = all(shutil.which(tool) for tool in ("wrk", "h2load"))
+# HAProxy in the router's place: CI installs it (.ci/run); elsewhere the run leaves it out
+WITH_HAPROXY = bool(shutil.which("haproxy") or os.environ.get("CI"))
 
 
 @pytest.mark.skipif(
@@ -59,6 +61,7 @@ def test_smoke_run_measures_every_server_and_protocol(tmp_path: Path) -> None:
     assert measured == {
         (server, protocol)
         for server in ("irisgate", "router", "kserve-plain", "kserve-constant")
+        + (("haproxy",) if WITH_HAPROXY else ())
         for protocol in ("rest-v1", "rest-v2", "grpc")
     } | {
         ("mlserver", "rest-v2"),
@@ -76,6 +79,9 @@ def test_smoke_run_measures_every_server_and_protocol(tmp_path: Path) -> None:
         assert heading in markdown
     assert "| BentoML 1.4 (batching, 2 workers) | BentoML JSON: POST /predict" in markdown
     assert "| MLflow 3.17 serve -w 2 | MLflow JSON: POST /invocations" in markdown
+    if WITH_HAPROXY:
+        assert "## The router against HAProxy in its place" in markdown
+        assert "haproxy 2." in report["meta"]["settings"]
     # nothing left running: every server was stopped with its process tree
     assert (
         str(out) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

@@ -329,6 +329,7 @@ def test_the_json_holds_every_paired_ratio_round_by_round() -> None:
     samples = [
         *_drift_run((2600.0, 1300.0, 2000.0)),
         _sample("router", "forest", "grpc", 2340.0, 60.0, round=1),
+        _sample("haproxy", "forest", "grpc", 1950.0, 70.0, round=1),
         _sample("mlserver", "forest", "grpc", 1000.0, round=1),
     ]
     points = summarize(samples)
@@ -340,6 +341,9 @@ def test_the_json_holds_every_paired_ratio_round_by_round() -> None:
         ("irisgate", "mlserver", "rps"),
         ("router", "irisgate", "rps"),
         ("router", "irisgate", "p99_ms"),
+        ("haproxy", "irisgate", "rps"),
+        ("haproxy", "irisgate", "p99_ms"),
+        ("router", "haproxy", "rps"),
     }
     floor = records[("irisgate", FLOOR, "rps")]
     assert (floor["model"], floor["protocol"], floor["concurrency"]) == ("forest", "grpc", 64)
@@ -350,6 +354,32 @@ def test_the_json_holds_every_paired_ratio_round_by_round() -> None:
     router = records[("router", "irisgate", "rps")]
     assert router["per_round"] == [[1, 0.9]]  # the one round both were measured in
     assert records[("router", "irisgate", "p99_ms")]["per_round"] == [[1, 1.2]]
+    assert records[("haproxy", "irisgate", "rps")]["per_round"] == [[1, 0.75]]
+    assert records[("router", "haproxy", "rps")]["per_round"] == [[1, 1.2]]
+
+
+def test_the_report_sets_the_router_beside_haproxy_at_the_top_concurrency() -> None:
+    samples = _router_run(0.85, 1.2, 0.3)
+    for protocol, ratio in (("rest-v2", 0.9), ("grpc", 0.68)):
+        for c, rps in ((64, 2000.0), (1, 1000.0)):
+            samples.append(_sample("haproxy", "forest", protocol, rps * ratio, 45.0, c=c))
+    meta = {"when": "now", "machine": "m", "settings": "s", "rounds": 1}
+    text = markdown(summarize(samples), samples, {}, [], meta, {})
+    section = text.split("## The router against HAProxy in its place")[1].split("##")[0]
+    assert "at c=64" in section
+    rows = [line for line in section.splitlines() if line.startswith("| forest")]
+    assert rows == [
+        "| forest | REST v2 | 0.95x | 0.90x | 1.06x |",
+        "| forest | gRPC (v2) | 0.85x | 0.68x | 1.25x |",
+    ]
+    # and on HAProxy's own rows of the gRPC table (c=1 and c=64), its ratio to direct
+    assert "| forest | 64 | haproxy | 1,360 |" in text and text.count("| 0.68x |") == 1 + 2
+
+
+def test_without_haproxy_the_report_has_no_reference_section() -> None:
+    samples = _router_run(0.85, 1.2, 0.3)
+    meta = {"when": "now", "machine": "m", "settings": "s", "rounds": 1}
+    assert "HAProxy" not in markdown(summarize(samples), samples, {}, [], meta, {})
 
 
 @dataclass(frozen=True)
@@ -358,45 +388,53 @@ class _Server:
     model: str
 
 
-def _fleet(models: tuple[str, ...]) -> list[_Server]:
-    """As plan_servers lays it out: per model the predictor, its router, then the rest."""
-    kinds = ("irisgate", "router", "kserve-plain", "mlserver", "bentoml", "mlflow")
+CORE_KINDS = ("haproxy", "router", "irisgate")
+
+
+def _fleet(models: tuple[str, ...], core: tuple[str, ...] = CORE_KINDS) -> list[_Server]:
+    """As plan_servers lays it out: per model the predictor, its proxies, then the rest."""
+    kinds = ("irisgate", *core[:-1], "kserve-plain", "mlserver", "bentoml", "mlflow")
     return [_Server(k, m) for m in models for k in kinds] + [_Server(FLOOR, "any")]
 
 
 def test_each_round_measures_the_core_block_adjacent_and_alternating() -> None:
     fleet = _fleet(("forest", "logreg"))
-    core_kinds = {"irisgate", "router", FLOOR}
+    core_kinds = {*CORE_KINDS, FLOOR}
     rests = []
     for round_no in (1, 2, 3, 4):
         order = round_order(fleet, round_no)
         assert sorted(order, key=fleet.index) == fleet  # nothing lost, nothing twice
-        core, rest = order[:5], order[5:]
+        core, rest = order[:7], order[7:]
         assert {s.kind for s in core} == core_kinds
         assert all(s.kind not in core_kinds for s in rest)  # the peers come after the core
         rests.append(rest)
-        step = 1 if round_no % 2 else -1  # router after its predictor, then before it
+        step = 1 if round_no % 2 else -1  # router before its predictor, then after it
         for i, server in enumerate(order):
             if server.kind == "router":
-                assert order[i - step] == _Server("irisgate", server.model)
+                assert order[i + step] == _Server("irisgate", server.model)
+                assert order[i - step] == _Server("haproxy", server.model)
         floor = order.index(_Server(FLOOR, "any"))
         assert "irisgate" in {order[floor - 1].kind, order[floor + 1].kind}
-    assert [(s.kind, s.model) for s in round_order(fleet, 1)[:5]] == [
-        ("irisgate", "forest"),
+    assert [(s.kind, s.model) for s in round_order(fleet, 1)[:7]] == [
+        ("haproxy", "forest"),
         ("router", "forest"),
+        ("irisgate", "forest"),
         (FLOOR, "any"),
-        ("irisgate", "logreg"),
+        ("haproxy", "logreg"),
         ("router", "logreg"),
+        ("irisgate", "logreg"),
     ]
-    assert round_order(fleet, 2)[:5] == round_order(fleet, 1)[:5][::-1]
+    assert round_order(fleet, 2)[:7] == round_order(fleet, 1)[:7][::-1]
     for before, after in pairwise(rests):
         assert after == before[1:] + before[:1]  # the rest rotate by one a round
 
 
-def test_with_one_model_the_floor_follows_its_router() -> None:
-    fleet = _fleet(("logreg",))
-    assert [s.kind for s in round_order(fleet, 1)[:3]] == ["irisgate", "router", FLOOR]
-    assert [s.kind for s in round_order(fleet, 2)[:3]] == [FLOOR, "router", "irisgate"]
+@pytest.mark.parametrize("core", [CORE_KINDS, ("router", "irisgate")])
+def test_with_one_model_the_floor_follows_its_predictor(core: tuple[str, ...]) -> None:
+    """With or without HAProxy (not installed: left out of the fleet)."""
+    fleet = _fleet(("logreg",), core)
+    assert [s.kind for s in round_order(fleet, 1)[: len(core) + 1]] == [*core, FLOOR]
+    assert [s.kind for s in round_order(fleet, 2)[: len(core) + 1]] == [FLOOR, *core[::-1]]
     assert len(round_order(fleet, 2)) == len(fleet)
 
 
