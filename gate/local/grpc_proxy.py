@@ -1,10 +1,11 @@
 """The router's gRPC port: an HTTP/2 proxy that moves frames, never decoding a message.
 
 Like the REST port (:mod:`gate.local.http_proxy`) it is an asyncio ``Protocol`` per
-connection: each client stream becomes a stream on a multiplexed connection to the chosen
-backend (:class:`GrpcPool`, one HTTP/2 connection per backend, more only when one is full
-or going away). Flow control is end to end: a peer's window is replenished only for bytes
-the other side has taken, so a slow party slows its sender instead of filling memory.
+connection: each client stream becomes a stream on an HTTP/2 connection to the chosen
+backend (:class:`GrpcPool`: one per client connection and backend, as the backend would
+see without the router, so a backend's processes sharing its port share the calls). Flow
+control is end to end: a peer's window is replenished only for bytes the other side has
+taken, so a slow party slows its sender instead of filling memory.
 
 ``ModelInfer``, ``ModelMetadata`` and ``ModelReady`` are routed by the model name in field 1
 of the request message (read from the first bytes of the first message, decompressed
