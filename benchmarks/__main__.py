@@ -350,7 +350,8 @@ def write_report(
         "settings": (
             f"kserve {version('kserve')}, "
             f"scikit-learn {sklearn.__version__} (every peer's too), "
-            f"peers: {', '.join(_peer_versions(args.servers))}; predictor flags: "
+            f"peers: {', '.join(_peer_versions(args.servers))}; "
+            f"reference proxy: {_reference_proxy(args.servers)}; predictor flags: "
             f"{args.predictor_args or '(defaults)'} = "
             f"{_worker_count(args.predictor_args.split())} processes, as the floor"
         ),
@@ -371,11 +372,15 @@ def write_report(
 
 
 def _peer_versions(kinds: Sequence[str]) -> list[str]:
-    """The pinned peer packages of this run, e.g. 'bentoml==1.4.40', and HAProxy's."""
+    """The pinned peer packages of this run, e.g. 'bentoml==1.4.40'."""
     pins = [peer.requirements[0] for kind, (peer, _) in PEER_VENVS.items() if kind in kinds]
-    if "haproxy" in kinds and (version := servers.haproxy_version()) is not None:
-        pins.append(f"haproxy {version}")
     return pins or ["none"]
+
+
+def _reference_proxy(kinds: Sequence[str]) -> str:
+    """HAProxy's version when it is in the run, e.g. 'haproxy 2.6.12'."""
+    version = servers.haproxy_version() if "haproxy" in kinds else None
+    return "none" if version is None else f"haproxy {version}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -376,9 +376,9 @@ def markdown(
         "",
         "One Iris row per request, loopback; wrk (REST) and h2load (gRPC); medians of "
         f"{meta['rounds']} interleaved rounds. Ratios are req/s against the named server, "
-        "the median of per-round ratios; the router, its predictor and the floor are "
-        "measured one after the other, in alternating order, so theirs are ratios of "
-        "adjacent measurements.",
+        "the median of per-round ratios; HAProxy, the router, their predictor and the "
+        "floor are measured one after the other, in alternating order, so theirs are "
+        "ratios of close measurements.",
         "",
         "## Goals",
         "",
