@@ -382,9 +382,9 @@ def haproxy(predictor: Server, log_dir: Path) -> Server:
     route it by weight. One thread, as the router has one event loop. ``http-reuse never``
     gives each client connection a backend connection of its own, as the router's pools
     do: the predictor's processes share their ports (SO_REUSEPORT) and the kernel spreads
-    connections, not calls, so HAProxy's default of sharing idle backend connections sent
-    every gRPC call of a run to one process (0.62x direct at 64 connections, against
-    0.75x with a connection per client, measured side by side)."""
+    connections, not calls, so with ``http-reuse always`` (many clients' calls on one
+    backend connection) gRPC through HAProxy measured 0.62x direct at 64 connections,
+    against 0.75x with a connection per client (side by side, 5 and 3 rounds)."""
     http, grpc_port = free_port(), free_port()
     config = log_dir / f"haproxy-{predictor.model}.cfg"
     config.write_text(
