@@ -294,8 +294,8 @@ def round_order(fleet: Sequence[MeasuredT], round_no: int) -> list[MeasuredT]:
     after the first half of the models, so each router is next to its predictor, HAProxy
     next to the router and the floor next to a predictor; the block is reversed on even
     rounds, so which side of each pair goes first alternates and an order bias cancels out
-    over the rounds. The rest (peers, plain KServe) rotate by
-    round number, so none is always measured straight after the core block.
+    over the rounds. The rest (peers, plain KServe) rotate by round number, so none is
+    always measured straight after the core block.
     """
     models = list(dict.fromkeys(s.model for s in fleet if s.kind in CORE))
     half = (len(models) + 1) // 2
