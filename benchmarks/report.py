@@ -456,10 +456,8 @@ def _against_reference(look: Lookup, points: list[Point]) -> list[str]:
     ]
     chosen = [p for p in points if p.server == REFERENCE_PROXY and p.concurrency == top]
     for p in sorted(chosen, key=lambda p: (p.model, list(PROTOCOL_TITLES).index(p.protocol))):
-        ratios = [
-            look.ratio(server, other, p.model, p.protocol, top)
-            for server, other in ((ROUTER, DIRECT), (REFERENCE_PROXY, DIRECT), (ROUTER, p.server))
-        ]
+        pairs = ((ROUTER, DIRECT), (REFERENCE_PROXY, DIRECT), (ROUTER, REFERENCE_PROXY))
+        ratios = [look.ratio(server, other, p.model, p.protocol, top) for server, other in pairs]
         cells = " | ".join(_fmt_ratio(r) for r in ratios)
         lines.append(f"| {p.model} | {PROTOCOL_TITLES[p.protocol]} | {cells} |")
     return lines

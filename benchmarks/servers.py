@@ -30,6 +30,7 @@ are read for the whole process tree.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -365,8 +366,10 @@ backend grpc_predictor
 """
 
 
+@functools.cache
 def haproxy_version() -> str | None:
-    """``haproxy -v``'s version (e.g. '2.6.12'), or None when it is not installed."""
+    """``haproxy -v``'s version (e.g. '2.6.12'), or None when it is not installed (asked
+    once a run: planning the fleet and writing the report both need it)."""
     if shutil.which("haproxy") is None:
         return None
     out = subprocess.run(["haproxy", "-v"], capture_output=True, text=True, check=False).stdout
