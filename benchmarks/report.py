@@ -369,6 +369,8 @@ def markdown(
     wires: dict[str, str] | None = None,
 ) -> str:
     look = Lookup(points, samples)
+    measured = {p.server for p in points}
+    proxies = "HAProxy, the router, their" if REFERENCE_PROXY in measured else "the router, its"
     lines = [
         "# irisgate benchmark",
         "",
@@ -376,9 +378,9 @@ def markdown(
         "",
         "One Iris row per request, loopback; wrk (REST) and h2load (gRPC); medians of "
         f"{meta['rounds']} interleaved rounds. Ratios are req/s against the named server, "
-        "the median of per-round ratios; HAProxy, the router, their predictor and the "
-        "floor are measured one after the other, in alternating order, so theirs are "
-        "ratios of close measurements.",
+        f"the median of per-round ratios; {proxies} predictor and the floor are measured "
+        "one after the other, in alternating order, so theirs are ratios of close "
+        "measurements.",
         "",
         "## Goals",
         "",
@@ -389,7 +391,6 @@ def markdown(
         verdict = {True: "yes", False: "**no**", None: "-"}[goal.met]
         lines.append(f"| {goal.text} | {goal.measured} | {verdict} |")
     lines += _against_reference(look, points)
-    measured = {p.server for p in points}
     if wires:
         lines += [
             "",
