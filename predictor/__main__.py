@@ -29,6 +29,13 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _ports(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ports, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m predictor",
@@ -52,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--allow_pickle", type=_bool, nargs="?", const=True)
     add("--http_port", type=int)
     add("--grpc_port", type=int)
+    add("--grpc_process_ports", type=_ports, metavar="PORT,...")
     add("--enable_grpc", type=_bool)
     add("--workers")
     add("--event_loop", "--event-loop", choices=["auto", "asyncio", "uvloop"])
@@ -88,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(argv)
     except ValidationError as exc:
         error = exc.errors()[0]
-        print(f"predictor: invalid setting {error['loc'][0]}: {error['msg']}", file=sys.stderr)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            print(f"predictor: invalid setting {error['loc'][0]}: {message}", file=sys.stderr)
+        else:  # a rule across settings (its message names them)
+            print(f"predictor: invalid settings: {message}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     # kserve parses sys.argv when imported; hide our flags from it so it sees only defaults.
     sys.argv = sys.argv[:1]

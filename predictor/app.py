@@ -60,16 +60,18 @@ def trusted_keys(settings: PredictorSettings) -> list[signing.TrustedKey]:
 def check_ports_free(settings: PredictorSettings, *, reuse_port: bool) -> None:
     """Bind each port once before announcing anything, so a busy port is one clear line
     and its own exit code (the servers bind again a moment later)."""
-    ports = [("REST", settings.http_port)]
+    ports = [("REST", settings.http_port, reuse_port)]
     if settings.enable_grpc:
-        ports.append(("gRPC", settings.grpc_port))
+        ports.append(("gRPC", settings.grpc_port, reuse_port))
+        for index, port in enumerate(settings.grpc_process_ports):  # each process's own
+            ports.append((f"process {index}'s gRPC", port, False))
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    for protocol, port in ports:
+    for protocol, port, shared in ports:
         if port == 0:
             continue
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
+            if shared:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind((settings.host, port))
@@ -171,6 +173,11 @@ def _serve_here(
         readiness=readiness,
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
+        process_grpc_port=(
+            settings.grpc_process_ports[0 if readiness is None else readiness[1]]
+            if settings.grpc_process_ports
+            else None
+        ),
         max_threads=settings.max_threads,
         event_loop=settings.event_loop,
         enable_grpc=settings.enable_grpc,

@@ -727,6 +727,10 @@ def _with_status_conversion(
     )
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class IrisGRPCServer:
     """KServe's GRPCServer with a bind host, our servicer and no per-call log line."""
 
@@ -742,10 +746,13 @@ class IrisGRPCServer:
         reuse_port: bool,
         client_errors: ClientErrorLog,
         lane: GrpcLane | None = None,
+        process_port: int | None = None,
     ) -> None:
         self.reuse_port = reuse_port
         self.lane = lane
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = _address(host, port)
+        # this process's own port (--grpc_process_ports), besides the shared one
+        self.process_address = _address(host, process_port) if process_port else None
         self._data_plane, self._extension, self._metrics = data_plane, extension, metrics
         self._grace_period = grace_period
         self._max_message_bytes = max_message_bytes
@@ -777,9 +784,13 @@ class IrisGRPCServer:
             (grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers),)
         )
         self._server.add_registered_method_handlers(GRPC_SERVICE, handlers)
-        if self._server.add_insecure_port(self.address) == 0:
-            raise OSError(f"cannot bind gRPC to {self.address}")
-        logger.info("gRPC server listening on %s", self.address)
+        for address in (self.address, self.process_address):
+            if address is not None and self._server.add_insecure_port(address) == 0:
+                raise OSError(f"cannot bind gRPC to {address}")
+        logger.info(
+            "gRPC server listening on %s",
+            self.address + (f" and {self.process_address}" if self.process_address else ""),
+        )
         await self._server.start()
         self.listening = True
         await self._server.wait_for_termination()
@@ -839,9 +850,11 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
         reuse_port: bool = False,
         siblings: ProcessGroup | None = None,
         readiness: tuple[GroupReadiness, int] | None = None,
+        process_grpc_port: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(workers=1, **kwargs)
+        self.process_grpc_port = process_grpc_port
         self.fast_lane = fast_lane
         self._fast_lane_model: str | None = None
         self.host = host
@@ -907,6 +920,7 @@ class IrisModelServer(ModelServer):  # type: ignore[misc]
                 self.reuse_port,
                 self.client_errors,
                 lane,
+                self.process_grpc_port,
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
         if self.siblings is not None:

@@ -37,6 +37,12 @@ class PredictorSettings(BaseSettings):
     """REST port (KServe v1 and Open Inference Protocol v2)."""
     grpc_port: int = Field(8081, ge=0, le=65535)
     """gRPC port (Open Inference Protocol v2)."""
+    grpc_process_ports: list[int] = Field(default_factory=list, max_length=64)
+    """A gRPC port of its own for each server process, besides the shared ``grpc_port``:
+    process i also listens on the i-th (as many ports as processes; in the environment a
+    JSON list). A proxy that multiplexes many clients' calls over a few connections (the
+    local router) needs them, since the kernel spreads connections to the shared port
+    unevenly when there are only a few."""
     enable_grpc: bool = True
     """Serve gRPC. Knative allows one port per container, so a REST-only deployment turns it off."""
     workers: int | Literal["auto"] = "auto"
@@ -98,6 +104,26 @@ class PredictorSettings(BaseSettings):
             raise ValueError("workers must be between 1 and 64, or auto")
         if self.process_count() > 1 and 0 in (self.http_port, self.grpc_port):
             raise ValueError("several workers share fixed ports: give --http_port and --grpc_port")
+        return self
+
+    @model_validator(mode="after")
+    def _check_process_ports(self) -> PredictorSettings:
+        ports = self.grpc_process_ports
+        if not ports:
+            return self
+        if not self.enable_grpc:
+            raise ValueError("grpc_process_ports: gRPC is off (enable_grpc false)")
+        if len(ports) != self.process_count():
+            raise ValueError(
+                f"grpc_process_ports: {len(ports)} ports for {self.process_count()} "
+                "server processes (one port each)"
+            )
+        if not all(0 < port < 65536 for port in ports):
+            raise ValueError("grpc_process_ports: each port must be within 1..65535")
+        if len({*ports, self.http_port, self.grpc_port}) != len(ports) + 2:
+            raise ValueError(
+                "grpc_process_ports: ports must differ from each other, --http_port and --grpc_port"
+            )
         return self
 
     def process_count(self) -> int:

@@ -31,6 +31,36 @@ def test_invalid_setting_is_a_clear_error(capsys: pytest.CaptureFixture[str]) ->
     assert "fault_error_rate" in capsys.readouterr().err
     assert main(["--model_digest", "md5:abc"]) == EXIT_BAD_SETTINGS
     assert "model_digest" in capsys.readouterr().err
+    assert main(["--workers", "0"]) == EXIT_BAD_SETTINGS  # a rule across settings
+    assert "invalid settings: workers must be between 1 and 64" in capsys.readouterr().err
+
+
+def test_grpc_process_ports_one_per_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--http_port", "9000", "--grpc_port", "9001", "--workers", "2"]
+    settings = load_settings([*flags, "--grpc_process_ports", "9002,9003"])
+    assert settings.grpc_process_ports == [9002, 9003]
+    monkeypatch.setenv("PREDICTOR_GRPC_PROCESS_PORTS", "[9004, 9005]")
+    assert load_settings(flags).grpc_process_ports == [9004, 9005]
+    monkeypatch.delenv("PREDICTOR_GRPC_PROCESS_PORTS")
+    assert load_settings(flags).grpc_process_ports == []
+    for ports, problem in [
+        ("9002", "1 ports for 2 server processes"),
+        ("9002,9002", "must differ"),
+        ("9002,9001", "must differ"),
+        ("9000,9003", "must differ"),
+        ("9002,70000", "within 1..65535"),
+    ]:
+        assert main([*flags, "--grpc_process_ports", ports]) == EXIT_BAD_SETTINGS
+        err = capsys.readouterr().err
+        assert "grpc_process_ports" in err and problem in err, err
+    off = [*flags, "--enable_grpc", "false", "--grpc_process_ports", "9002,9003"]
+    assert main(off) == EXIT_BAD_SETTINGS
+    assert "gRPC is off" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_settings([*flags, "--grpc_process_ports", "a,b"])
+    assert "comma-separated ports" in capsys.readouterr().err
 
 
 def test_trust_flags(monkeypatch: pytest.MonkeyPatch) -> None:
