@@ -159,9 +159,16 @@ class Predictor(RunningProcess):
 
 @contextlib.contextmanager
 def run_predictor(
-    model_dir: Path, log_dir: Path, *extra: str, name: str = "iris", timeout: float = 60.0
+    model_dir: Path,
+    log_dir: Path,
+    *extra: str,
+    name: str = "iris",
+    timeout: float = 60.0,
+    ports: tuple[int, int] | None = None,
 ) -> Iterator[Predictor]:
-    http_port, grpc_port = free_port(), free_port()
+    """A predictor on free ports, or on ``ports`` (REST, gRPC): one started again where
+    an earlier one served."""
+    http_port, grpc_port = ports or (free_port(), free_port())
     running = start_process(
         [
             "-m",

@@ -3,9 +3,12 @@
 Like the REST port (:mod:`gate.local.http_proxy`) it is an asyncio ``Protocol`` per
 connection: each client stream becomes a stream on an HTTP/2 connection to the chosen
 backend (:class:`GrpcPool`: one per client connection and backend, as the backend would
-see without the router, so a backend's processes sharing its port share the calls). Flow
-control is end to end: a peer's window is replenished only for bytes the other side has
-taken, so a slow party slows its sender instead of filling memory.
+see without the router, so a backend's processes sharing its port share the calls; or,
+for a backend that names a port per process, a few connections to each process shared by
+every client). Flow control is end to end: a peer's window is replenished only for bytes
+the other side has taken, so a slow party slows its sender instead of filling memory
+(except a shared backend connection's own window, given back on receipt so that one
+client cannot stall the others: its streams' windows still bound what waits for it).
 
 ``ModelInfer``, ``ModelMetadata`` and ``ModelReady`` are routed by the model name in field 1
 of the request message (read from the first bytes of the first message, decompressed
@@ -34,9 +37,11 @@ held nothing else (:func:`gate.local.grpc_unary.alone`) is written on at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
@@ -78,6 +83,9 @@ NAME_PREFIX_BYTES = 4096  # of the first message: enough to read the model name 
 REPLAY_LIMIT_BYTES = 1 << 20
 MAX_UNROUTED_BYTES = 4 << 20  # buffered before a call has a backend
 CONNECT_TIMEOUT_S = 5.0
+PROCESS_CONNECTIONS = 2  # shared connections per backend process (GrpcPool's shared mode)
+REOPEN_DELAY_S = 0.1  # a lost shared connection is reopened after this, doubling on failure
+MAX_REOPEN_DELAY_S = 5.0
 OUR_SETTINGS = {
     h2.HEADER_TABLE_SIZE: 0,
     h2.ENABLE_PUSH: 0,
@@ -139,6 +147,9 @@ class Endpoint(asyncio.Protocol):
         self._continued: tuple[int, int, bytearray] | None = None  # stream, flags, block
         self._credit_connection = 0
         self._credit: dict[int, int] = {}
+        # the connection's window given back as bytes arrive, not as the other side takes
+        # them (a connection shared by many clients' calls: see GrpcPool)
+        self.window_on_receipt = False
 
     # --- output ----------------------------------------------------------------------------
 
@@ -208,7 +219,8 @@ class Endpoint(asyncio.Protocol):
         """``size`` bytes this side received (on the stream paired with ``box``) were sent on;
         give the peer its window back, in batches."""
         stream = self.paired_stream(box)
-        self.give_back(size)
+        if not self.window_on_receipt:
+            self.give_back(size)
         if stream and self.still_receiving(stream):
             credit = self._credit.get(stream, 0) + size
             if credit >= STREAM_WINDOW // 2:
@@ -625,8 +637,10 @@ class Call:
         """A whole request's frames written (at once when they are all the client's read
         held, see ``write_now``), its ``size`` bytes debited from the backend's window and
         the client's connection window given back as the pump's ``replenish`` would (the
-        request is over, so no stream window)."""
-        if now:
+        request is over, so no stream window). A shared connection gathers its writes to
+        the end of the loop's turn instead, so that the calls of many clients leave in one
+        write, which its backend process reads in one read (see GrpcPool)."""
+        if now and not connection.shared:
             connection.write_now(forwarded)
         else:
             connection.write(forwarded)
@@ -1003,9 +1017,11 @@ class ClientSide(Endpoint):
 class UpstreamSide(Endpoint):
     """The router's connection to one backend's gRPC port."""
 
-    def __init__(self, pool: GrpcPool, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: GrpcPool, loop: asyncio.AbstractEventLoop, process: int = -1) -> None:
         super().__init__(loop)
         self.pool = pool
+        self.process = process  # its backend process's index when shared, else -1
+        self.shared = self.window_on_receipt = process >= 0
         self.calls: dict[int, Call] = {}
         self.next_stream = 1
         self.draining = False
@@ -1066,9 +1082,13 @@ class UpstreamSide(Endpoint):
 
     def on_data(self, stream: int, data: bytes, end: bool) -> None:
         call = self.calls.get(stream)
-        if call is None:
+        if call is None or self.window_on_receipt:
+            # on a shared connection at once: a client that stops reading holds its own
+            # streams' windows (at most STREAM_WINDOW each, MAX_STREAMS per client
+            # connection), never the connection's that every other client's answers need
             self.give_back(len(data))
-            return
+            if call is None:
+                return
         if end:
             self.stream_over(stream)
         call.response_data(data, end)
@@ -1129,21 +1149,46 @@ class UpstreamSide(Endpoint):
 
 
 class GrpcPool:
-    """HTTP/2 connections to one backend's gRPC port: one per client connection.
+    """HTTP/2 connections to one backend's gRPC server, in one of two modes.
 
-    Mirrors what the backend would see without the router: a backend with several
-    processes on one port (SO_REUSEPORT) spreads connections, not streams, so funnelling
-    every client into one multiplexed connection would leave all but one process idle."""
+    **One per client connection** (a backend known by its gRPC port only). Mirrors what the
+    backend would see without the router: a backend with several processes on one port
+    (SO_REUSEPORT) spreads connections, not streams, so funnelling every client into a few
+    multiplexed connections would land them unevenly on its processes (measured: 6 and 1,
+    7 and 1) and its p99 past 1.5x direct.
 
-    def __init__(self, target: str) -> None:
-        host, _, port = target.rpartition(":")
-        self.host = host.strip("[]")
-        self.port = int(port)
+    **Shared** (the backend also names a port per process, ``processes``): every client's
+    calls multiplexed over :data:`PROCESS_CONNECTIONS` connections to each process, each
+    call to the connection with the fewest calls in flight, so the processes get equal
+    shares. Their writes are gathered to the end of the loop's turn, so the calls of many
+    clients leave in one write and are read in one read: measured side by side in front of
+    a 2-process predictor at 64 connections, 0.92x direct gRPC throughput against 0.83x
+    with a connection per client, p99 1.07x direct against 1.15x (README). A lost
+    connection is reopened in the background (:data:`REOPEN_DELAY_S`, doubling to
+    :data:`MAX_REOPEN_DELAY_S`) while the others serve; with none usable a call waits for
+    one round of connecting, and gets UNAVAILABLE (or the canary's fallback) if that fails.
+    The connection windows are given back as answers arrive (``window_on_receipt``), so a
+    client that stops reading stalls only its own streams."""
+
+    def __init__(self, target: str, processes: Sequence[str] = ()) -> None:
+        self.host, self.port = _host_port(target)
         self.target = target
         self._by_client: dict[ClientSide, UpstreamSide] = {}
         self._closed = False
+        self.processes = tuple(_host_port(process) for process in processes)
+        self._shared: list[UpstreamSide] = []
+        self._live = [0] * len(self.processes)  # shared connections per process
+        self._filling: asyncio.Task[str | None] | None = None
+        self._repair: asyncio.Task[None] | None = None
 
     def available(self, client: ClientSide) -> UpstreamSide | None:
+        if self.processes:
+            best: UpstreamSide | None = None
+            fewest = 1 << 62
+            for shared in self._shared:
+                if len(shared.calls) < fewest and shared.usable():
+                    best, fewest = shared, len(shared.calls)
+            return best
         connection = self._by_client.get(client)
         if connection is not None and connection.usable():
             return connection
@@ -1152,6 +1197,8 @@ class GrpcPool:
     async def connect(self, client: ClientSide) -> UpstreamSide:
         if self._closed:
             raise UpstreamError("backend was removed from the routes")
+        if self.processes:
+            return await self._connect_shared(client)
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(
@@ -1170,16 +1217,109 @@ class GrpcPool:
             self._by_client[client] = connection
         return connection
 
+    async def _connect_shared(self, client: ClientSide) -> UpstreamSide:
+        """No shared connection is usable: one round of connecting (one for all the calls
+        waiting), then the least busy connection, or the round's failure."""
+        error = await asyncio.shield(self._fill())
+        best = self.available(client)
+        if best is not None:
+            return best
+        if self._closed:
+            raise UpstreamError("backend was removed from the routes")
+        raise UpstreamError(error or f"no usable connection to {self.target}")
+
+    def _fill(self) -> asyncio.Task[str | None]:
+        """The round of connecting in progress, or a new one."""
+        if self._filling is None:
+            self._filling = asyncio.get_running_loop().create_task(self._open_missing())
+        return self._filling
+
+    async def _open_missing(self) -> str | None:
+        """Open, all at once, what each process lacks of :data:`PROCESS_CONNECTIONS`; when
+        none lacks any but none is usable (all at the backend's stream limit), one more to
+        the process with the fewest. Returns the last failure, None if all opened."""
+        try:
+            wanted = [
+                index
+                for index, live in enumerate(self._live)
+                for _ in range(PROCESS_CONNECTIONS - live)
+            ]
+            if not wanted and not any(c.usable() for c in self._shared):
+                wanted = [min(range(len(self._live)), key=self._live.__getitem__)]
+            results = await asyncio.gather(
+                *(self._open(index) for index in wanted), return_exceptions=True
+            )
+            errors = [str(r) for r in results if isinstance(r, Exception)]
+            return errors[-1] if errors else None
+        finally:
+            self._filling = None
+
+    async def _open(self, index: int) -> UpstreamSide:
+        host, port = self.processes[index]
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamSide(self, loop, index), host, port),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(f"cannot connect to {host}:{port}: {exc!r}") from exc
+        if self._closed or connection.closed:
+            connection.retire()
+            raise UpstreamError(f"connection to {host}:{port} closed at once")
+        self._shared.append(connection)
+        self._live[index] += 1
+        return connection
+
     def forget(self, connection: UpstreamSide) -> None:
+        """``connection`` takes no new calls (gone away, closed, retired)."""
+        if connection.shared:
+            if connection in self._shared:
+                self._shared.remove(connection)
+                self._live[connection.process] -= 1
+                self._repair_soon()
+            return
         for client in [c for c, up in self._by_client.items() if up is connection]:
             del self._by_client[client]
+
+    def _repair_soon(self) -> None:
+        if self._closed or self._repair is not None:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: shutting down
+            self._repair = asyncio.get_running_loop().create_task(self._reopen())
+
+    async def _reopen(self) -> None:
+        """Reopen lost shared connections, backing off while they cannot be."""
+        delay = REOPEN_DELAY_S
+        try:
+            while not self._closed and min(self._live) < PROCESS_CONNECTIONS:
+                await asyncio.sleep(delay)
+                if self._closed:
+                    break
+                error = await asyncio.shield(self._fill())
+                if error is None:
+                    delay = REOPEN_DELAY_S
+                else:
+                    delay = min(delay * 2, MAX_REOPEN_DELAY_S)
+                    logger.warning("gRPC backend %s: %s", self.target, error)
+        finally:
+            self._repair = None
 
     def close(self) -> None:
         """Idle connections close now; busy ones once their calls are over."""
         self._closed = True
-        connections, self._by_client = list(self._by_client.values()), {}
+        if self._repair is not None:
+            self._repair.cancel()
+        connections = [*self._by_client.values(), *self._shared]
+        self._by_client, self._shared = {}, []
+        self._live = [0] * len(self.processes)
         for connection in connections:
             connection.retire()
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class GrpcProxy:

@@ -20,10 +20,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -61,6 +62,7 @@ __all__ = [
 logger = logging.getLogger("gate.local.router")
 
 CLOSE_GRACE_S = 30.0
+MAX_PROCESSES = 64  # per-process gRPC targets of one backend (the predictor's --workers cap)
 NO_EVENTS_URL = "the router was started without --events-url"
 
 
@@ -77,6 +79,20 @@ def check_http_url(value: str) -> str:
     return value
 
 
+def check_host_port(value: str) -> str:
+    """``host:port`` with a port in 1..65535 and nothing a URL could smuggle in (raises
+    ValueError)."""
+    host, _, port = value.rpartition(":")
+    if not host or re.search(r"[\s/@]", host) or not port.isdigit():
+        raise ValueError("must be host:port")
+    if not 0 < int(port) < 65536:
+        raise ValueError("port must be within 1..65535")
+    return value
+
+
+HostPort = Annotated[str, Field(max_length=300), AfterValidator(check_host_port)]
+
+
 class BackendSpec(BaseModel):
     """Where one predictor answers."""
 
@@ -84,6 +100,14 @@ class BackendSpec(BaseModel):
 
     http: str = Field(max_length=2048, description="base URL, e.g. http://127.0.0.1:8080")
     grpc: str = Field(max_length=300, description="host:port of the gRPC server")
+    grpc_processes: tuple[HostPort, ...] = Field(
+        (),
+        max_length=MAX_PROCESSES,
+        description="host:port of each of the gRPC server's processes, one port each "
+        "(the predictor's --grpc_process_ports); given, the router multiplexes every "
+        "client's calls over two connections to each process instead of opening one "
+        "connection per client",
+    )
 
     @field_validator("http")
     @classmethod
@@ -92,12 +116,14 @@ class BackendSpec(BaseModel):
 
     @field_validator("grpc")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or re.search(r"[\s/@]", host) or not port.isdigit():
-            raise ValueError("must be host:port")
-        if not 0 < int(port) < 65536:
-            raise ValueError("port must be within 1..65535")
+    def _grpc_target(cls, value: str) -> str:
+        return check_host_port(value)
+
+    @field_validator("grpc_processes")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a target")
         return value
 
 
@@ -139,7 +165,7 @@ class Backend:
 
     @classmethod
     def open(cls, spec: BackendSpec, model: str) -> Backend:
-        return cls(spec, model, HttpPool(spec.http), GrpcPool(spec.grpc))
+        return cls(spec, model, HttpPool(spec.http), GrpcPool(spec.grpc, spec.grpc_processes))
 
     def mark(self, reachable: bool, role: str) -> None:
         if reachable != self.reachable:

@@ -266,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stable-http", default="", help="initial stable's REST base URL")
     parser.add_argument("--stable-grpc", default="", help="initial stable's gRPC host:port")
     parser.add_argument(
+        "--stable-grpc-processes",
+        default="",
+        metavar="HOST:PORT,...",
+        help="the initial stable's gRPC port of each of its processes (the predictor's "
+        "--grpc_process_ports), comma-separated: calls are then multiplexed over two "
+        "connections per process instead of one connection per client (default: none)",
+    )
+    parser.add_argument(
         "--events-url",
         default="",
         help="the gate's event ingestion URL (http:// or https://), where models with "
@@ -304,11 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
     initial = None
+    if args.stable_grpc_processes and not args.stable_grpc:
+        parser.error("--stable-grpc-processes needs --stable-http and --stable-grpc")
     if args.stable_http or args.stable_grpc:
         if not (args.stable_http and args.stable_grpc):
             parser.error("--stable-http and --stable-grpc go together")
+        processes = tuple(t.strip() for t in args.stable_grpc_processes.split(",") if t.strip())
         try:
-            stable = BackendSpec(http=args.stable_http, grpc=args.stable_grpc)
+            stable = BackendSpec(
+                http=args.stable_http, grpc=args.stable_grpc, grpc_processes=processes
+            )
         except ValidationError as exc:
             parser.error(f"initial stable: {validation_message(exc)}")
         initial = (args.model, RoutesSpec(stable=stable))

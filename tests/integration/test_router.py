@@ -99,8 +99,13 @@ def run_router(log_dir: Path, *extra: str, env: dict[str, str] | None = None) ->
         running.stop()
 
 
-def backend(predictor: Predictor) -> dict[str, str]:
-    return {"http": predictor.url, "grpc": predictor.grpc_target}
+def backend(predictor: Predictor, shared: bool = False) -> dict[str, Any]:
+    """A predictor's routes; ``shared``: naming its (one) process's gRPC port, so the
+    router shares its connections to it among all clients."""
+    spec: dict[str, Any] = {"http": predictor.url, "grpc": predictor.grpc_target}
+    if shared:
+        spec["grpc_processes"] = [predictor.grpc_target]
+    return spec
 
 
 def infer_request(model: str) -> pb.ModelInferRequest:
@@ -231,7 +236,7 @@ def test_admin_reads_all_models_and_one(router: Router, predictors: dict[str, Pr
     one = router.routes("iris2")
     assert one == everything["models"]["iris2"] | {"stable": one["stable"]}
     assert one["stable"]["http"] == predictors["iris2"].url
-    assert set(one["stable"]) == {"http", "grpc", "requests", "errors"}
+    assert set(one["stable"]) == {"http", "grpc", "grpc_processes", "requests", "errors"}
     missing = httpx.get(f"{router.admin_url}/router/routes/nope", headers=AUTH)
     assert missing.status_code == 404
 
@@ -348,7 +353,14 @@ def test_a_canary_split_applies_to_its_model_only(
     stable, canary = backend(predictors["iris"]), backend(predictors["iris-canary"])
     try:
         routes = router.put("iris", {"stable": stable, "canary": canary, "canary_weight": 100})
-        assert set(routes["canary"]) == {"http", "grpc", "requests", "errors", "stable_retries"}
+        assert set(routes["canary"]) == {
+            "http",
+            "grpc",
+            "grpc_processes",
+            "requests",
+            "errors",
+            "stable_retries",
+        }
         iris2_before = router.routes("iris2")["stable"]["requests"]
         for _ in range(5):
             url = f"{router.http_url}/v1/models/iris:predict"
@@ -420,8 +432,9 @@ class Load:
             thread.join(20)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["per-client", "shared"])
 def test_a_killed_canary_costs_clients_nothing(
-    predictors: dict[str, Predictor], artifacts: dict[str, Path], logs: Path
+    predictors: dict[str, Predictor], artifacts: dict[str, Path], logs: Path, shared: bool
 ) -> None:
     stable = predictors["iris"]
     with (
@@ -431,7 +444,12 @@ def test_a_killed_canary_costs_clients_nothing(
         ) as router,
     ):
         router.put(
-            "iris", {"stable": backend(stable), "canary": backend(doomed), "canary_weight": 50}
+            "iris",
+            {
+                "stable": backend(stable, shared),
+                "canary": backend(doomed, shared),
+                "canary_weight": 50,
+            },
         )
         with Load(router) as load:
             wait_until(lambda: min(load.sent.values()) >= 20, 30, "traffic before the kill")

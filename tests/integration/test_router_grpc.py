@@ -50,11 +50,20 @@ def predictors(
         }
 
 
-@pytest.fixture(scope="module")
-def router(predictors: dict[str, Predictor], logs: Path) -> Iterator[Router]:
+@pytest.fixture(scope="module", params=["per-client", "shared"])
+def router(
+    predictors: dict[str, Predictor], logs: Path, request: pytest.FixtureRequest
+) -> Iterator[Router]:
+    """Every test below on both of the router's gRPC pool modes: a backend connection per
+    client, and connections shared by all clients (the backends name their one process's
+    port)."""
+    shared = request.param == "shared"
     stable = predictors["iris"]
-    with run_router(logs, "--stable-http", stable.url, "--stable-grpc", stable.grpc_target) as r:
-        r.put("iris2", {"stable": backend(predictors["iris2"])})
+    flags = ["--stable-http", stable.url, "--stable-grpc", stable.grpc_target]
+    if shared:
+        flags += ["--stable-grpc-processes", stable.grpc_target]
+    with run_router(logs, *flags) as r:
+        r.put("iris2", {"stable": backend(predictors["iris2"], shared)})
         yield r
 
 

@@ -149,15 +149,24 @@ class lane:
 
 
 def make_proxy(
-    with_lane: bool, client_settings: dict[int, int], backend_settings: dict[int, int]
+    with_lane: bool,
+    client_settings: dict[int, int],
+    backend_settings: dict[int, int],
+    shared: bool = False,
 ) -> Proxy:
+    """``shared``: the backends' connections are their pools' shared ones (the backends
+    name a port per process), else each pool's connection for this client."""
     loop = asyncio.new_event_loop()
     routes = Routes()
+
+    def spec(http: str, grpc: str) -> BackendSpec:
+        return BackendSpec(http=http, grpc=grpc, grpc_processes=(grpc,) if shared else ())
+
     routes.apply(
         "iris",
         RoutesSpec(
-            stable=BackendSpec(http="http://127.0.0.1:1", grpc="127.0.0.1:2"),
-            canary=BackendSpec(http="http://127.0.0.1:3", grpc="127.0.0.1:4"),
+            stable=spec("http://127.0.0.1:1", "127.0.0.1:2"),
+            canary=spec("http://127.0.0.1:3", "127.0.0.1:4"),
             canary_weight=50,
         ),
     )
@@ -173,12 +182,16 @@ def make_proxy(
     upstreams, upstream_out = {}, {}
     for role, backend in (("stable", table.stable), ("canary", table.canary)):
         backend.grpc.connect = refuse  # type: ignore[method-assign]
-        upstream = gp.UpstreamSide(backend.grpc, loop)
+        upstream = gp.UpstreamSide(backend.grpc, loop, 0 if shared else -1)
         upstream_out[role] = out = Transport()
         upstream.connection_made(out)
-        upstream.owner = client
-        client.upstreams.add(upstream)
-        backend.grpc._by_client[client] = upstream
+        if shared:  # what the pool's _open records
+            backend.grpc._shared.append(upstream)
+            backend.grpc._live[0] = gp.PROCESS_CONNECTIONS  # (no more to open)
+        else:
+            upstream.owner = client
+            client.upstreams.add(upstream)
+            backend.grpc._by_client[client] = upstream
         upstreams[role] = upstream
     proxy = Proxy(loop, client, client_out, upstreams, upstream_out, routes, with_lane)
     proxy.feed("client", h2.settings_frame(client_settings) + h2.frame(h2.SETTINGS, h2.ACK, 0))
@@ -328,7 +341,10 @@ def feed_alike(proxies: list[Proxy], role: str, read: bytes) -> None:
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 @given(data=st.data())
-def test_the_lane_writes_and_leaves_what_frame_by_frame_does(data: st.DataObject) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["per-client", "shared"])
+def test_the_lane_writes_and_leaves_what_frame_by_frame_does(
+    shared: bool, data: st.DataObject
+) -> None:
     client_settings = data.draw(
         st.sampled_from(
             [
@@ -342,8 +358,8 @@ def test_the_lane_writes_and_leaves_what_frame_by_frame_does(data: st.DataObject
     backend_settings = data.draw(
         st.sampled_from([{h2.MAX_CONCURRENT_STREAMS: 100}, {h2.INITIAL_WINDOW_SIZE: 40}, {}])
     )
-    proxies = [make_proxy(True, client_settings, backend_settings)]
-    proxies.append(make_proxy(False, client_settings, backend_settings))
+    proxies = [make_proxy(True, client_settings, backend_settings, shared)]
+    proxies.append(make_proxy(False, client_settings, backend_settings, shared))
     enc = Encoders()
     try:
         stream = 1
@@ -363,12 +379,13 @@ def test_the_lane_writes_and_leaves_what_frame_by_frame_does(data: st.DataObject
             proxy.loop.close()
 
 
-def test_plain_calls_take_the_lane_and_are_forwarded_byte_for_byte() -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["per-client", "shared"])
+def test_plain_calls_take_the_lane_and_are_forwarded_byte_for_byte(shared: bool) -> None:
     """The generated comparison would pass if the lane never ran: plain calls must take
     it (``unary`` True on both sides) once each reader has decoded their blocks (the
     first block on a connection sets the table size, the second fills the cache), and
     come out as they went in, on the other connection's stream."""
-    proxy = make_proxy(True, {}, {h2.MAX_CONCURRENT_STREAMS: 100})
+    proxy = make_proxy(True, {}, {h2.MAX_CONCURRENT_STREAMS: 100}, shared)
     proxy.take()  # the prefaces and settings
     enc = Encoders()
     taken: list[bool] = []

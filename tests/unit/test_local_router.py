@@ -145,6 +145,18 @@ def test_grpc_model_name_reads_a_leading_field_1_as_the_scan_does(length: int, r
         ({"stable": {**STABLE, "http": "http://u:p@h:1"}}, "credentials"),
         ({"stable": {**STABLE, "grpc": "h:70000"}}, "1..65535"),
         ({"stable": {**STABLE, "grpc": "h/x:1"}}, "host:port"),
+        (
+            {"stable": {**STABLE, "grpc_processes": ["h:1", "h x:2"]}},
+            r"grpc_processes\.1\n.*host:port",
+        ),
+        ({"stable": {**STABLE, "grpc_processes": ["h:0"]}}, r"grpc_processes\.0\n.*1..65535"),
+        ({"stable": {**STABLE, "grpc_processes": ["h:1", "h:1"]}}, "repeat"),
+        (
+            {"stable": {**STABLE, "grpc_processes": [f"h:{p}" for p in range(1, 66)]}},
+            "at most 64 items",
+        ),
+        ({"stable": {**STABLE, "grpc_processes": ["h" * 300 + ":1"]}}, "at most 300 characters"),
+        ({"stable": {**STABLE, "grpc_processes": "h:1"}}, "grpc_processes"),
     ],
 )
 def test_routes_spec_rules(body: dict[str, Any], problem: str) -> None:
@@ -282,3 +294,71 @@ def test_admin_app_needs_a_long_token() -> None:
 
 def test_backend_spec_strips_a_trailing_slash() -> None:
     assert BackendSpec(http="http://h:1/", grpc="[::1]:2").http == "http://h:1"
+
+
+def test_a_shared_pool_sends_each_call_to_its_least_busy_connection() -> None:
+    """With every process given the same number of connections, the least busy
+    connection keeps the processes' shares of the calls in flight equal."""
+    from gate.local import grpc_proxy as gp
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        pool = gp.GrpcPool("127.0.0.1:1", ("127.0.0.1:2", "127.0.0.1:3"))
+        connections = []
+        for process in (0, 0, 1, 1):
+            connection = gp.UpstreamSide(pool, loop, process)
+            connection.transport = object()  # type: ignore[assignment]
+            pool._shared.append(connection)
+            pool._live[process] += 1
+            connections.append(connection)
+        in_flight = {0: 0, 1: 0}
+        for _ in range(40):
+            chosen = pool.available(None)  # type: ignore[arg-type]
+            assert chosen is not None
+            chosen.calls[chosen.next_stream] = None  # type: ignore[assignment]
+            chosen.next_stream += 2
+            in_flight[chosen.process] += 1
+        assert in_flight == {0: 20, 1: 20}
+        assert sorted(len(c.calls) for c in connections) == [10, 10, 10, 10]
+        connections[0].draining = True  # going away: never chosen again
+        assert all(pool.available(None) is not connections[0] for _ in range(5))  # type: ignore[arg-type]
+        pool.close()
+        assert pool.available(None) is None  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--stable-grpc-processes", "127.0.0.1:2"], "needs --stable-http and --stable-grpc"),
+        (
+            ["--stable-http", "http://h:1", "--stable-grpc", "h:2", "--stable-grpc-processes", "x"],
+            "initial stable: grpc_processes.0: must be host:port",
+        ),
+        (
+            [
+                "--stable-http",
+                "http://h:1",
+                "--stable-grpc",
+                "h:2",
+                "--stable-grpc-processes",
+                "h:3,h:3",
+            ],
+            "initial stable: grpc_processes: must not repeat a target",
+        ),
+    ],
+)
+def test_the_router_refuses_bad_process_targets_before_binding(
+    flags: list[str],
+    problem: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gate.local.router import main
+
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", TOKEN)
+    with pytest.raises(SystemExit) as exited:
+        main(flags)
+    assert exited.value.code == 2
+    assert problem in capsys.readouterr().err
