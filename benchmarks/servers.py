@@ -108,6 +108,7 @@ class Server:
     rest_v2_wire: str = "rest-v2"  # what "rest-v2" is on the wire (a peer's own JSON)
     process: subprocess.Popen[bytes] | None = None
     grpc_answer_bytes: int = 0
+    grpc_process_ports: tuple[int, ...] = ()  # irisgate's predictor: each process's own
     idle_rss_mb: list[float] = field(default_factory=list)
 
     @property
@@ -300,10 +301,19 @@ def _kserve_flags(
 
 
 def irisgate(model: str, artifact: Path, log_dir: Path, extra: list[str]) -> Server:
+    """irisgate's predictor, with a gRPC port per process besides the shared one (what
+    the router's shared connections need, as the local gate's predictors have)."""
+    from predictor.__main__ import load_settings
+
     program = ["-m", "predictor"]
+    process_ports: tuple[int, ...] = ()
+    if "--grpc_process_ports" not in extra:
+        process_ports = tuple(free_port() for _ in range(load_settings(extra).process_count()))
+        extra = [*extra, "--grpc_process_ports", ",".join(map(str, process_ports))]
     server = _kserve_flags(
         "irisgate", model, program, ["--model_dir", str(artifact), *extra], log_dir
     )
+    server.grpc_process_ports = process_ports
     # Server readiness: with several processes, ready once every one serves (the model's
     # own readiness comes earlier, from the first); the router's pool connects after it.
     server.ready_path = "/v2/health/ready"
@@ -332,6 +342,8 @@ def router(predictor: Server, log_dir: Path) -> Server:
             f"http://127.0.0.1:{predictor.http_port}",
             "--stable-grpc",
             f"127.0.0.1:{predictor.grpc_port}",
+            "--stable-grpc-processes",
+            ",".join(f"127.0.0.1:{port}" for port in predictor.grpc_process_ports),
         ],
         http,
         grpc_port,

@@ -72,6 +72,8 @@ class LocalDeployer(Deployer):
             "role": role,
             "http": f"http://127.0.0.1:{http_port}",
             "grpc": f"127.0.0.1:{grpc_port}",
+            # the one process's port (--workers 1): the router shares connections to it
+            "grpc_processes": [f"127.0.0.1:{grpc_port}"],
             "log": str(log),
         }
 

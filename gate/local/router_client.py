@@ -45,10 +45,15 @@ class LocalRouter(Router):
         canary: dict[str, Any] | None,
         weight: int,
     ) -> None:
-        def spec(endpoint: dict[str, Any] | None) -> dict[str, str] | None:
+        def spec(endpoint: dict[str, Any] | None) -> dict[str, Any] | None:
             if endpoint is None:
                 return None
-            return {"http": endpoint["http"], "grpc": endpoint["grpc"]}
+            return {
+                "http": endpoint["http"],
+                "grpc": endpoint["grpc"],
+                # (an endpoint recorded by an older gate has none: one connection per client)
+                "grpc_processes": endpoint.get("grpc_processes", []),
+            }
 
         body = {
             "stable": spec(stable),
