@@ -1289,7 +1289,8 @@ class GrpcPool:
             self._repair = asyncio.get_running_loop().create_task(self._reopen())
 
     async def _reopen(self) -> None:
-        """Reopen lost shared connections, backing off while they cannot be."""
+        """Reopen lost shared connections, backing off while they cannot be (one warning
+        per streak of failures, not one per attempt)."""
         delay = REOPEN_DELAY_S
         try:
             while not self._closed and min(self._live) < PROCESS_CONNECTIONS:
@@ -1298,10 +1299,18 @@ class GrpcPool:
                     break
                 error = await asyncio.shield(self._fill())
                 if error is None:
+                    if delay > REOPEN_DELAY_S:
+                        logger.info("gRPC backend %s: connections reopened", self.target)
                     delay = REOPEN_DELAY_S
-                else:
-                    delay = min(delay * 2, MAX_REOPEN_DELAY_S)
-                    logger.warning("gRPC backend %s: %s", self.target, error)
+                    continue
+                if delay == REOPEN_DELAY_S:
+                    logger.warning(
+                        "gRPC backend %s: %s; retrying with back-off up to %.0f s",
+                        self.target,
+                        error,
+                        MAX_REOPEN_DELAY_S,
+                    )
+                delay = min(delay * 2, MAX_REOPEN_DELAY_S)
         finally:
             self._repair = None
 
