@@ -18,7 +18,8 @@ unreadable message INVALID_ARGUMENT. A canary call that gets no answer head (no
 connection, or the connection closed or went away first) is sent again to stable and
 counted as a canary error, as long as the request seen so far was small enough to keep
 (:data:`REPLAY_LIMIT_BYTES`); a call sent on a pooled connection the backend had just
-closed is sent again once on a new one. A status sent by a running backend is passed on
+closed (or lost) is sent again once, on another connection, and never a second time. A
+status sent by a running backend is passed on
 unchanged. Bounded: at most :data:`MAX_STREAMS` streams per client connection, header
 lists of :data:`MAX_HEADER_LIST_BYTES`, the connection preface within the head timeout.
 
@@ -76,6 +77,10 @@ OK, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE = 0, 3, 5, 14
 CLIENT_MISTAKES = frozenset(str(code).encode() for code in (OK, INVALID_ARGUMENT, NOT_FOUND))
 
 STREAM_WINDOW = 1 << 20  # what each peer may send us per stream before we replenish
+# ... on a shared backend connection: what waits unread for one client connection then
+# stays within MAX_STREAMS * 64 KiB = CONNECTION_WINDOW, as with a connection per client
+SHARED_STREAM_WINDOW = 64 * 1024
+STREAM_ID_LIMIT = 2**31 - 2  # a connection whose next stream id reaches it is retired
 CONNECTION_WINDOW = 16 << 20
 MAX_STREAMS = 256
 MAX_HEADER_LIST_BYTES = 64 * 1024
@@ -150,6 +155,7 @@ class Endpoint(asyncio.Protocol):
         # the connection's window given back as bytes arrive, not as the other side takes
         # them (a connection shared by many clients' calls: see GrpcPool)
         self.window_on_receipt = False
+        self.stream_window = STREAM_WINDOW  # the INITIAL_WINDOW_SIZE we advertise
 
     # --- output ----------------------------------------------------------------------------
 
@@ -185,6 +191,9 @@ class Endpoint(asyncio.Protocol):
             chunk = chunks[0]
             size = min(len(chunk), self.send_window, box.window, self.peer_max_frame)
             if size <= 0:
+                # to the back of the queue: the next window goes to the others first, so
+                # one big upload cannot take every WINDOW_UPDATE of a shared connection
+                self.blocked.pop(box.stream, None)
                 self.blocked[box.stream] = box
                 return
             if size < len(chunk):
@@ -223,7 +232,7 @@ class Endpoint(asyncio.Protocol):
             self.give_back(size)
         if stream and self.still_receiving(stream):
             credit = self._credit.get(stream, 0) + size
-            if credit >= STREAM_WINDOW // 2:
+            if credit >= self.stream_window // 2:
                 self.write(h2.window_update(stream, credit))
                 credit = 0
             self._credit[stream] = credit
@@ -448,6 +457,7 @@ class Call:
         "read_alone",
         "replayable",
         "request_ended",
+        "resent",
         "role",
         "table",
         "uid",
@@ -481,6 +491,7 @@ class Call:
         self.backend: Backend | None = None
         self.role = "stable"
         self.fresh = False
+        self.resent = False  # sent again once after getting no answer: never twice
         self.upstream: UpstreamSide | None = None
         self.uid = 0
         self.up_box: Outbox | None = None
@@ -789,7 +800,7 @@ class Call:
 
     def upstream_reset(self, code: int) -> None:
         """The backend reset the stream. Not processed (REFUSED_STREAM): send it again."""
-        if not self.answered and code == h2.REFUSED_STREAM and self.replayable:
+        if not self.answered and code == h2.REFUSED_STREAM and self.replayable and not self.resent:
             self._again()
             return
         if self.backend is not None:
@@ -806,17 +817,21 @@ class Call:
             backend.errors += 1
             self._end_client(h2.INTERNAL_ERROR)
             return
-        # not fresh: a pooled connection, which the backend may just have closed
+        # not fresh: a pooled connection, which the backend may just have closed; once
+        # only, so that a request that brings its backend down is not sent round forever
+        unsent = (unprocessed or not self.fresh) and not self.resent
         target = table.after_no_answer(
-            backend, self.role, unsent=unprocessed or not self.fresh, replayable=self.replayable
+            backend, self.role, unsent=unsent, replayable=self.replayable
         )
         if target is not None:
+            self.resent = self.resent or target[0] is backend
             self.send_to(*target)
             return
         self.fail(UNAVAILABLE, f"upstream: {reason}")
 
     def _again(self) -> None:
         assert self.backend is not None
+        self.resent = True
         self.upstream, self.up_box = None, None
         self.send_to(self.backend, self.role)
 
@@ -1022,6 +1037,9 @@ class UpstreamSide(Endpoint):
         self.pool = pool
         self.process = process  # its backend process's index when shared, else -1
         self.shared = self.window_on_receipt = process >= 0
+        if self.shared:
+            self.stream_window = SHARED_STREAM_WINDOW
+        self.opened_at = loop.time()
         self.calls: dict[int, Call] = {}
         self.next_stream = 1
         self.draining = False
@@ -1032,7 +1050,8 @@ class UpstreamSide(Endpoint):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.write(h2.PREFACE + h2.settings_frame(OUR_SETTINGS))
+        settings = {**OUR_SETTINGS, h2.INITIAL_WINDOW_SIZE: self.stream_window}
+        self.write(h2.PREFACE + h2.settings_frame(settings))
         self.write(h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW))
 
     def remember_answer(self, head: bytes, trailer: bytes, failed: bool) -> None:
@@ -1048,13 +1067,15 @@ class UpstreamSide(Endpoint):
             not self.closed
             and not self.draining
             and len(self.calls) < self.peer_max_streams
-            and self.next_stream < 2**31 - 2
+            and self.next_stream < STREAM_ID_LIMIT
         )
 
     def open_stream(self, call: Call) -> int:
         stream = self.next_stream
         self.next_stream += 2
         self.calls[stream] = call
+        if self.next_stream >= STREAM_ID_LIMIT:  # out of stream ids: its pool opens another
+            self.retire()
         return stream
 
     def on_headers(self, stream: int, block: bytes, end: bool) -> None:
@@ -1140,6 +1161,10 @@ class UpstreamSide(Endpoint):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.pool.forget(self)
+        if self.shared and not self.draining:
+            # lost, not closed after a GOAWAY: its process has likely died, so its other
+            # connections take no more calls (the calls below are sent again elsewhere)
+            self.pool.suspect(self.process)
         if self.owner is not None:
             self.owner.upstreams.discard(self)
         calls, self.calls = self.calls, {}
@@ -1162,13 +1187,17 @@ class GrpcPool:
     call to the connection with the fewest calls in flight, so the processes get equal
     shares. Their writes are gathered to the end of the loop's turn, so the calls of many
     clients leave in one write and are read in one read: measured side by side in front of
-    a 2-process predictor at 64 connections, 0.92x direct gRPC throughput against 0.83x
-    with a connection per client, p99 1.07x direct against 1.15x (README). A lost
+    a 2-process predictor at 64 connections, 0.85x direct gRPC throughput against 0.79x
+    with a connection per client, p99 1.08x direct against 1.23x (README). A lost
     connection is reopened in the background (:data:`REOPEN_DELAY_S`, doubling to
     :data:`MAX_REOPEN_DELAY_S`) while the others serve; with none usable a call waits for
     one round of connecting, and gets UNAVAILABLE (or the canary's fallback) if that fails.
     The connection windows are given back as answers arrive (``window_on_receipt``), so a
-    client that stops reading stalls only its own streams."""
+    client that stops reading stalls only its own streams, whose windows are smaller
+    (:data:`SHARED_STREAM_WINDOW`) so that what waits for one client connection stays
+    within what its own connection window held in the other mode. A connection lost
+    without a GOAWAY takes its process's other connections out of use (likely dead too),
+    so the calls it held are sent again on another process's."""
 
     def __init__(self, target: str, processes: Sequence[str] = ()) -> None:
         self.host, self.port = _host_port(target)
@@ -1179,7 +1208,9 @@ class GrpcPool:
         self._shared: list[UpstreamSide] = []
         self._live = [0] * len(self.processes)  # shared connections per process
         self._filling: asyncio.Task[str | None] | None = None
+        self._opened: asyncio.Future[None] | None = None  # resolved as a connection opens
         self._repair: asyncio.Task[None] | None = None
+        self._reopen_delay = REOPEN_DELAY_S
 
     def available(self, client: ClientSide) -> UpstreamSide | None:
         if self.processes:
@@ -1218,15 +1249,23 @@ class GrpcPool:
         return connection
 
     async def _connect_shared(self, client: ClientSide) -> UpstreamSide:
-        """No shared connection is usable: one round of connecting (one for all the calls
-        waiting), then the least busy connection, or the round's failure."""
-        error = await asyncio.shield(self._fill())
+        """No shared connection is usable: a round of connecting (one for all the calls
+        waiting), and the least busy connection as soon as one is open (a process slow to
+        accept delays nobody), or the round's failure."""
+        fill = self._fill()
+        while not fill.done():
+            if self._opened is None:
+                self._opened = asyncio.get_running_loop().create_future()
+            await asyncio.wait((fill, self._opened), return_when=asyncio.FIRST_COMPLETED)
+            best = self.available(client)
+            if best is not None:
+                return best
         best = self.available(client)
         if best is not None:
             return best
         if self._closed:
             raise UpstreamError("backend was removed from the routes")
-        raise UpstreamError(error or f"no usable connection to {self.target}")
+        raise UpstreamError(fill.result() or f"no usable connection to {self.target}")
 
     def _fill(self) -> asyncio.Task[str | None]:
         """The round of connecting in progress, or a new one."""
@@ -1237,7 +1276,7 @@ class GrpcPool:
     async def _open_missing(self) -> str | None:
         """Open, all at once, what each process lacks of :data:`PROCESS_CONNECTIONS`; when
         none lacks any but none is usable (all at the backend's stream limit), one more to
-        the process with the fewest. Returns the last failure, None if all opened."""
+        each process. Returns the last failure, None if all opened."""
         try:
             wanted = [
                 index
@@ -1245,7 +1284,7 @@ class GrpcPool:
                 for _ in range(PROCESS_CONNECTIONS - live)
             ]
             if not wanted and not any(c.usable() for c in self._shared):
-                wanted = [min(range(len(self._live)), key=self._live.__getitem__)]
+                wanted = list(range(len(self._live)))
             results = await asyncio.gather(
                 *(self._open(index) for index in wanted), return_exceptions=True
             )
@@ -1269,6 +1308,9 @@ class GrpcPool:
             raise UpstreamError(f"connection to {host}:{port} closed at once")
         self._shared.append(connection)
         self._live[index] += 1
+        if self._opened is not None:
+            self._opened.set_result(None)
+            self._opened = None
         return connection
 
     def forget(self, connection: UpstreamSide) -> None:
@@ -1277,10 +1319,18 @@ class GrpcPool:
             if connection in self._shared:
                 self._shared.remove(connection)
                 self._live[connection.process] -= 1
+                if connection.loop.time() - connection.opened_at >= MAX_REOPEN_DELAY_S:
+                    self._reopen_delay = REOPEN_DELAY_S  # it had served: start afresh
                 self._repair_soon()
             return
         for client in [c for c, up in self._by_client.items() if up is connection]:
             del self._by_client[client]
+
+    def suspect(self, process: int) -> None:
+        """A connection to ``process`` was lost: its others take no new calls (closed
+        once theirs are over) and are replaced as the lost one is."""
+        for connection in [c for c in self._shared if c.process == process]:
+            connection.retire()
 
     def _repair_soon(self) -> None:
         if self._closed or self._repair is not None:
@@ -1289,28 +1339,30 @@ class GrpcPool:
             self._repair = asyncio.get_running_loop().create_task(self._reopen())
 
     async def _reopen(self) -> None:
-        """Reopen lost shared connections, backing off while they cannot be (one warning
-        per streak of failures, not one per attempt)."""
-        delay = REOPEN_DELAY_S
+        """Reopen lost shared connections, backing off: each attempt waits twice as long
+        as the one before, up to :data:`MAX_REOPEN_DELAY_S`, until a reopened connection
+        has lived that long (a backend that accepts and then drops every connection is
+        not hammered). One warning per streak of failed attempts."""
+        failing = False
         try:
             while not self._closed and min(self._live) < PROCESS_CONNECTIONS:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._reopen_delay)
+                self._reopen_delay = min(self._reopen_delay * 2, MAX_REOPEN_DELAY_S)
                 if self._closed:
                     break
                 error = await asyncio.shield(self._fill())
                 if error is None:
-                    if delay > REOPEN_DELAY_S:
+                    if failing:
                         logger.info("gRPC backend %s: connections reopened", self.target)
-                    delay = REOPEN_DELAY_S
-                    continue
-                if delay == REOPEN_DELAY_S:
+                    failing = False
+                elif not failing:
+                    failing = True
                     logger.warning(
                         "gRPC backend %s: %s; retrying with back-off up to %.0f s",
                         self.target,
                         error,
                         MAX_REOPEN_DELAY_S,
                     )
-                delay = min(delay * 2, MAX_REOPEN_DELAY_S)
         finally:
             self._repair = None
 
@@ -1319,6 +1371,9 @@ class GrpcPool:
         self._closed = True
         if self._repair is not None:
             self._repair.cancel()
+        if self._opened is not None:
+            self._opened.set_result(None)
+            self._opened = None
         connections = [*self._by_client.values(), *self._shared]
         self._by_client, self._shared = {}, []
         self._live = [0] * len(self.processes)

@@ -216,8 +216,8 @@ def test_a_backend_down_is_unavailable_at_once_and_served_again_once_back(
 
 # --- a client that stops reading ----------------------------------------------------------
 
-BIG_ANSWER = 2 << 20  # more than the router's stream window (1 MiB) a stream
-STALLED_STREAMS = 48  # more than a shared connection's window (16 MiB) a connection
+BIG_ANSWER = 128 * 1024  # more than a shared connection's stream window (64 KiB)
+STALLED_CLIENTS, STALLED_STREAMS = 3, 200  # 3 * 200 * 64 KiB: 37.5 MiB, over 2 * 16 MiB
 
 
 class Backend:
@@ -259,36 +259,52 @@ def big_backend() -> Iterator[Backend]:
         backend.server.stop(0).wait(10)
 
 
-def stalled_client(port: int, streams: int) -> socket.socket:
+class StalledClient:
     """A raw HTTP/2 client that sends ``streams`` calls for big answers and never gives
-    the router any window to answer them with."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    block = h2.encode_literal(
-        (
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":path", INFER.encode()),
-            (b":authority", b"router"),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
+    the router any window to answer them with; it reads only to count the answers'
+    HEADERS (which flow control does not hold back)."""
+
+    def __init__(self, port: int, streams: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.frames = h2.FrameReader(h2.DEFAULT_MAX_FRAME)
+        self.answered = 0
+        block = h2.encode_literal(
+            (
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", INFER.encode()),
+                (b":authority", b"router"),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+            )
         )
-    )
-    message = pb.ModelInferRequest(model_name="iris", id="big").SerializeToString()
-    body = b"\x00" + len(message).to_bytes(4, "big") + message
-    out = [h2.PREFACE, h2.settings_frame({h2.INITIAL_WINDOW_SIZE: 0})]
-    for stream in range(1, 2 * streams, 2):
-        out.append(h2.frame(h2.HEADERS, h2.END_HEADERS, stream, block))
-        out.append(h2.frame(h2.DATA, h2.END_STREAM, stream, body))
-    sock.sendall(b"".join(out))
-    return sock
+        message = pb.ModelInferRequest(model_name="iris", id="big").SerializeToString()
+        body = b"\x00" + len(message).to_bytes(4, "big") + message
+        out = [h2.PREFACE, h2.settings_frame({h2.INITIAL_WINDOW_SIZE: 0})]
+        for stream in range(1, 2 * streams, 2):
+            out.append(h2.frame(h2.HEADERS, h2.END_HEADERS, stream, block))
+            out.append(h2.frame(h2.DATA, h2.END_STREAM, stream, body))
+        self.sock.sendall(b"".join(out))
+        self.sock.settimeout(0.05)
+
+    def count_answers(self) -> int:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                for frame in self.frames.feed(data):
+                    self.answered += frame[0] == h2.HEADERS
+        return self.answered
 
 
-def test_a_client_that_stops_reading_stalls_only_its_own_calls(
+def test_clients_that_stop_reading_stall_only_their_own_calls(
     big_backend: Backend, logs: Path
 ) -> None:
-    """Its calls' answers fill their streams' windows on the router's shared connections
-    (1 MiB each, 48 MiB in all: three times what the connection windows hold), yet
-    another client's call on the same connections is answered."""
+    """Their calls' answers fill their streams' windows on the router's two shared
+    connections (64 KiB each, 37.5 MiB in all: more than both connection windows hold),
+    yet another client's calls on the same connections are answered. Without the
+    connection windows given back on receipt they are not (checked by hand)."""
     own = f"127.0.0.1:{big_backend.port}"
     with run_router(
         logs,
@@ -300,14 +316,106 @@ def test_a_client_that_stops_reading_stalls_only_its_own_calls(
         own,
     ) as router:
         port = int(router.grpc_target.rsplit(":", 1)[1])
-        with contextlib.closing(stalled_client(port, STALLED_STREAMS)):
-            wait_until(lambda: big_backend.calls >= STALLED_STREAMS, 30, "the stalled calls")
-            time.sleep(1)  # the answers' bytes reach the router
+        stalled = [StalledClient(port, STALLED_STREAMS) for _ in range(STALLED_CLIENTS)]
+        try:
+            wait_until(
+                lambda: all(c.count_answers() == STALLED_STREAMS for c in stalled),
+                60,
+                "every stalled call's answer head",
+            )
+            time.sleep(0.5)  # the rest of the answers' first 64 KiB reach the router
             with grpc.insecure_channel(router.grpc_target) as channel:
                 stub = GRPCInferenceServiceStub(channel)
                 for _ in range(3):
                     request = pb.ModelInferRequest(model_name="iris", id="small")
                     reply = stub.ModelInfer(request, timeout=5)
                     assert reply.id == "small"
+        finally:
+            for client in stalled:
+                client.sock.close()
         assert router_connections(router, big_backend.port) == PROCESS_CONNECTIONS
         assert router.running.stop() == 0
+
+
+# --- a request that brings its backend down ----------------------------------------------
+
+
+class CrashingBackend:
+    """Two "processes" (a port each) that speak HTTP/2 just enough (their SETTINGS) and
+    drop the connection at the first request they see: a request that brings a backend
+    process down. Counts the requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._lock = threading.Lock()
+        self.listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+        self.ports = [listener.getsockname()[1] for listener in self.listeners]
+        for listener in self.listeners:
+            threading.Thread(target=self._serve, args=(listener,), daemon=True).start()
+
+    def _serve(self, listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                sock, _ = listener.accept()
+                threading.Thread(target=self._connection, args=(sock,), daemon=True).start()
+
+    def _connection(self, sock: socket.socket) -> None:
+        frames = h2.FrameReader(1 << 20)
+        seen = b""
+        with sock, contextlib.suppress(OSError):
+            sock.sendall(h2.settings_frame({}))
+            while data := sock.recv(65536):
+                if len(seen) < len(h2.PREFACE):
+                    seen += data
+                    if len(seen) < len(h2.PREFACE):
+                        continue
+                    data = seen[len(h2.PREFACE) :]
+                if any(frame[0] == h2.HEADERS for frame in frames.feed(data)):
+                    with self._lock:
+                        self.requests += 1
+                    return  # the "crash": the connection closes, nothing answered
+
+
+def test_a_call_that_brings_its_backend_down_is_sent_again_once_only(logs: Path) -> None:
+    """Sent again after its pooled connection was lost (the backend may have closed it
+    before reading the call), on the other process's connection, and lost again: counted
+    as the backend's error then, not sent round every connection as they reopen."""
+    crashing = CrashingBackend()
+    try:
+        with (
+            run_router(
+                logs,
+                "--stable-http",
+                "http://127.0.0.1:9",
+                "--stable-grpc",
+                f"127.0.0.1:{crashing.ports[0]}",
+                "--stable-grpc-processes",
+                ",".join(targets(crashing.ports)),
+            ) as router,
+            grpc.insecure_channel(router.grpc_target) as channel,
+        ):
+            stub = GRPCInferenceServiceStub(channel)
+
+            def fails() -> None:
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.ModelInfer(infer_request("iris"), timeout=10)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+            fails()  # on the connection opened for it: its loss is an answer, sent once
+            assert (crashing.requests, router.routes("iris")["stable"]["errors"]) == (1, 1)
+            for call in range(1, 4):
+                wait_until(
+                    lambda: all(
+                        router_connections(router, port) == PROCESS_CONNECTIONS
+                        for port in crashing.ports
+                    ),
+                    30,
+                    "the router's connections reopened",
+                )
+                fails()  # on a pooled connection: sent again once, on another pooled one
+                assert crashing.requests == 1 + 2 * call
+                assert router.routes("iris")["stable"]["errors"] == 1 + call
+            assert router.running.stop() == 0
+    finally:
+        for listener in crashing.listeners:
+            listener.close()
