@@ -307,7 +307,7 @@ def irisgate(model: str, artifact: Path, log_dir: Path, extra: list[str]) -> Ser
 
     program = ["-m", "predictor"]
     process_ports: tuple[int, ...] = ()
-    if "--grpc_process_ports" not in extra:
+    if "--grpc_process_ports" not in extra and "--enable_grpc" not in extra:
         process_ports = tuple(free_port() for _ in range(load_settings(extra).process_count()))
         extra = [*extra, "--grpc_process_ports", ",".join(map(str, process_ports))]
     server = _kserve_flags(

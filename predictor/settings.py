@@ -120,7 +120,8 @@ class PredictorSettings(BaseSettings):
             )
         if not all(0 < port < 65536 for port in ports):
             raise ValueError("grpc_process_ports: each port must be within 1..65535")
-        if len({*ports, self.http_port, self.grpc_port}) != len(ports) + 2:
+        taken = {self.http_port, self.grpc_port} - {0}  # (0: a free port, never a clash)
+        if len({*ports, *taken}) != len(ports) + len(taken):
             raise ValueError(
                 "grpc_process_ports: ports must differ from each other, --http_port and --grpc_port"
             )

@@ -73,9 +73,19 @@ class LocalDeployer(Deployer):
             "http": f"http://127.0.0.1:{http_port}",
             "grpc": f"127.0.0.1:{grpc_port}",
             # the one process's port (--workers 1): the router shares connections to it
-            "grpc_processes": [f"127.0.0.1:{grpc_port}"],
+            # (unless the operator's predictor flags ask for more processes)
+            "grpc_processes": (
+                [] if self._more_processes(model, role) else [f"127.0.0.1:{grpc_port}"]
+            ),
             "log": str(log),
         }
+
+    def _extra(self, model: str) -> tuple[str, ...]:
+        """The operator's flags for a candidate of ``model`` (a stable gets none)."""
+        return self.settings.predictor_args_by_model.get(model, self.settings.predictor_args)
+
+    def _more_processes(self, model: str, role: str) -> bool:
+        return role == "canary" and "--workers" in self._extra(model)
 
     def _launch(self, model: str, endpoint: dict[str, Any], extra: tuple[str, ...]) -> None:
         """Start the planned process unless one with its marker already runs."""
@@ -173,8 +183,9 @@ class LocalDeployer(Deployer):
             raise TrafficError(
                 f"candidate artifact {state.candidate.artifact_uri} is not a local directory"
             )
-        extra = self.settings.predictor_args_by_model.get(state.model, self.settings.predictor_args)
-        self._launch(state.model, endpoint, (*_pinned(state.candidate.digest), *extra))
+        self._launch(
+            state.model, endpoint, (*_pinned(state.candidate.digest), *self._extra(state.model))
+        )
 
     async def candidate_ready(self, state: RolloutState) -> Readiness:
         endpoint = state.backend_state.get("canary")

@@ -45,6 +45,8 @@ def test_grpc_process_ports_one_per_process(
     assert load_settings(flags).grpc_process_ports == [9004, 9005]
     monkeypatch.delenv("PREDICTOR_GRPC_PROCESS_PORTS")
     assert load_settings(flags).grpc_process_ports == []
+    free = ["--http_port", "0", "--grpc_port", "0", "--workers", "1"]  # two zeros: no clash
+    assert load_settings([*free, "--grpc_process_ports", "9002"]).grpc_process_ports == [9002]
     for ports, problem in [
         ("9002", "1 ports for 2 server processes"),
         ("9002,9002", "must differ"),

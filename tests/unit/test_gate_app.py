@@ -3,9 +3,11 @@ quarantined rows that never break a listing, fail-fast wiring."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -109,3 +111,27 @@ def test_a_quarantined_rollout_is_listed_with_its_reason_and_breaks_nothing(
         [entry] = client.get("/v1/quarantine").json()
         assert (entry["rollout_id"], entry["model"]) == ("bad", "other")
         assert "candidate: Field required" in entry["reason"]
+
+
+def test_local_predictors_name_their_one_process_port_unless_told_to_run_more(
+    tmp_path: Path,
+) -> None:
+    """The local deployer runs one process per predictor, so its gRPC port is that
+    process's own and the router may share connections to it; a candidate the operator's
+    flags give more processes is named by its shared port only."""
+    from gate.local.deployer import LocalDeployer, LocalSettings
+    from gate.store import SQLiteStore
+
+    async def plans(extra: tuple[str, ...]) -> list[dict[str, Any]]:
+        settings = LocalSettings(run_dir=tmp_path / "run", predictor_args=extra)
+        deployer = LocalDeployer(settings, SQLiteStore(tmp_path / "gate.db"))
+        try:
+            return [deployer._plan("iris", "1", "/m", role) for role in ("stable", "canary")]
+        finally:
+            await deployer.aclose()
+
+    for endpoint in asyncio.run(plans(())):
+        assert endpoint["grpc_processes"] == [endpoint["grpc"]]
+    stable, canary = asyncio.run(plans(("--workers", "2")))
+    assert stable["grpc_processes"] == [stable["grpc"]]  # a stable gets no operator flags
+    assert canary["grpc_processes"] == []
