@@ -1211,6 +1211,7 @@ class GrpcPool:
         self._opened: asyncio.Future[None] | None = None  # resolved as a connection opens
         self._repair: asyncio.Task[None] | None = None
         self._reopen_delay = REOPEN_DELAY_S
+        self._routed = True  # in the routes: lost connections are reopened in the background
 
     def available(self, client: ClientSide) -> UpstreamSide | None:
         if self.processes:
@@ -1332,8 +1333,17 @@ class GrpcPool:
         for connection in [c for c in self._shared if c.process == process]:
             connection.retire()
 
+    def unrouted(self) -> None:
+        """The backend left the routes (its pool closes after a grace period): lost
+        connections are no longer reopened ahead of calls, which would only retry a
+        predictor that is being retired; calls still in flight may open one."""
+        self._routed = False
+        if self._repair is not None:
+            self._repair.cancel()
+            self._repair = None
+
     def _repair_soon(self) -> None:
-        if self._closed or self._repair is not None:
+        if self._closed or not self._routed or self._repair is not None:
             return
         with contextlib.suppress(RuntimeError):  # no running loop: shutting down
             self._repair = asyncio.get_running_loop().create_task(self._reopen())
@@ -1345,7 +1355,7 @@ class GrpcPool:
         not hammered). One warning per streak of failed attempts."""
         failing = False
         try:
-            while not self._closed and min(self._live) < PROCESS_CONNECTIONS:
+            while self._routed and not self._closed and min(self._live) < PROCESS_CONNECTIONS:
                 await asyncio.sleep(self._reopen_delay)
                 self._reopen_delay = min(self._reopen_delay * 2, MAX_REOPEN_DELAY_S)
                 if self._closed:
@@ -1371,6 +1381,7 @@ class GrpcPool:
         self._closed = True
         if self._repair is not None:
             self._repair.cancel()
+            self._repair = None
         if self._opened is not None:
             self._opened.set_result(None)
             self._opened = None

@@ -299,6 +299,7 @@ class Routes:
         kept = {id(b) for b in table.backends()}
         for backend in old.backends():
             if id(backend) not in kept:
+                backend.grpc.unrouted()
                 task = asyncio.get_running_loop().create_task(self._close_later(backend))
                 self._pending_close.add(task)
                 task.add_done_callback(self._pending_close.discard)

@@ -362,3 +362,38 @@ def test_the_router_refuses_bad_process_targets_before_binding(
         main(flags)
     assert exited.value.code == 2
     assert problem in capsys.readouterr().err
+
+
+def test_a_backend_that_leaves_the_routes_stops_reopening_its_shared_connections() -> None:
+    """Its pool closes after a grace period; meanwhile a lost connection is not reopened
+    in the background (the predictor is likely being retired), while a routed backend's
+    is."""
+    from gate.local import grpc_proxy as gp
+
+    shared = {**STABLE, "grpc_processes": [STABLE["grpc"]]}
+    other = {**CANARY, "grpc_processes": [CANARY["grpc"]]}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        routes = Routes()
+        routes.apply("iris", RoutesSpec.model_validate({"stable": shared}))
+        table = routes.get("iris")
+        assert table is not None and table.stable is not None
+        old = table.stable.grpc
+        connections = []
+        for pool in (old, old):
+            connection = gp.UpstreamSide(pool, loop, 0)
+            pool._shared.append(connection)
+            pool._live[0] += 1
+            connections.append(connection)
+        old.forget(connections[0])  # lost while routed: reopened in the background
+        repair = old._repair
+        assert repair is not None and not repair.done()
+        routes.apply("iris", RoutesSpec.model_validate({"stable": other}))
+        await asyncio.sleep(0)
+        assert repair.cancelled() and old._repair is None
+        old.forget(connections[1])  # lost after leaving the routes
+        assert old._repair is None
+        await routes.aclose()
+
+    asyncio.run(scenario())
