@@ -85,7 +85,9 @@ class LocalDeployer(Deployer):
         return self.settings.predictor_args_by_model.get(model, self.settings.predictor_args)
 
     def _more_processes(self, model: str, role: str) -> bool:
-        return role == "canary" and "--workers" in self._extra(model)
+        return role == "canary" and any(
+            flag == "--workers" or flag.startswith("--workers=") for flag in self._extra(model)
+        )
 
     def _launch(self, model: str, endpoint: dict[str, Any], extra: tuple[str, ...]) -> None:
         """Start the planned process unless one with its marker already runs."""

@@ -132,6 +132,7 @@ def test_local_predictors_name_their_one_process_port_unless_told_to_run_more(
 
     for endpoint in asyncio.run(plans(())):
         assert endpoint["grpc_processes"] == [endpoint["grpc"]]
-    stable, canary = asyncio.run(plans(("--workers", "2")))
-    assert stable["grpc_processes"] == [stable["grpc"]]  # a stable gets no operator flags
-    assert canary["grpc_processes"] == []
+    for flags in (("--workers", "2"), ("--workers=auto",)):
+        stable, canary = asyncio.run(plans(flags))
+        assert stable["grpc_processes"] == [stable["grpc"]]  # a stable gets no operator flags
+        assert canary["grpc_processes"] == []
