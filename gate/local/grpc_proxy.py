@@ -1206,7 +1206,6 @@ class GrpcPool:
         self._closed = False
         self.processes = tuple(_host_port(process) for process in processes)
         self._shared: list[UpstreamSide] = []
-        self._live = [0] * len(self.processes)  # shared connections per process
         self._filling: asyncio.Task[str | None] | None = None
         self._opened: asyncio.Future[None] | None = None  # resolved as a connection opens
         self._repair: asyncio.Task[None] | None = None
@@ -1231,14 +1230,7 @@ class GrpcPool:
             raise UpstreamError("backend was removed from the routes")
         if self.processes:
             return await self._connect_shared(client)
-        loop = asyncio.get_running_loop()
-        try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamSide(self, loop), self.host, self.port),
-                CONNECT_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError) as exc:
-            raise UpstreamError(f"cannot connect to {self.target}: {exc!r}") from exc
+        connection = await self._dial(self.host, self.port, self.target)
         connection.owner = client
         client.upstreams.add(connection)
         if self._closed or client.closed:
@@ -1254,14 +1246,10 @@ class GrpcPool:
         waiting), and the least busy connection as soon as one is open (a process slow to
         accept delays nobody), or the round's failure."""
         fill = self._fill()
-        while not fill.done():
+        while (best := self.available(client)) is None and not fill.done():
             if self._opened is None:
                 self._opened = asyncio.get_running_loop().create_future()
             await asyncio.wait((fill, self._opened), return_when=asyncio.FIRST_COMPLETED)
-            best = self.available(client)
-            if best is not None:
-                return best
-        best = self.available(client)
         if best is not None:
             return best
         if self._closed:
@@ -1281,11 +1269,11 @@ class GrpcPool:
         try:
             wanted = [
                 index
-                for index, live in enumerate(self._live)
+                for index, live in enumerate(self._live())
                 for _ in range(PROCESS_CONNECTIONS - live)
             ]
             if not wanted and not any(c.usable() for c in self._shared):
-                wanted = list(range(len(self._live)))
+                wanted = list(range(len(self.processes)))
             results = await asyncio.gather(
                 *(self._open(index) for index in wanted), return_exceptions=True
             )
@@ -1294,21 +1282,33 @@ class GrpcPool:
         finally:
             self._filling = None
 
-    async def _open(self, index: int) -> UpstreamSide:
-        host, port = self.processes[index]
+    def _live(self) -> list[int]:
+        """Shared connections in use, per process."""
+        live = [0] * len(self.processes)
+        for connection in self._shared:
+            live[connection.process] += 1
+        return live
+
+    async def _dial(self, host: str, port: int, where: str, process: int = -1) -> UpstreamSide:
+        """A new connection to ``host:port``, named ``where`` in the error (a process's,
+        shared, when ``process`` >= 0)."""
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamSide(self, loop, index), host, port),
+                loop.create_connection(lambda: UpstreamSide(self, loop, process), host, port),
                 CONNECT_TIMEOUT_S,
             )
         except (OSError, TimeoutError) as exc:
-            raise UpstreamError(f"cannot connect to {host}:{port}: {exc!r}") from exc
+            raise UpstreamError(f"cannot connect to {where}: {exc!r}") from exc
+        return connection
+
+    async def _open(self, index: int) -> UpstreamSide:
+        host, port = self.processes[index]
+        connection = await self._dial(host, port, f"{host}:{port}", index)
         if self._closed or connection.closed:
             connection.retire()
             raise UpstreamError(f"connection to {host}:{port} closed at once")
         self._shared.append(connection)
-        self._live[index] += 1
         if self._opened is not None:
             self._opened.set_result(None)
             self._opened = None
@@ -1319,7 +1319,6 @@ class GrpcPool:
         if connection.shared:
             if connection in self._shared:
                 self._shared.remove(connection)
-                self._live[connection.process] -= 1
                 if connection.loop.time() - connection.opened_at >= MAX_REOPEN_DELAY_S:
                     self._reopen_delay = REOPEN_DELAY_S  # it had served: start afresh
                 self._repair_soon()
@@ -1355,11 +1354,10 @@ class GrpcPool:
         not hammered). One warning per streak of failed attempts."""
         failing = False
         try:
-            while self._routed and not self._closed and min(self._live) < PROCESS_CONNECTIONS:
+            # (close() and unrouted() cancel this task)
+            while min(self._live()) < PROCESS_CONNECTIONS:
                 await asyncio.sleep(self._reopen_delay)
                 self._reopen_delay = min(self._reopen_delay * 2, MAX_REOPEN_DELAY_S)
-                if self._closed:
-                    break
                 error = await asyncio.shield(self._fill())
                 if error is None:
                     if failing:
@@ -1379,15 +1377,12 @@ class GrpcPool:
     def close(self) -> None:
         """Idle connections close now; busy ones once their calls are over."""
         self._closed = True
-        if self._repair is not None:
-            self._repair.cancel()
-            self._repair = None
+        self.unrouted()  # (no more reopening)
         if self._opened is not None:
             self._opened.set_result(None)
             self._opened = None
         connections = [*self._by_client.values(), *self._shared]
         self._by_client, self._shared = {}, []
-        self._live = [0] * len(self.processes)
         for connection in connections:
             connection.retire()
 

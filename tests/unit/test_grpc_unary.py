@@ -187,7 +187,6 @@ def make_proxy(
         upstream.connection_made(out)
         if shared:  # what the pool's _open records
             backend.grpc._shared.append(upstream)
-            backend.grpc._live[0] = gp.PROCESS_CONNECTIONS  # (no more to open)
         else:
             upstream.owner = client
             client.upstreams.add(upstream)

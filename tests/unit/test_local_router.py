@@ -309,7 +309,6 @@ def test_a_shared_pool_sends_each_call_to_its_least_busy_connection() -> None:
             connection = gp.UpstreamSide(pool, loop, process)
             connection.transport = object()  # type: ignore[assignment]
             pool._shared.append(connection)
-            pool._live[process] += 1
             connections.append(connection)
         in_flight = {0: 0, 1: 0}
         for _ in range(40):
@@ -384,7 +383,6 @@ def test_a_backend_that_leaves_the_routes_stops_reopening_its_shared_connections
         for pool in (old, old):
             connection = gp.UpstreamSide(pool, loop, 0)
             pool._shared.append(connection)
-            pool._live[0] += 1
             connections.append(connection)
         old.forget(connections[0])  # lost while routed: reopened in the background
         repair = old._repair
