@@ -99,7 +99,7 @@ class BackendSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     http: str = Field(max_length=2048, description="base URL, e.g. http://127.0.0.1:8080")
-    grpc: str = Field(max_length=300, description="host:port of the gRPC server")
+    grpc: HostPort = Field(description="host:port of the gRPC server")
     grpc_processes: tuple[HostPort, ...] = Field(
         (),
         max_length=MAX_PROCESSES,
@@ -113,11 +113,6 @@ class BackendSpec(BaseModel):
     @classmethod
     def _http_base_url(cls, value: str) -> str:
         return check_http_url(value).rstrip("/")
-
-    @field_validator("grpc")
-    @classmethod
-    def _grpc_target(cls, value: str) -> str:
-        return check_host_port(value)
 
     @field_validator("grpc_processes")
     @classmethod
