@@ -166,13 +166,6 @@ def make_artifacts(folder: Path, models: Sequence[str]) -> dict[str, Path]:
     return paths
 
 
-def _worker_count(predictor_args: list[str]) -> int:
-    """The process count irisgate's predictor will run with, for the floor to match."""
-    from predictor.__main__ import load_settings
-
-    return load_settings(predictor_args).process_count()
-
-
 # The peers that run from venvs of their own: kind -> what to install, where (an args field).
 PEER_VENVS: dict[str, tuple[PeerVenv, str]] = {
     "mlserver": (MLSERVER, "mlserver_venv"),
@@ -214,7 +207,7 @@ def plan_servers(args: argparse.Namespace, run_dir: Path) -> list[servers.Server
         if "mlflow" in venvs:
             chosen.append(servers.mlflow(model, artifacts[model], run_dir, venvs["mlflow"]))
     if "kserve-constant" in args.servers:
-        chosen.append(servers.kserve_constant(run_dir, _worker_count(extra)))
+        chosen.append(servers.kserve_constant(run_dir, servers.process_count(extra)))
     return chosen
 
 
@@ -353,7 +346,7 @@ def write_report(
             f"peers: {', '.join(_peer_versions(args.servers))}; "
             f"reference proxy: {_reference_proxy(args.servers)}; predictor flags: "
             f"{args.predictor_args or '(defaults)'} = "
-            f"{_worker_count(args.predictor_args.split())} processes, as the floor"
+            f"{servers.process_count(args.predictor_args.split())} processes, as the floor"
         ),
         "rounds": args.rounds,
         "duration_s": args.duration,

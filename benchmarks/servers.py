@@ -300,15 +300,21 @@ def _kserve_flags(
     )
 
 
+def process_count(predictor_args: list[str]) -> int:
+    """The process count irisgate's predictor will run with these flags (the floor runs
+    as many; each gets a gRPC port of its own)."""
+    from predictor.__main__ import load_settings
+
+    return load_settings(predictor_args).process_count()
+
+
 def irisgate(model: str, artifact: Path, log_dir: Path, extra: list[str]) -> Server:
     """irisgate's predictor, with a gRPC port per process besides the shared one (what
     the router's shared connections need, as the local gate's predictors have)."""
-    from predictor.__main__ import load_settings
-
     program = ["-m", "predictor"]
     process_ports: tuple[int, ...] = ()
     if "--grpc_process_ports" not in extra and "--enable_grpc" not in extra:
-        process_ports = tuple(free_port() for _ in range(load_settings(extra).process_count()))
+        process_ports = tuple(free_port() for _ in range(process_count(extra)))
         extra = [*extra, "--grpc_process_ports", ",".join(map(str, process_ports))]
     server = _kserve_flags(
         "irisgate", model, program, ["--model_dir", str(artifact), *extra], log_dir
