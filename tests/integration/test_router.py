@@ -383,22 +383,29 @@ def test_a_canary_split_applies_to_its_model_only(
 
 
 class Load:
-    """REST v1 and gRPC inference through the router from two threads, recording failures."""
+    """REST v1 and gRPC inference through the router, ``threads`` of each of ``kinds``
+    (each with its own connection), recording failures."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(
+        self, router: Router, kinds: tuple[str, ...] = ("rest", "grpc"), threads: int = 1
+    ) -> None:
         self.router = router
         self.stop = threading.Event()
         self.failures: list[str] = []
-        self.sent = {"rest": 0, "grpc": 0}
+        self.sent = dict.fromkeys(kinds, 0)
+        self._lock = threading.Lock()
+        targets = {"rest": self._rest, "grpc": self._grpc}
         self.threads = [
-            threading.Thread(target=self._rest, daemon=True),
-            threading.Thread(target=self._grpc, daemon=True),
+            threading.Thread(target=targets[kind], daemon=True)
+            for kind in kinds
+            for _ in range(threads)
         ]
 
     def _record(self, kind: str, call: Callable[[], None]) -> None:
         try:
             call()
-            self.sent[kind] += 1
+            with self._lock:
+                self.sent[kind] += 1
         except Exception as exc:  # every failure counts, whatever its type
             self.failures.append(f"{kind}: {exc!r}")
         time.sleep(0.002)

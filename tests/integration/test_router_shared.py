@@ -23,7 +23,7 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceSt
 from gate.local import h2
 from gate.local.grpc_proxy import PROCESS_CONNECTIONS
 from tests.helpers import Predictor, free_port, make_artifact, run_predictor, wait_until
-from tests.integration.test_router import Router, infer_request, run_router
+from tests.integration.test_router import Load, Router, infer_request, run_router
 
 pytestmark = pytest.mark.integration
 
@@ -116,40 +116,6 @@ def test_the_router_keeps_two_connections_to_each_process(
     assert router.routes("iris")["stable"]["grpc_processes"] == targets(process_ports)
 
 
-class GrpcLoad:
-    """gRPC inference through the router from 4 threads (a channel each), recording every
-    failure."""
-
-    def __init__(self, router: Router) -> None:
-        self.router = router
-        self.stop = threading.Event()
-        self.failures: list[str] = []
-        self.sent = 0
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(4)]
-
-    def _run(self) -> None:
-        with grpc.insecure_channel(self.router.grpc_target) as channel:
-            stub = GRPCInferenceServiceStub(channel)
-            while not self.stop.is_set():
-                try:
-                    stub.ModelInfer(infer_request("iris"), timeout=10)
-                    with self._lock:
-                        self.sent += 1
-                except grpc.RpcError as exc:
-                    self.failures.append(f"{exc.code()}: {exc.details()}")
-
-    def __enter__(self) -> GrpcLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(20)
-
-
 def test_a_killed_process_costs_clients_nothing_and_is_reconnected(
     router: Router, predictor: Predictor, process_ports: list[int]
 ) -> None:
@@ -159,10 +125,10 @@ def test_a_killed_process_costs_clients_nothing_and_is_reconnected(
     victim_port = process_ports[1]
     victim = listener_pid(victim_port)
     assert victim is not None and victim != predictor.process.pid
-    with GrpcLoad(router) as load:
-        wait_until(lambda: load.sent >= 100, 30, "traffic before the kill")
+    with Load(router, ("grpc",), threads=4) as load:
+        wait_until(lambda: load.sent["grpc"] >= 100, 30, "traffic before the kill")
         os.kill(victim, signal.SIGKILL)
-        at_kill = load.sent
+        at_kill = load.sent["grpc"]
         wait_until(
             lambda: listener_pid(victim_port) not in (None, victim), 30, "the process restarted"
         )
@@ -171,7 +137,7 @@ def test_a_killed_process_costs_clients_nothing_and_is_reconnected(
             30,
             "the router reconnected",
         )
-        wait_until(lambda: load.sent >= at_kill + 200, 30, "traffic after the restart")
+        wait_until(lambda: load.sent["grpc"] >= at_kill + 200, 30, "traffic after the restart")
     assert load.failures == [], load.failures[:5]
     assert router.routes("iris")["stable"]["errors"] == 0
 
