@@ -450,7 +450,8 @@ def _against_reference(look: Lookup, points: list[Point]) -> list[str]:
         "",
         f"The same predictor at c={top}, through the router and through HAProxy (written in "
         "C, layer 7, one thread, a backend connection per client connection as the router "
-        "has); req/s ratios, the median of per-round ratios.",
+        "has on REST; on gRPC the router shares two connections to each predictor process "
+        "among all clients); req/s ratios, the median of per-round ratios.",
         "",
         "| model | protocol | router vs direct | HAProxy vs direct | router vs HAProxy |",
         "|---|---|---:|---:|---:|",

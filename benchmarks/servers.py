@@ -401,11 +401,13 @@ def haproxy(predictor: Server, log_dir: Path) -> Server:
     The reference for what the router costs: a mature proxy written in C that, like the
     router, reads each request (HTTP/1.1 for REST, HTTP/2 for gRPC: layer 7) and so could
     route it by weight. One thread, as the router has one event loop. ``http-reuse never``
-    gives each client connection a backend connection of its own, as the router's pools
-    do: the predictor's processes share their ports (SO_REUSEPORT) and the kernel spreads
-    connections, not calls, so with ``http-reuse always`` (many clients' calls on one
-    backend connection) gRPC through HAProxy measured 0.62x direct at 64 connections,
-    against 0.75x with a connection per client (side by side, 5 and 3 rounds)."""
+    gives each client connection a backend connection of its own, as the router's REST
+    pools do: the predictor's processes share their ports (SO_REUSEPORT) and the kernel
+    spreads connections, not calls, so with ``http-reuse always`` (many clients' calls on
+    one backend connection) gRPC through HAProxy measured 0.62x direct at 64 connections,
+    against 0.75x with a connection per client (side by side, 5 and 3 rounds). The
+    router's gRPC side shares connections too, but to each process's own port
+    (``--grpc_process_ports``); HAProxy here is given the shared port only."""
     http, grpc_port = free_port(), free_port()
     config = log_dir / f"haproxy-{predictor.model}.cfg"
     config.write_text(
